@@ -1,0 +1,48 @@
+# strata — see README.md. `make demo` and `make test` do all set-up.
+GO      := $(shell ./scripts/go.sh)
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+PREFIX  ?= /usr/local
+BIN     := bin
+
+# Debian packages the tests need: busybox-static builds the test images,
+# skopeo and umoci are the reference unpacker, fuse3 and fuse-overlayfs the
+# union peers.
+TEST_DEPS  := busybox-static skopeo umoci fuse3 fuse-overlayfs ca-certificates
+BENCH_DEPS := $(TEST_DEPS) debootstrap
+# Packages with goroutines of their own; the race detector runs on them.
+RACE_PKGS  := ./lazypull/... ./whiteout/... ./internal/...
+
+.PHONY: all build test test-short lint demo install bench deps clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/strata ./cmd/strata
+	$(GO) build -trimpath -o $(BIN)/demo-registry ./internal/cmd/demo-registry
+
+deps:
+	./scripts/deps.sh $(TEST_DEPS)
+
+test: deps lint
+	$(GO) test -count=1 -timeout 15m ./...
+	$(GO) test -count=1 -race -timeout 15m $(RACE_PKGS)
+
+lint:
+	@out=$$($(dir $(GO))gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+demo: build
+	./scripts/deps.sh busybox-static
+	./scripts/demo.sh
+
+install: build
+	install -D -m 0755 $(BIN)/strata $(DESTDIR)$(PREFIX)/bin/strata
+
+bench: build
+	./scripts/deps.sh $(BENCH_DEPS)
+	$(BIN)/strata bench pull
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,329 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/stratafs/strata/lazypull"
+)
+
+// pullOptions builds the puller settings from the global flags and
+// <root>/config.json: flag mirrors are tried before configured ones.
+func (a *app) pullOptions(platform string, progress lazypull.Progress) (lazypull.Options, error) {
+	o := lazypull.Options{Platform: platform, Progress: progress, Logger: a.log,
+		Insecure: append(append([]string{}, a.insecure...), a.config.InsecureRegistries...)}
+	for _, m := range append(append([]string{}, a.mirrors...), a.config.Mirrors...) {
+		mm, err := lazypull.ParseMirror(m)
+		if err != nil {
+			return o, &usageError{msg: err.Error()}
+		}
+		o.Mirrors = append(o.Mirrors, mm)
+	}
+	if platform != "" {
+		if _, err := lazypull.ParsePlatform(platform); err != nil {
+			return o, &usageError{msg: err.Error()}
+		}
+	}
+	return o, nil
+}
+
+func pullVerb() *verb {
+	return &verb{name: "pull", args: "NAME[:TAG|@DIGEST]", summary: "Pull an image from a registry into the local store", minArgs: 1, maxArgs: 1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			platform := fs.String("platform", "", "pull the image for this platform (os/arch[/variant]); default the host's")
+			quiet := fs.BoolP("quiet", "q", false, "print only the image ID")
+			return func(ctx context.Context, a *app, args []string) error {
+				s, err := a.Store()
+				if err != nil {
+					return err
+				}
+				var prog progressPrinter
+				if !*quiet {
+					prog = newProgress(a.stdout, a.stdoutIsTerminal)
+				}
+				opts, err := a.pullOptions(*platform, prog)
+				if err != nil {
+					return err
+				}
+				if _, err := lazypull.ParseReference(args[0], opts.Insecure...); err != nil {
+					return err
+				}
+				if prog != nil {
+					fmt.Fprintf(a.stdout, "Pulling %s\n", args[0])
+				}
+				res, err := lazypull.NewPuller(s, opts).Pull(ctx, args[0])
+				if prog != nil {
+					prog.Finish()
+				}
+				if err != nil {
+					return err
+				}
+				if *quiet {
+					fmt.Fprintln(a.stdout, res.Image.ID())
+					return nil
+				}
+				printPullSummary(a, res)
+				return nil
+			}
+		}}
+}
+
+func printPullSummary(a *app, res *lazypull.PullResult) {
+	name := res.Ref.Familiar()
+	if res.Ref.Tag != "" {
+		name += ":" + res.Ref.Tag
+	}
+	if res.Ref.Digest != "" {
+		name += "@" + res.Ref.Digest
+	}
+	digest := res.Image.ManifestDigest
+	for _, d := range res.Image.RepoDigests {
+		if strings.HasPrefix(d, res.Ref.Repo+"@") {
+			digest = strings.TrimPrefix(d, res.Ref.Repo+"@")
+		}
+	}
+	fmt.Fprintf(a.stdout, "Digest: %s\n", digest)
+	if res.UpToDate {
+		fmt.Fprintf(a.stdout, "Status: Image is up to date for %s\n", name)
+	} else {
+		fmt.Fprintf(a.stdout, "Status: Downloaded newer image for %s (%d layers, %s fetched", name, res.LayersFetched, humanSize(res.Fetched))
+		if res.Source != res.Ref.Registry() && !(res.Ref.Registry() == "docker.io" && res.Source == "index.docker.io") {
+			fmt.Fprintf(a.stdout, " from %s", res.Source)
+		}
+		fmt.Fprintln(a.stdout, ")")
+	}
+	fmt.Fprintln(a.stdout, res.Ref.String())
+}
+
+func imagesVerb() *verb {
+	return &verb{name: "images", args: "", summary: "List images in the local store", maxArgs: 0,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			format := fs.String("format", "table", "output format: table or json")
+			quiet := fs.BoolP("quiet", "q", false, "print only image IDs")
+			noTrunc := fs.Bool("no-trunc", false, "do not truncate image IDs")
+			return func(_ context.Context, a *app, _ []string) error {
+				if *format != "table" && *format != "json" {
+					return &usageError{msg: fmt.Sprintf("invalid --format %q: want table or json", *format)}
+				}
+				s, err := a.Store()
+				if err != nil {
+					return err
+				}
+				recs, err := s.Images()
+				if err != nil {
+					return err
+				}
+				rows := imageRows(recs)
+				switch {
+				case *quiet:
+					seen := map[string]bool{}
+					for _, r := range rows {
+						id := r.ID
+						if !*noTrunc {
+							id = lazypull.ShortID(id)
+						}
+						if !seen[id] {
+							seen[id] = true
+							fmt.Fprintln(a.stdout, id)
+						}
+					}
+				case *format == "json":
+					enc := json.NewEncoder(a.stdout)
+					for _, r := range rows {
+						if err := enc.Encode(r); err != nil {
+							return err
+						}
+					}
+				default:
+					tw := tabwriter.NewWriter(a.stdout, 0, 8, 3, ' ', 0)
+					fmt.Fprintln(tw, "REPOSITORY\tTAG\tIMAGE ID\tCREATED\tSIZE")
+					for _, r := range rows {
+						id := r.ID
+						if !*noTrunc {
+							id = lazypull.ShortID(id)
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Repository, r.Tag, id, humanAgo(r.CreatedAt), humanSize(r.Size))
+					}
+					return tw.Flush()
+				}
+				return nil
+			}
+		}}
+}
+
+// imageRow is one line of `strata images`: an image under one of its names.
+type imageRow struct {
+	Repository string    `json:"Repository"`
+	Tag        string    `json:"Tag"`
+	Digest     string    `json:"Digest"`
+	ID         string    `json:"ID"`
+	CreatedAt  time.Time `json:"CreatedAt"`
+	Size       int64     `json:"Size"`
+	Platform   string    `json:"Platform"`
+}
+
+func imageRows(recs []*lazypull.ImageRecord) []imageRow {
+	var rows []imageRow
+	for _, r := range recs {
+		base := imageRow{ID: r.ConfigDigest, CreatedAt: r.Created, Size: r.Size, Platform: r.Platform, Digest: r.ManifestDigest}
+		tagged := map[string]bool{}
+		for _, t := range r.Tags {
+			i := strings.LastIndex(t, ":")
+			row := base
+			row.Repository, row.Tag = lazypull.FamiliarRepo(t[:i]), t[i+1:]
+			tagged[t[:i]] = true
+			rows = append(rows, row)
+		}
+		for _, d := range r.RepoDigests {
+			repo, dg, _ := strings.Cut(d, "@")
+			if tagged[repo] {
+				continue
+			}
+			tagged[repo] = true
+			row := base
+			row.Repository, row.Tag, row.Digest = lazypull.FamiliarRepo(repo), "<none>", dg
+			rows = append(rows, row)
+		}
+		if len(r.Tags) == 0 && len(r.RepoDigests) == 0 {
+			row := base
+			row.Repository, row.Tag = "<none>", "<none>"
+			rows = append(rows, row)
+		}
+	}
+	return rows
+}
+
+func rmiVerb() *verb {
+	return &verb{name: "rmi", args: "IMAGE [IMAGE...]", summary: "Remove images; layers no other image uses are freed", minArgs: 1, maxArgs: -1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			force := fs.BoolP("force", "f", false, "remove an image referenced by several repositories or used by containers")
+			return func(ctx context.Context, a *app, args []string) error {
+				s, err := a.Store()
+				if err != nil {
+					return err
+				}
+				var errs []error
+				for _, name := range args {
+					res, err := s.Remove(ctx, name, *force)
+					if err != nil {
+						errs = append(errs, err)
+						continue
+					}
+					for _, u := range res.Untagged {
+						fmt.Fprintf(a.stdout, "Untagged: %s\n", u)
+					}
+					for _, d := range res.Deleted {
+						fmt.Fprintf(a.stdout, "Deleted: %s\n", d)
+					}
+					for _, l := range res.LayersFreed {
+						fmt.Fprintf(a.stdout, "Deleted layer: %s\n", l)
+					}
+				}
+				return errors.Join(errs...)
+			}
+		}}
+}
+
+func inspectVerb() *verb {
+	return &verb{name: "inspect", args: "IMAGE [IMAGE...]", summary: "Show an image's config, manifest digest and layers as JSON", minArgs: 1, maxArgs: -1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			return func(_ context.Context, a *app, args []string) error {
+				s, err := a.Store()
+				if err != nil {
+					return err
+				}
+				out := []*lazypull.Inspection{}
+				var errs []error
+				for _, name := range args {
+					rec, err := s.Lookup(name)
+					if err != nil {
+						errs = append(errs, err)
+						continue
+					}
+					in, err := s.Inspect(rec)
+					if err != nil {
+						errs = append(errs, err)
+						continue
+					}
+					out = append(out, in)
+				}
+				b, err := json.MarshalIndent(out, "", "    ")
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(a.stdout, string(b))
+				return errors.Join(errs...)
+			}
+		}}
+}
+
+func unpackVerb() *verb {
+	return &verb{name: "unpack", args: "IMAGE DIR", summary: "Write an image's flattened root filesystem into a directory", minArgs: 2, maxArgs: 2,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			return func(ctx context.Context, a *app, args []string) error {
+				s, err := a.Store()
+				if err != nil {
+					return err
+				}
+				rec, err := s.Lookup(args[0])
+				if err != nil {
+					return fmt.Errorf("%w (pull it first: strata pull %s)", err, args[0])
+				}
+				return s.Unpack(ctx, rec, args[1])
+			}
+		}}
+}
+
+func humanSize(n int64) string {
+	const unit = 1000 // docker prints SI sizes
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	f := float64(n)
+	for _, u := range []string{"kB", "MB", "GB", "TB"} {
+		f /= unit
+		if f < unit {
+			return fmt.Sprintf("%.3g%s", f, u)
+		}
+	}
+	return fmt.Sprintf("%.3gPB", f/unit)
+}
+
+func humanAgo(t time.Time) string {
+	if t.IsZero() {
+		return "N/A"
+	}
+	d := time.Since(t)
+	switch {
+	case d < time.Minute:
+		return "Less than a minute ago"
+	case d < time.Hour:
+		return plural(int(d.Minutes()), "minute") + " ago"
+	case d < 48*time.Hour:
+		return plural(int(d.Hours()), "hour") + " ago"
+	case d < 14*24*time.Hour:
+		return plural(int(d.Hours()/24), "day") + " ago"
+	case d < 60*24*time.Hour:
+		return plural(int(d.Hours()/24/7), "week") + " ago"
+	case d < 2*365*24*time.Hour:
+		return plural(int(d.Hours()/24/30), "month") + " ago"
+	}
+	return plural(int(d.Hours()/24/365), "year") + " ago"
+}
+
+func plural(n int, unit string) string {
+	if n == 1 {
+		if unit == "hour" {
+			return "An hour"
+		}
+		return "1 " + unit
+	}
+	return fmt.Sprintf("%d %ss", n, unit)
+}

@@ -1,0 +1,240 @@
+package layertree
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Markers of the OCI whiteout form, as files in a layer directory.
+const (
+	whPrefix = ".wh."
+	whOpaque = ".wh..wh..opq"
+)
+
+// overrideStat is the xattr where ownership and mode are kept when the
+// layer was extracted without the privilege to apply them (the convention
+// of containers/storage and fuse-overlayfs).
+const overrideStat = "user.containers.override_stat"
+
+// Dir is a Tree backed by a local directory in either whiteout form: the
+// kernel overlayfs's (char 0/0 whiteouts, trusted./user.overlay.opaque) or
+// OCI's (.wh. files). So any overlayfs lower directory can be stacked.
+type Dir struct {
+	root string
+}
+
+// NewDir returns the Tree rooted at dir.
+func NewDir(dir string) (*Dir, error) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("layer %s: not a directory", dir)
+	}
+	return &Dir{root: dir}, nil
+}
+
+// Root is the directory the tree reads.
+func (d *Dir) Root() string { return d.root }
+
+func (d *Dir) abs(path string) string {
+	if path == "" {
+		return d.root
+	}
+	return d.root + "/" + path
+}
+
+// Stat returns the entry at path; a missing name that an OCI marker file
+// whites out is reported as a whiteout.
+func (d *Dir) Stat(_ context.Context, path string) (Entry, error) {
+	dir, name := splitPath(path)
+	var st unix.Stat_t
+	err := unix.Lstat(d.abs(path), &st)
+	if errors.Is(err, unix.ENOENT) && path != "" {
+		if unix.Lstat(d.abs(joinPath(dir, whPrefix+name)), &st) == nil {
+			return Entry{Name: name, Whiteout: true, Mode: ModeChar}, nil
+		}
+	}
+	if err != nil {
+		return Entry{}, &os.PathError{Op: "stat", Path: d.abs(path), Err: err}
+	}
+	return d.entry(name, d.abs(path), &st), nil
+}
+
+// ReadDir lists a directory, turning OCI marker files into whiteout
+// entries and dropping the opaque marker (reported on the directory).
+func (d *Dir) ReadDir(_ context.Context, path string) ([]Entry, error) {
+	p := d.abs(path)
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("readdir %s: %w", p, err)
+	}
+	out := make([]Entry, 0, len(names))
+	fd := int(f.Fd())
+	for _, n := range names {
+		if n == whOpaque {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			return nil, fmt.Errorf("stat %s/%s: %w", p, n, err)
+		}
+		if target, ok := strings.CutPrefix(n, whPrefix); ok {
+			out = append(out, Entry{Name: target, Whiteout: true, Mode: ModeChar})
+			continue
+		}
+		out = append(out, d.entry(n, p+"/"+n, &st))
+	}
+	return out, nil
+}
+
+func (d *Dir) entry(name, abs string, st *unix.Stat_t) Entry {
+	e := Entry{
+		Name: name, Mode: st.Mode, UID: st.Uid, GID: st.Gid, Size: st.Size,
+		Mtime: time.Unix(st.Mtim.Unix()), Rdev: st.Rdev, Nlink: uint32(st.Nlink), Ino: st.Ino,
+	}
+	switch e.Type() {
+	case ModeChar:
+		e.Whiteout = st.Rdev == 0
+	case ModeSymlink:
+		e.Target, _ = os.Readlink(abs)
+	case ModeDir:
+		e.Opaque = isOpaque(abs)
+		e.Size = 4096
+	}
+	if e.Type() != ModeSymlink {
+		applyOverride(&e, abs)
+	}
+	return e
+}
+
+func isOpaque(dir string) bool {
+	buf := make([]byte, 2)
+	for _, x := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
+		if n, err := unix.Lgetxattr(dir, x, buf); err == nil && n == 1 && buf[0] == 'y' {
+			return true
+		}
+	}
+	_, err := os.Lstat(dir + "/" + whOpaque)
+	return err == nil
+}
+
+// applyOverride reads "UID:GID:MODE" (mode in octal, optionally with a
+// file-type word) kept by an unprivileged extraction.
+func applyOverride(e *Entry, abs string) {
+	buf := make([]byte, 64)
+	n, err := unix.Lgetxattr(abs, overrideStat, buf)
+	if err != nil || n <= 0 {
+		return
+	}
+	parts := strings.Split(string(buf[:n]), ":")
+	if len(parts) < 3 {
+		return
+	}
+	uid, err1 := strconv.ParseUint(parts[0], 10, 32)
+	gid, err2 := strconv.ParseUint(parts[1], 10, 32)
+	mode, err3 := strconv.ParseUint(parts[2], 8, 32)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return
+	}
+	e.UID, e.GID = uint32(uid), uint32(gid)
+	e.Mode = e.Type() | uint32(mode)&0o7777
+}
+
+// Xattrs returns the entry's extended attributes without the overlay's
+// own.
+func (d *Dir) Xattrs(_ context.Context, path string) (map[string][]byte, error) {
+	p := d.abs(path)
+	size, err := unix.Llistxattr(p, nil)
+	if err != nil || size == 0 {
+		if errors.Is(err, unix.ENOTSUP) {
+			err = nil
+		}
+		return nil, err
+	}
+	buf := make([]byte, size)
+	size, err = unix.Llistxattr(p, buf)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
+		if name == "" || Internal(name) {
+			continue
+		}
+		v, err := lgetxattr(p, name)
+		if err != nil {
+			continue
+		}
+		out[name] = v
+	}
+	return out, nil
+}
+
+// Internal reports whether an xattr belongs to the overlay machinery and
+// is never shown through the union.
+func Internal(name string) bool {
+	return strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.") || name == overrideStat
+}
+
+func lgetxattr(path, name string) ([]byte, error) {
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Lgetxattr(path, name, buf)
+		if errors.Is(err, unix.ERANGE) {
+			buf = make([]byte, len(buf)*4)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}
+
+// Open opens a regular file; the result is a LocalFile.
+func (d *Dir) Open(_ context.Context, path string) (File, error) {
+	fd, err := unix.Open(d.abs(path), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: d.abs(path), Err: err}
+	}
+	return &localFile{f: os.NewFile(uintptr(fd), d.abs(path))}, nil
+}
+
+type localFile struct{ f *os.File }
+
+func (l *localFile) ReadAt(b []byte, off int64) (int, error) { return l.f.ReadAt(b, off) }
+func (l *localFile) Close() error                            { return l.f.Close() }
+func (l *localFile) Fd() int                                 { return int(l.f.Fd()) }
+
+func splitPath(p string) (dir, name string) {
+	i := strings.LastIndexByte(p, '/')
+	if i < 0 {
+		return "", p
+	}
+	return p[:i], p[i+1:]
+}
+
+func joinPath(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+

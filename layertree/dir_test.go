@@ -1,0 +1,110 @@
+package layertree
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func names(es []Entry) map[string]Entry {
+	m := map[string]Entry{}
+	for _, e := range es {
+		m[e.Name] = e
+	}
+	return m
+}
+
+func TestDirReadsBothWhiteoutForms(t *testing.T) {
+	root := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(root, "oci-opaque"), 0o755))
+	must(os.WriteFile(filepath.Join(root, "oci-opaque", whOpaque), nil, 0o644))
+	must(os.WriteFile(filepath.Join(root, whPrefix+"gone-oci"), nil, 0o644))
+	must(os.WriteFile(filepath.Join(root, "file"), []byte("hello"), 0o640))
+	must(os.Symlink("file", filepath.Join(root, "link")))
+	must(os.Link(filepath.Join(root, "file"), filepath.Join(root, "hard")))
+	must(os.MkdirAll(filepath.Join(root, "user-opaque"), 0o755))
+	if err := unix.Setxattr(filepath.Join(root, "user-opaque"), "user.overlay.opaque", []byte("y"), 0); err != nil {
+		t.Skipf("user xattrs not supported here: %v", err)
+	}
+	must(unix.Setxattr(filepath.Join(root, "file"), "user.test", []byte("v"), 0))
+	privileged := unix.Mknod(filepath.Join(root, "gone-overlay"), unix.S_IFCHR, 0) == nil
+
+	d, err := NewDir(root)
+	must(err)
+	ctx := context.Background()
+	es, err := d.ReadDir(ctx, "")
+	must(err)
+	got := names(es)
+	var keys []string
+	for k := range got {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	if !got["gone-oci"].Whiteout || got["file"].Whiteout || got["link"].Target != "file" {
+		t.Errorf("entries: %+v", got)
+	}
+	if privileged && !got["gone-overlay"].Whiteout {
+		t.Errorf("char 0/0 not read as a whiteout")
+	}
+	if !got["oci-opaque"].Opaque || !got["user-opaque"].Opaque {
+		t.Errorf("opaque markers not read: %+v %+v", got["oci-opaque"], got["user-opaque"])
+	}
+	if got["file"].Ino != got["hard"].Ino || got["file"].Nlink != 2 {
+		t.Errorf("hardlinks: %+v %+v", got["file"], got["hard"])
+	}
+	inner, err := d.ReadDir(ctx, "oci-opaque")
+	must(err)
+	if len(inner) != 0 {
+		t.Errorf("opaque marker listed: %+v", inner)
+	}
+	e, err := d.Stat(ctx, "gone-oci")
+	must(err)
+	if !e.Whiteout {
+		t.Errorf("Stat of an OCI-whited-out name: %+v", e)
+	}
+	x, err := d.Xattrs(ctx, "file")
+	must(err)
+	if string(x["user.test"]) != "v" {
+		t.Errorf("xattrs: %v", x)
+	}
+	if x, _ := d.Xattrs(ctx, "user-opaque"); len(x) != 0 {
+		t.Errorf("overlay-internal xattrs shown: %v", x)
+	}
+	f, err := d.Open(ctx, "file")
+	must(err)
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, 0, 100))
+	must(err)
+	if string(b) != "hello" {
+		t.Errorf("content %q", b)
+	}
+	if _, ok := f.(LocalFile); !ok {
+		t.Errorf("Dir files must be LocalFile for passthrough")
+	}
+}
+
+func TestMem(t *testing.T) {
+	m := NewMem()
+	m.Add("a/b/c", Entry{Mode: ModeRegular | 0o644}, []byte("xyz"), nil)
+	m.Add("a/.x", Entry{Whiteout: true, Mode: ModeChar}, nil, nil)
+	ctx := context.Background()
+	es, _ := m.ReadDir(ctx, "a")
+	if g := names(es); !g["b"].IsDir() || !g[".x"].Whiteout {
+		t.Errorf("ReadDir a: %+v", es)
+	}
+	e, err := m.Stat(ctx, "a/b/c")
+	if err != nil || e.Size != 3 {
+		t.Errorf("Stat: %+v %v", e, err)
+	}
+}

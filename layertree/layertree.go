@@ -1,0 +1,79 @@
+// Package layertree is the seam between where a layer's bytes come from
+// (lazypull: an extracted directory, an eStargz TOC) and the union
+// filesystem (fusefs) that stacks layers. A Tree is an immutable tree of
+// entries plus a way to read a regular file's bytes; neither side imports
+// the other, both import this.
+package layertree
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// Entry is one name in one layer.
+type Entry struct {
+	Name     string
+	Mode     uint32 // st_mode: file type and permission bits
+	UID, GID uint32
+	Size     int64
+	Mtime    time.Time
+	Rdev     uint64 // device numbers of char and block devices
+	Target   string // symlink target
+	// Nlink and Ino describe hardlinks within the layer: entries with the
+	// same non-zero Ino are one file.
+	Nlink uint32
+	Ino   uint64
+	// Whiteout hides this name in the layers below; the entry itself is
+	// never shown. Opaque directories hide everything below them.
+	Whiteout bool
+	Opaque   bool
+}
+
+// Type is the file-type bits of Mode.
+func (e Entry) Type() uint32 { return e.Mode & ModeType }
+
+// IsDir reports whether the entry is a directory.
+func (e Entry) IsDir() bool { return e.Type() == ModeDir }
+
+// File type bits of st_mode.
+const (
+	ModeType    = 0o170000
+	ModeSocket  = 0o140000
+	ModeSymlink = 0o120000
+	ModeRegular = 0o100000
+	ModeBlock   = 0o060000
+	ModeDir     = 0o040000
+	ModeChar    = 0o020000
+	ModeFIFO    = 0o010000
+)
+
+// Tree is a read-only layer. Paths are slash-separated and relative to the
+// layer's root, "" being the root itself. Implementations must be safe for
+// concurrent use.
+type Tree interface {
+	// Stat returns the entry at path.
+	Stat(ctx context.Context, path string) (Entry, error)
+	// ReadDir returns the entries of the directory at path, markers
+	// (whiteouts) included, in no particular order.
+	ReadDir(ctx context.Context, path string) ([]Entry, error)
+	// Xattrs returns the extended attributes of the entry at path, the
+	// overlay-internal ones excluded.
+	Xattrs(ctx context.Context, path string) (map[string][]byte, error)
+	// Open opens the regular file at path for reading.
+	Open(ctx context.Context, path string) (File, error)
+}
+
+// File is an open regular file of a layer.
+type File interface {
+	io.ReaderAt
+	io.Closer
+}
+
+// LocalFile is a File whose bytes lie in a local file: the union
+// filesystem hands its descriptor to the kernel (FUSE passthrough) so reads
+// cost what native ones cost.
+type LocalFile interface {
+	File
+	Fd() int
+}

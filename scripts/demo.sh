@@ -1,0 +1,27 @@
+#!/bin/sh
+# make demo: a local registry holding a small image built here, and strata
+# pulling it. No internet needed.
+set -eu
+cd "$(dirname "$0")/.."
+root=$(mktemp -d /tmp/strata-demo.XXXXXX)
+ready="$root/registry-addr"
+./bin/demo-registry --ready-file "$ready" >/dev/null &
+reg=$!
+trap 'kill $reg 2>/dev/null; wait $reg 2>/dev/null; rm -rf "$root"' EXIT INT TERM
+i=0
+while [ ! -s "$ready" ]; do
+	i=$((i+1)); [ $i -gt 300 ] && { echo "demo registry did not start" >&2; exit 1; }
+	kill -0 $reg 2>/dev/null || { echo "demo registry failed" >&2; exit 1; }
+	sleep 0.1
+done
+addr=$(cat "$ready")
+export STRATA_ROOT="$root/store"
+echo "== registry on $addr; store in $STRATA_ROOT"
+set -x
+./bin/strata pull "$addr/demo/busybox:latest"
+./bin/strata pull "$addr/demo/busybox:latest"
+./bin/strata images
+./bin/strata unpack "$addr/demo/busybox:latest" "$root/rootfs"
+set +x
+echo "== flattened rootfs:"
+ls -la "$root/rootfs" "$root/rootfs/etc" | head -40
