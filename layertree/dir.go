@@ -237,4 +237,3 @@ func joinPath(dir, name string) string {
 	}
 	return dir + "/" + name
 }
-

@@ -35,9 +35,11 @@ type ent struct {
 	size   int64 // overrides len(data) in the header when non-zero
 }
 
-func file(name, data string) ent  { return ent{name: name, data: data, typ: tar.TypeReg, mode: 0o644} }
-func dir(name string) ent         { return ent{name: name, typ: tar.TypeDir, mode: 0o755} }
-func symlink(name, to string) ent { return ent{name: name, typ: tar.TypeSymlink, link: to, mode: 0o777} }
+func file(name, data string) ent { return ent{name: name, data: data, typ: tar.TypeReg, mode: 0o644} }
+func dir(name string) ent        { return ent{name: name, typ: tar.TypeDir, mode: 0o755} }
+func symlink(name, to string) ent {
+	return ent{name: name, typ: tar.TypeSymlink, link: to, mode: 0o777}
+}
 func hardlink(name, to string) ent {
 	return ent{name: name, typ: tar.TypeLink, link: to, mode: 0o644}
 }

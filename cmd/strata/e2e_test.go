@@ -175,8 +175,10 @@ func TestPullImagesInspectRmi(t *testing.T) {
 		ManifestDigest string
 		RepoTags       []string
 		Config         struct{ Cmd []string }
-		RootFS         struct{ DiffIDs []string `json:"diff_ids"` }
-		Layers         []struct{ Digest, DiffID string }
+		RootFS         struct {
+			DiffIDs []string `json:"diff_ids"`
+		}
+		Layers []struct{ Digest, DiffID string }
 	}
 	if err := json.Unmarshal([]byte(mustStrata(t, root, "inspect", ref)), &insp); err != nil {
 		t.Fatal(err)
