@@ -21,6 +21,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/strata ./cmd/strata
 	$(GO) build -trimpath -o $(BIN)/demo-registry ./internal/cmd/demo-registry
+	$(GO) build -trimpath -o $(BIN)/strata-bench ./cmd/strata-bench
 
 deps:
 	./scripts/deps.sh $(TEST_DEPS)
@@ -39,6 +40,7 @@ demo: build
 
 install: build
 	install -D -m 0755 $(BIN)/strata $(DESTDIR)$(PREFIX)/bin/strata
+	install -D -m 0755 $(BIN)/strata-bench $(DESTDIR)$(PREFIX)/bin/strata-bench
 
 bench: build
 	./scripts/deps.sh $(BENCH_DEPS)

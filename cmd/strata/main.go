@@ -77,12 +77,14 @@ type verb struct {
 	hidden  bool
 	minArgs int
 	maxArgs int // -1: any
-	flags   func(*pflag.FlagSet) func(ctx context.Context, a *app, args []string) error
+	// raw verbs get their arguments unparsed (they hand them on).
+	raw   bool
+	flags func(*pflag.FlagSet) func(ctx context.Context, a *app, args []string) error
 }
 
 func verbs() []*verb {
 	return []*verb{
-		pullVerb(), imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(),
+		pullVerb(), imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(),
 	}
 }
 
@@ -133,6 +135,19 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "strata: unknown command %q\n", name)
 		globalUsage(stderr, global, vs)
 		return exitUsage
+	}
+	if v.raw {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := v.flags(nil)(ctx, a, global.Args()[1:]); err != nil {
+			fmt.Fprintf(stderr, "strata %s: %v\n", v.name, err)
+			var ee *exitError
+			if errors.As(err, &ee) {
+				return ee.code
+			}
+			return exitFailure
+		}
+		return 0
 	}
 	fs := pflag.NewFlagSet("strata "+v.name, pflag.ContinueOnError)
 	fs.SetInterspersed(false)

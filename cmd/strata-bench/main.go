@@ -1,0 +1,78 @@
+// Command strata-bench runs strata's benchmark scenarios; `strata bench`
+// runs it. It is a binary of its own so that the registry and image
+// builders it needs stay out of the strata binary.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/stratafs/strata/bench"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	fs := flag.NewFlagSet("strata-bench", flag.ContinueOnError)
+	strataBin := fs.String("strata", "", "the strata binary to measure (default: strata beside this binary)")
+	images := fs.String("image", "demo,debian", "pull: images to pull, comma-separated (demo, debian)")
+	runs := fs.Int("runs", 3, "repetitions per peer; medians are reported")
+	workDir := fs.String("workdir", "/var/tmp/strata-bench", "scratch space and the cache of built images")
+	drop := fs.Bool("drop-caches", os.Geteuid() == 0, "drop the page cache before each measured command")
+	verbose := fs.Bool("v", false, "log each run")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: strata bench [OPTIONS] SCENARIO\n\nScenarios:\n  pull   full pull of a multi-layer image: strata vs skopeo copy + umoci unpack\n\nOptions:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 125
+	}
+	if fs.NArg() != 1 || fs.Arg(0) != "pull" {
+		fs.Usage()
+		return 125
+	}
+	if *strataBin == "" {
+		self, _ := os.Executable()
+		*strataBin = filepath.Join(filepath.Dir(self), "strata")
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := bench.Pull(ctx, bench.PullOptions{Strata: *strataBin, Images: splitComma(*images), Runs: *runs, WorkDir: *workDir, DropCaches: *drop, Log: log})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "strata bench pull: %v\n", err)
+		return 1
+	}
+	fmt.Print(rep.Markdown())
+	return 0
+}
+
+func splitComma(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			if i > start {
+				out = append(out, s[start:i])
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
