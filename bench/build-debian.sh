@@ -28,6 +28,8 @@ for l in 2 3; do
 	chmod --reference=usr "$out/layers/$l/usr"
 	touch -r usr "$out/layers/$l/usr"
 done
-for e in * .[!.]*; do [ -e "$e" ] && mv "$e" "$out/layers/1/"; done
+for e in * .[!.]*; do
+	if [ -e "$e" ] || [ -L "$e" ]; then mv "$e" "$out/layers/1/"; fi
+done
 cd / && rmdir "$out/rootfs"
 touch "$out/.done"

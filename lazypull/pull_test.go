@@ -47,13 +47,20 @@ func TestPullCompressions(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		c    testimage.Compression
-	}{{"gzip", testimage.Gzip}, {"zstd", testimage.Zstd}, {"uncompressed", testimage.Uncompressed}} {
+	}{{"gzip", testimage.Gzip}, {"zstd", testimage.Zstd}, {"uncompressed", testimage.Uncompressed}, {"docker-schema2", testimage.DockerGzip}} {
 		t.Run(c.name, func(t *testing.T) {
 			pushMultiLayer(t, reg, "multi/"+c.name+":v1", c.c)
 			s := newStore(t)
 			res, err := NewPuller(s, Options{Retry: fastRetry}).Pull(context.Background(), reg.Ref("multi/"+c.name+":v1"))
 			if err != nil {
 				t.Fatal(err)
+			}
+			wantMT := "application/vnd.oci.image.manifest.v1+json"
+			if c.c == testimage.DockerGzip {
+				wantMT = "application/vnd.docker.distribution.manifest.v2+json"
+			}
+			if res.Image.MediaType != wantMT {
+				t.Errorf("manifest media type %s, want %s", res.Image.MediaType, wantMT)
 			}
 			if res.UpToDate || res.LayersFetched != len(res.Image.Layers) {
 				t.Errorf("first pull: up to date %v, fetched %d of %d layers", res.UpToDate, res.LayersFetched, len(res.Image.Layers))

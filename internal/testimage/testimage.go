@@ -44,6 +44,9 @@ const (
 	Gzip Compression = iota
 	Zstd
 	Uncompressed
+	// DockerGzip is gzip under Docker's media types: the image gets a
+	// Docker schema-2 manifest and config.
+	DockerGzip
 )
 
 func (c Compression) mediaType() types.MediaType {
@@ -52,6 +55,8 @@ func (c Compression) mediaType() types.MediaType {
 		return types.OCILayerZStd
 	case Uncompressed:
 		return types.OCIUncompressedLayer
+	case DockerGzip:
+		return types.DockerLayer
 	}
 	return types.OCILayer
 }
@@ -137,7 +142,7 @@ func LayerFromFiles(files []File, c Compression) (v1.Layer, error) {
 	l := &layer{uncompressed: raw.Bytes(), mt: c.mediaType()}
 	l.diffID = hashOf(l.uncompressed)
 	switch c {
-	case Gzip:
+	case Gzip, DockerGzip:
 		var b bytes.Buffer
 		zw, _ := gzip.NewWriterLevel(&b, gzip.BestSpeed)
 		zw.Write(l.uncompressed)
@@ -218,6 +223,12 @@ func build(platform v1.Platform, cmd []string, layers []v1.Layer, comments []str
 	}
 	img = mutate.MediaType(img, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	if len(layers) > 0 {
+		if mt, _ := layers[0].MediaType(); mt == types.DockerLayer {
+			img = mutate.MediaType(img, types.DockerManifestSchema2)
+			img = mutate.ConfigMediaType(img, types.DockerConfigJSON)
+		}
+	}
 	for i, l := range layers {
 		img, err = mutate.Append(img, mutate.Addendum{Layer: l, History: hist[i]})
 		if err != nil {
