@@ -116,12 +116,22 @@ func (d *Dir) entry(name, abs string, st *unix.Stat_t) Entry {
 		e.Target, _ = os.Readlink(abs)
 	case ModeDir:
 		e.Opaque = isOpaque(abs)
+		e.Implied = hasXattr(abs, impliedXattr)
 		e.Size = 4096
 	}
 	if e.Type() != ModeSymlink {
 		applyOverride(&e, abs)
 	}
 	return e
+}
+
+// impliedXattr marks directories a layer holds only as parents (see
+// whiteout.ImpliedXattr).
+const impliedXattr = "user.strata.implied"
+
+func hasXattr(p, name string) bool {
+	_, err := unix.Lgetxattr(p, name, nil)
+	return err == nil
 }
 
 func isOpaque(dir string) bool {
@@ -190,7 +200,8 @@ func (d *Dir) Xattrs(_ context.Context, path string) (map[string][]byte, error) 
 // Internal reports whether an xattr belongs to the overlay machinery and
 // is never shown through the union.
 func Internal(name string) bool {
-	return strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.") || name == overrideStat
+	return strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.") ||
+		strings.HasPrefix(name, "user.strata.") || name == overrideStat
 }
 
 func lgetxattr(path, name string) ([]byte, error) {

@@ -28,6 +28,9 @@ type Entry struct {
 	// never shown. Opaque directories hide everything below them.
 	Whiteout bool
 	Opaque   bool
+	// Implied directories exist in the layer only as parents of its
+	// entries; their attributes come from the layers below.
+	Implied bool
 }
 
 // Type is the file-type bits of Mode.

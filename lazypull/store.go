@@ -479,8 +479,9 @@ func (s *Store) Remove(ctx context.Context, nameOrID string, force bool) (Remove
 			res.Untagged = append(res.Untagged, FamiliarName(d))
 		}
 	}
-	if n := s.containersUsing(rec); n > 0 && !force {
-		return RemoveResult{}, fmt.Errorf("image %s is used by %d container(s)", shortID(rec.ConfigDigest), n)
+	if n := s.containersUsing(rec) + s.pinsOf(rec); n > 0 {
+		// Even -f cannot free layers a live mount reads from.
+		return RemoveResult{}, fmt.Errorf("image %s is in use by %d container(s) or mount(s)", shortID(rec.ConfigDigest), n)
 	}
 	delete(idx.Images, rec.ManifestDigest)
 	res.Deleted = append(res.Deleted, rec.ConfigDigest)

@@ -406,3 +406,34 @@ func diffTrees(t *testing.T, got, want map[string]string) {
 		t.Errorf("umoci's tree has only %d entries; the test image is too small to mean much", len(want))
 	}
 }
+
+func TestMountUmount(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	reg := testregistry.Start(t, testregistry.Options{})
+	pushMultiLayer(t, reg, "demo/app:v1")
+	root := t.TempDir()
+	ref := reg.Ref("demo/app:v1")
+	mustStrata(t, root, "pull", "-q", ref)
+	mnt := t.TempDir()
+	mustStrata(t, root, "mount", ref, mnt)
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	if err := testimage.CheckMultiLayer(mnt); err != nil {
+		t.Error(err)
+	}
+	if r := strata(t, root, "rmi", "-f", ref); r.code == 0 || !strings.Contains(r.stderr, "in use") {
+		t.Errorf("rmi of a mounted image: exit %d, %s", r.code, r.stderr)
+	}
+	mustStrata(t, root, "umount", mnt)
+	if _, err := os.Stat(filepath.Join(mnt, "etc/motd")); !os.IsNotExist(err) {
+		t.Errorf("still mounted after umount: %v", err)
+	}
+	mustStrata(t, root, "rmi", ref)
+
+	if r := strata(t, root, "mount", "no-such-image", mnt); r.code != 1 || !strings.Contains(r.stderr, "no-such-image") {
+		t.Errorf("mount of a missing image: exit %d, %s", r.code, r.stderr)
+	}
+	if r := strata(t, root, "umount", mnt); r.code != 1 || !strings.Contains(r.stderr, "not a mount point") {
+		t.Errorf("umount of a plain directory: exit %d, %s", r.code, r.stderr)
+	}
+}

@@ -85,6 +85,7 @@ type verb struct {
 func verbs() []*verb {
 	return []*verb{
 		pullVerb(), imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(),
+		mountVerb(), mountServerVerb(), umountVerb(),
 	}
 }
 

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/fusefs"
+	"github.com/stratafs/strata/layertree"
+	"github.com/stratafs/strata/lazypull"
+)
+
+func mountVerb() *verb {
+	return &verb{name: "mount", args: "IMAGE DIR", summary: "Mount an image's root filesystem (read-only for now) at DIR; returns once it is live", minArgs: 2, maxArgs: 2,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			return func(ctx context.Context, a *app, args []string) error {
+				s, err := a.Store()
+				if err != nil {
+					return err
+				}
+				if _, err := s.Lookup(args[0]); err != nil {
+					return fmt.Errorf("%w (pull it first: strata pull %s)", err, args[0])
+				}
+				dir, err := filepath.Abs(args[1])
+				if err != nil {
+					return err
+				}
+				if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+					return fmt.Errorf("mount point %s: not a directory", args[1])
+				}
+				return a.startMountServer(ctx, args[0], dir)
+			}
+		}}
+}
+
+// startMountServer runs the FUSE server in a process of its own (strata
+// mount-server, detached in a new session) and waits until it reports the
+// mount live or failed.
+func (a *app) startMountServer(ctx context.Context, image, dir string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	logDir := filepath.Join(a.store.Root(), "mounts")
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
+		return err
+	}
+	logPath := filepath.Join(logDir, mountID(dir)+".log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, "--root", a.store.Root(), "--log-level", a.logLevel, "mount-server", image, dir)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	w.Close()
+	defer r.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(line)
+	if line == "ok" {
+		cmd.Process.Release()
+		return nil
+	}
+	cmd.Wait()
+	if line == "" {
+		b, _ := os.ReadFile(logPath)
+		line = "mount server exited: " + strings.TrimSpace(string(b))
+	}
+	return errors.New(line)
+}
+
+func mountID(dir string) string {
+	h := sha256.Sum256([]byte(dir))
+	return hex.EncodeToString(h[:8])
+}
+
+// mountServerVerb is the process that serves a mount: it reports on fd 3
+// once the mount is live, and exits when it is unmounted.
+func mountServerVerb() *verb {
+	return &verb{name: "mount-server", args: "IMAGE DIR", summary: "(internal) serve a mount", hidden: true, minArgs: 2, maxArgs: 2,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			return func(ctx context.Context, a *app, args []string) error {
+				ready := os.NewFile(3, "ready")
+				report := func(msg string) {
+					if ready != nil {
+						fmt.Fprintln(ready, msg)
+						ready.Close()
+						ready = nil
+					}
+				}
+				err := a.serveMount(args[0], args[1], func() { report("ok") })
+				if err != nil {
+					report(err.Error())
+				}
+				return err
+			}
+		}}
+}
+
+func (a *app) serveMount(image, dir string, live func()) error {
+	s, err := a.Store()
+	if err != nil {
+		return err
+	}
+	rec, err := s.Lookup(image)
+	if err != nil {
+		return err
+	}
+	unpin, err := s.Pin(rec, "mount-"+mountID(dir))
+	if err != nil {
+		return err
+	}
+	defer unpin()
+	dirs, err := s.LayerTrees(rec)
+	if err != nil {
+		return err
+	}
+	var layers []layertree.Tree
+	for _, d := range dirs {
+		l, err := layertree.NewDir(d)
+		if err != nil {
+			return err
+		}
+		layers = append(layers, l)
+	}
+	u, err := fusefs.New(fusefs.Options{Layers: layers, Logger: a.log})
+	if err != nil {
+		return err
+	}
+	srv, err := fusefs.Mount(dir, u, fusefs.MountOptions{FsName: "strata:" + lazypull.ShortID(rec.ConfigDigest)})
+	if err != nil {
+		return err
+	}
+	// Unmount cleanly when asked to stop.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	go func() {
+		<-sig
+		srv.Unmount()
+	}()
+	live()
+	srv.Wait()
+	return nil
+}
+
+func umountVerb() *verb {
+	return &verb{name: "umount", args: "DIR", summary: "Unmount a strata mount", minArgs: 1, maxArgs: 1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			lazy := fs.BoolP("lazy", "l", false, "detach now, clean up when no longer busy")
+			return func(ctx context.Context, a *app, args []string) error {
+				dir, err := filepath.Abs(args[0])
+				if err != nil {
+					return err
+				}
+				flags := 0
+				if *lazy {
+					flags = unix.MNT_DETACH
+				}
+				if err := unix.Unmount(dir, flags); err != nil {
+					if errors.Is(err, unix.EPERM) {
+						if out, ferr := exec.Command("fusermount3", "-u", dir).CombinedOutput(); ferr == nil {
+							return nil
+						} else {
+							return fmt.Errorf("umount %s: %s", dir, strings.TrimSpace(string(out)))
+						}
+					}
+					if errors.Is(err, unix.EINVAL) {
+						return fmt.Errorf("umount %s: not a mount point", args[0])
+					}
+					return fmt.Errorf("umount %s: %w", args[0], err)
+				}
+				// The server exits once the kernel tells it; give it a moment
+				// so a following rmi sees the image unpinned.
+				deadline := time.Now().Add(2 * time.Second)
+				for time.Now().Before(deadline) {
+					if _, err := os.Stat(filepath.Join(a.root, "pins", "mount-"+mountID(dir)+".pin")); os.IsNotExist(err) {
+						break
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				return nil
+			}
+		}}
+}

@@ -1,0 +1,51 @@
+package fusefs
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+func isEOF(err error) bool { return errors.Is(err, io.EOF) }
+
+// MountOptions are the mount's settings.
+type MountOptions struct {
+	// FsName shows in /proc/mounts as the source.
+	FsName string
+	Debug  bool
+}
+
+// Mount serves u at dir and returns once the mount is live. The mount is
+// read-only for now, shared with every user (allow_other) with the kernel
+// checking permissions (default_permissions), as a container rootfs needs.
+func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
+	if o.FsName == "" {
+		o.FsName = "strata"
+	}
+	opts := &fs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName:        o.FsName,
+			Name:          "strata",
+			AllowOther:    os.Geteuid() == 0,
+			Options:       []string{"default_permissions", "ro"},
+			DirectMount:   true,
+			MaxReadAhead:  1 << 20,
+			Debug:         o.Debug,
+			DisableXAttrs: false,
+		},
+		EntryTimeout:    &u.timeout,
+		AttrTimeout:     &u.timeout,
+		NegativeTimeout: &u.timeout,
+		UID:             0,
+		GID:             0,
+	}
+	srv, err := fs.Mount(dir, u.Root(), opts)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	}
+	return srv, nil
+}

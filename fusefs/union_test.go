@@ -1,0 +1,268 @@
+package fusefs
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/testenv"
+	"github.com/stratafs/strata/internal/testimage"
+	"github.com/stratafs/strata/layertree"
+	"github.com/stratafs/strata/whiteout"
+)
+
+// multiLayerDirs extracts the harness's multi-layer image, one directory
+// per layer in the kernel overlayfs's form; top first.
+func multiLayerDirs(t *testing.T) []string {
+	t.Helper()
+	testenv.RequireBinary(t, "busybox")
+	base, err := testimage.BusyboxFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dirs []string
+	root := t.TempDir()
+	for i, files := range append([][]testimage.File{base}, testimage.MultiLayerLayers()...) {
+		l, err := testimage.LayerFromFiles(files, testimage.Uncompressed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, _ := l.Uncompressed()
+		d := filepath.Join(root, fmt.Sprint("layer", i))
+		if _, err := whiteout.Apply(context.Background(), rc, d, whiteout.Options{Mode: whiteout.Layer, Format: whiteout.FormatOverlay, Privileged: true}); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append([]string{d}, dirs...)
+	}
+	return dirs
+}
+
+func mountUnion(t *testing.T, dirs []string) string {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	var layers []layertree.Tree
+	for _, d := range dirs {
+		l, err := layertree.NewDir(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	u, err := New(Options{Layers: layers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := t.TempDir()
+	srv, err := Mount(mnt, u, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Unmount() })
+	return mnt
+}
+
+func TestUnionShowsTheFlattenedImage(t *testing.T) {
+	mnt := mountUnion(t, multiLayerDirs(t))
+	if err := testimage.CheckMultiLayer(mnt); err != nil {
+		t.Error(err)
+	}
+}
+
+// describe lists what the kernel overlayfs and strata must agree on.
+func describe(t *testing.T, root string) (map[string]string, map[uint64][]string) {
+	t.Helper()
+	out := map[string]string{}
+	inodes := map[uint64][]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		s := fmt.Sprintf("type=%o", st.Mode&unix.S_IFMT)
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			// Directories' metadata differ where a layer holds a directory
+			// only as a parent: the kernel shows that layer's made-up
+			// attributes, strata the image's (see whiteout.ImpliedXattr).
+			s += fmt.Sprintf(" mode=%o owner=%d:%d size=%d nlink=%d mtime=%d", st.Mode, st.Uid, st.Gid, st.Size, st.Nlink, st.Mtim.Sec)
+			inodes[st.Ino] = append(inodes[st.Ino], rel)
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			s += fmt.Sprintf(" sha=%x", sha256.Sum256(b))
+		case unix.S_IFLNK:
+			l, _ := os.Readlink(p)
+			s += " -> " + l
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+			buf := make([]byte, 4096)
+			if n, err := unix.Llistxattr(p, buf); err == nil {
+				names := strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00")
+				sort.Strings(names)
+				for _, x := range names {
+					// The kernel shows strata's internal markers; strata hides them.
+					if x == "" || whiteout.IsInternalXattr(x) {
+						continue
+					}
+					v := make([]byte, 256)
+					m, _ := unix.Lgetxattr(p, x, v)
+					s += fmt.Sprintf(" %s=%q", x, v[:max(m, 0)])
+				}
+			}
+		}
+		out[rel] = s
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, inodes
+}
+
+func TestUnionMatchesKernelOverlay(t *testing.T) {
+	dirs := multiLayerDirs(t)
+	mnt := mountUnion(t, dirs)
+	kernel := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "overlay", "overlay", "-o", "lowerdir="+strings.Join(dirs, ":"), kernel).CombinedOutput(); err != nil {
+		testenv.Skip(t, fmt.Sprintf("kernel overlayfs: %v %s", err, out))
+	}
+	defer unix.Unmount(kernel, unix.MNT_DETACH)
+	got, gotIno := describe(t, mnt)
+	want, wantIno := describe(t, kernel)
+	var keys []string
+	for k := range want {
+		keys = append(keys, k)
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	bad := 0
+	for _, k := range keys {
+		if got[k] != want[k] {
+			if bad++; bad < 15 {
+				t.Errorf("%s:\n  strata %s\n  kernel %s", k, got[k], want[k])
+			}
+		}
+	}
+	// Hardlinks: the same groups of names share an inode.
+	groups := func(m map[uint64][]string) []string {
+		var g []string
+		for _, names := range m {
+			if len(names) > 1 {
+				sort.Strings(names)
+				g = append(g, strings.Join(names, ","))
+			}
+		}
+		sort.Strings(g)
+		return g
+	}
+	if a, b := groups(gotIno), groups(wantIno); strings.Join(a, ";") != strings.Join(b, ";") {
+		t.Errorf("hardlink groups: strata %v, kernel %v", a, b)
+	}
+}
+
+func TestUnionIsReadOnlyForNow(t *testing.T) {
+	mnt := mountUnion(t, multiLayerDirs(t))
+	if err := os.WriteFile(filepath.Join(mnt, "etc/motd"), []byte("x"), 0o644); !isErrno(err, syscall.EROFS) {
+		t.Errorf("write: %v; want EROFS", err)
+	}
+	if err := os.Mkdir(filepath.Join(mnt, "newdir"), 0o755); !isErrno(err, syscall.EROFS) {
+		t.Errorf("mkdir: %v; want EROFS", err)
+	}
+}
+
+func isErrno(err error, e syscall.Errno) bool {
+	var pe *os.PathError
+	if ok := asPathError(err, &pe); ok {
+		return pe.Err == e
+	}
+	return false
+}
+
+func asPathError(err error, pe **os.PathError) bool {
+	p, ok := err.(*os.PathError)
+	if ok {
+		*pe = p
+	}
+	return ok
+}
+
+func TestInodesStableAcrossMounts(t *testing.T) {
+	dirs := multiLayerDirs(t)
+	ino := func() map[string]uint64 {
+		mnt := mountUnion(t, dirs)
+		m := map[string]uint64{}
+		for _, p := range []string{"bin/busybox", "etc/motd", "opt/app/h1", "opt/app/config", "opt/app"} {
+			var st unix.Stat_t
+			if err := unix.Lstat(filepath.Join(mnt, p), &st); err != nil {
+				t.Fatal(err)
+			}
+			m[p] = st.Ino
+		}
+		return m
+	}
+	a, b := ino(), ino()
+	for p := range a {
+		if a[p] != b[p] {
+			t.Errorf("%s: inode %d then %d", p, a[p], b[p])
+		}
+	}
+}
+
+func TestUnionOfMemoryTrees(t *testing.T) {
+	top, bottom := layertree.NewMem(), layertree.NewMem()
+	bottom.Add("a/x", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("bottom x"), nil)
+	bottom.Add("a/y", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("bottom y"), nil)
+	bottom.Add("gone/z", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("z"), nil)
+	top.Add("a/x", layertree.Entry{Mode: layertree.ModeRegular | 0o600}, []byte("top x"), nil)
+	top.Add("gone", layertree.Entry{Mode: layertree.ModeChar, Whiteout: true}, nil, nil)
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	u, err := New(Options{Layers: []layertree.Tree{top, bottom}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := t.TempDir()
+	srv, err := Mount(mnt, u, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Unmount()
+	for p, want := range map[string]string{"a/x": "top x", "a/y": "bottom y"} {
+		if b, err := os.ReadFile(filepath.Join(mnt, p)); err != nil || string(b) != want {
+			t.Errorf("%s = %q, %v; want %q", p, b, err, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "gone")); !os.IsNotExist(err) {
+		t.Errorf("whited-out directory visible: %v", err)
+	}
+	ents, _ := os.ReadDir(mnt)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, ",") != "a" {
+		t.Errorf("root lists %v", names)
+	}
+}

@@ -1,0 +1,74 @@
+package lazypull
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Pin marks an image in use (a mount, a container) for as long as the
+// calling process lives: the pin file holds the manifest digest and the
+// process holds its flock, so a pin whose owner died is known stale.
+// Remove refuses to delete a pinned image.
+func (s *Store) Pin(rec *ImageRecord, owner string) (unpin func(), err error) {
+	dir := filepath.Join(s.root, "pins")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if owner == "" || strings.ContainsAny(owner, "/\x00") {
+		return nil, fmt.Errorf("invalid pin owner %q", owner)
+	}
+	p := filepath.Join(dir, owner+".pin")
+	l, ok := tryLockFile(p)
+	if !ok {
+		return nil, fmt.Errorf("pin %s is held by another process", owner)
+	}
+	if err := os.WriteFile(p, []byte(rec.ManifestDigest+"\n"), 0o600); err != nil {
+		l.Unlock()
+		return nil, err
+	}
+	return func() {
+		os.Remove(p)
+		l.Unlock()
+	}, nil
+}
+
+// pinsOf counts live pins of an image and removes stale ones.
+func (s *Store) pinsOf(rec *ImageRecord) int {
+	dir := filepath.Join(s.root, "pins")
+	ents, _ := os.ReadDir(dir)
+	n := 0
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		b, err := os.ReadFile(p)
+		if err != nil || strings.TrimSpace(string(b)) != rec.ManifestDigest {
+			continue
+		}
+		if l, ok := tryLockFile(p); ok {
+			os.Remove(p) // its owner is gone
+			l.Unlock()
+			continue
+		}
+		n++
+	}
+	return n
+}
+
+// LayerTrees are the directories of an image's layers, top first, as a
+// union stacks them.
+func (s *Store) LayerTrees(rec *ImageRecord) ([]string, error) {
+	out := make([]string, 0, len(rec.Layers))
+	for i := len(rec.Layers) - 1; i >= 0; i-- {
+		l := rec.Layers[i]
+		if !s.HasLayer(l.DiffID) {
+			return nil, fmt.Errorf("layer %s of image %s is missing from the store (pull the image again)", l.DiffID, shortID(rec.ConfigDigest))
+		}
+		d, err := s.LayerTree(l.DiffID)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
