@@ -139,8 +139,8 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 		return n.children, 0
 	}
 	out := map[string]*child{}
-	hidden := map[string]bool{}  // whited out, or shadowed by a non-directory
-	closed := map[string]bool{}  // directories whose lower layers are hidden
+	hidden := map[string]bool{} // whited out, or shadowed by a non-directory
+	closed := map[string]bool{} // directories whose lower layers are hidden
 	for _, ref := range n.lowers {
 		ents, err := n.u.layers[ref.idx].ReadDir(ctx, ref.path)
 		if err != nil {
