@@ -1,16 +1,12 @@
 package fusefs
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"os"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
-
-func isEOF(err error) bool { return errors.Is(err, io.EOF) }
 
 // MountOptions are the mount's settings.
 type MountOptions struct {
@@ -19,9 +15,10 @@ type MountOptions struct {
 	Debug  bool
 }
 
-// Mount serves u at dir and returns once the mount is live. The mount is
-// read-only for now, shared with every user (allow_other) with the kernel
-// checking permissions (default_permissions), as a container rootfs needs.
+// Mount serves u at dir and returns once the mount is live: shared with
+// every user (allow_other) with the kernel checking permissions
+// (default_permissions), as a container rootfs needs; read-only when the
+// union has no upper directory.
 func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 	if o.FsName == "" {
 		o.FsName = "strata"
@@ -31,7 +28,7 @@ func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 			FsName:        o.FsName,
 			Name:          "strata",
 			AllowOther:    os.Geteuid() == 0,
-			Options:       []string{"default_permissions", "ro"},
+			Options:       mountFlags(u),
 			DirectMount:   true,
 			MaxReadAhead:  1 << 20,
 			Debug:         o.Debug,
@@ -48,4 +45,11 @@ func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	return srv, nil
+}
+
+func mountFlags(u *Union) []string {
+	if u.readOnly() {
+		return []string{"default_permissions", "ro"}
+	}
+	return []string{"default_permissions"}
 }

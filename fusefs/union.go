@@ -4,14 +4,16 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
+	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/layertree"
 )
@@ -20,136 +22,233 @@ import (
 type Options struct {
 	// Layers are the read-only layers, top first.
 	Layers []layertree.Tree
-	// Timeout is how long the kernel may cache entries and attributes.
-	// Layers never change, so it is long by default (an hour).
+	// UpperDir receives every change; WorkDir, on the same filesystem,
+	// holds copy-ups until they are complete. Both empty: read-only.
+	UpperDir, WorkDir string
+	// Timeout is how long the kernel may cache entries and attributes of
+	// what lies in the layers, which never change (default an hour).
 	Timeout time.Duration
 	Logger  *slog.Logger
 }
 
-// Union is the merged view of a stack of layers. This increment serves
-// the read path; writes are refused with EROFS until the upper layer lands.
+// Union is the merged view of a stack of layers under an upper directory.
 type Union struct {
 	layers  []layertree.Tree
 	timeout time.Duration
 	log     *slog.Logger
 	root    *node
+
+	upper    *layertree.Dir // nil: read-only
+	upperDir string
+	workDir  string
+	format   upperFormat
+
+	// mu guards every child record and merged listing. wmu serialises
+	// changes, which touch the upper directory and several records.
+	mu  sync.Mutex
+	wmu sync.Mutex
+	// links shares one record among the names of a hardlinked file, by
+	// inode number, so a change through one name shows through all.
+	links map[uint64]*child
+	// layerLinks caches, per layer, the paths of each hardlinked inode.
+	layerLinks map[int]map[uint64][]string
 }
 
-// New builds the union of opts.Layers.
+// New builds the union of opts.Layers (and opts.UpperDir).
 func New(opts Options) (*Union, error) {
-	if len(opts.Layers) == 0 {
+	if len(opts.Layers) == 0 && opts.UpperDir == "" {
 		return nil, fmt.Errorf("union: no layers")
 	}
 	if len(opts.Layers) > 1<<15 {
 		return nil, fmt.Errorf("union: %d layers is more than %d", len(opts.Layers), 1<<15)
 	}
-	u := &Union{layers: opts.Layers, timeout: opts.Timeout, log: opts.Logger}
+	u := &Union{layers: opts.Layers, timeout: opts.Timeout, log: opts.Logger,
+		links: map[uint64]*child{}, layerLinks: map[int]map[uint64][]string{}}
 	if u.timeout == 0 {
 		u.timeout = time.Hour
 	}
 	if u.log == nil {
 		u.log = slog.New(slog.DiscardHandler)
 	}
+	if (opts.UpperDir == "") != (opts.WorkDir == "") {
+		return nil, fmt.Errorf("union: upperdir and workdir go together")
+	}
+	if opts.UpperDir != "" {
+		if err := u.openUpper(opts.UpperDir, opts.WorkDir); err != nil {
+			return nil, err
+		}
+	}
 	ctx := context.Background()
-	var lowers []layerRef
-	var attr layertree.Entry
+	root := &child{entry: layertree.Entry{Mode: layertree.ModeDir | 0o755, Nlink: 2}, ino: fuse.FUSE_ROOT_ID}
 	found := false
-	for i, l := range u.layers {
-		e, err := l.Stat(ctx, "")
+	if u.upper != nil {
+		e, err := u.upper.Stat(ctx, "")
 		if err != nil {
-			return nil, fmt.Errorf("layer %d: %w", i, err)
+			return nil, err
 		}
-		lowers = append(lowers, layerRef{idx: i, path: ""})
-		if !found && !e.Implied {
-			attr, found = e, true
-		}
-		if e.Opaque {
-			break
+		root.entry, root.upper, found = e, true, true
+	}
+	if !(root.upper && root.entry.Opaque) {
+		for i, l := range u.layers {
+			e, err := l.Stat(ctx, "")
+			if err != nil {
+				return nil, fmt.Errorf("layer %d: %w", i, err)
+			}
+			root.lowers = append(root.lowers, layerRef{idx: i, path: ""})
+			if !found && !e.Implied {
+				root.entry, found = e, true
+			}
+			if e.Opaque {
+				break
+			}
 		}
 	}
-	if !found {
-		attr = layertree.Entry{Mode: layertree.ModeDir | 0o755, Nlink: 2}
-	}
-	u.root = &node{u: u, entry: attr, lowers: lowers}
+	u.root = &node{u: u, c: root}
 	return u, nil
 }
 
 // Root is the union's root node, for fs.Mount.
 func (u *Union) Root() fs.InodeEmbedder { return u.root }
 
-// layerRef is where an entry lives in one layer.
+// layerRef is where an entry lives in one lower layer.
 type layerRef struct {
 	idx  int
 	path string
 }
 
-// child is one name of a merged directory.
+// child is what the union knows of one name: shared by the parent's
+// merged listing and the node looked up for it, guarded by Union.mu.
 type child struct {
-	entry  layertree.Entry
-	lowers []layerRef // for directories, every layer holding one, top first
+	entry  layertree.Entry // attributes while not in the upper
+	upper  bool            // exists in the upper directory
+	lowers []layerRef      // lower layers holding it, top first
+	ino    uint64
+	// inoKept: ino was recorded in the upper at copy-up and wins over
+	// the lower origin's.
+	inoKept bool
+	// covers: a lower layer has this name beneath the upper entry, so
+	// removing it needs a whiteout.
+	covers bool
 }
 
 // node is one file of the union.
 type node struct {
 	fs.Inode
-	u      *Union
-	entry  layertree.Entry // the attributes shown
-	lowers []layerRef      // top first; one for non-directories
+	u *Union
+	c *child
 
-	mu       sync.Mutex
+	merged   bool
 	children map[string]*child // merged directory, computed once
-	names    []string          // sorted, for readdir
 }
-
-var (
-	_ fs.NodeLookuper    = (*node)(nil)
-	_ fs.NodeReaddirer   = (*node)(nil)
-	_ fs.NodeGetattrer   = (*node)(nil)
-	_ fs.NodeOpener      = (*node)(nil)
-	_ fs.NodeReadlinker  = (*node)(nil)
-	_ fs.NodeGetxattrer  = (*node)(nil)
-	_ fs.NodeListxattrer = (*node)(nil)
-	_ fs.NodeStatfser    = (*node)(nil)
-)
 
 // ino is stable across mounts of the same stack: the layer's own inode
 // number with the layer's index in the high bits, as overlayfs's xino.
-func (u *Union) ino(ref layerRef, e layertree.Entry) uint64 {
+// The upper layer is index -1 (high bits zero).
+func (u *Union) ino(idx int, path string, e layertree.Entry) uint64 {
 	const low = 1<<48 - 1
 	if e.Ino != 0 {
-		return uint64(ref.idx+1)<<48 | e.Ino&low
+		return uint64(idx+1)<<48 | e.Ino&low
 	}
 	// Trees without inode numbers (in memory): a hash of the path.
 	h := uint64(14695981039346656037)
-	for i := 0; i < len(ref.path); i++ {
-		h ^= uint64(ref.path[i])
+	for i := 0; i < len(path); i++ {
+		h ^= uint64(path[i])
 		h *= 1099511628211
 	}
-	return uint64(ref.idx+1)<<48 | h&low
+	return uint64(idx+1)<<48 | h&low
 }
 
-// merge computes the directory's listing from its layers, top down: the
-// first layer to name an entry decides what it is; whiteouts hide the
-// name below; a directory's lower layers stop at an opaque one or at a
-// non-directory.
-func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.children != nil {
-		return n.children, 0
+// path is the node's path in the union, "" for the root.
+func (n *node) path() string {
+	if n.IsRoot() {
+		return ""
 	}
+	return n.Path(nil)
+}
+
+// upperPath is where the node lives, or would live, in the upper.
+func (n *node) upperPath() string {
+	p := n.path()
+	if p == "" {
+		return n.u.upperDir
+	}
+	return n.u.upperDir + "/" + p
+}
+
+func (u *Union) tree(idx int) layertree.Tree { return u.layers[idx] }
+
+// snapshot copies a child record under the lock.
+func (u *Union) snapshot(c *child) child {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := *c
+	s.lowers = append([]layerRef(nil), c.lowers...)
+	return s
+}
+
+// merge computes the directory's listing once, top down: the first layer
+// to name an entry decides what it is; whiteouts hide the name below; a
+// directory's lower layers stop at an opaque one or at a non-directory.
+func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
+	n.u.mu.Lock()
+	if n.merged {
+		m := n.children
+		n.u.mu.Unlock()
+		return m, 0
+	}
+	n.u.mu.Unlock()
+	c := n.u.snapshot(n.c)
+	path := n.path()
 	out := map[string]*child{}
 	hidden := map[string]bool{} // whited out, or shadowed by a non-directory
 	closed := map[string]bool{} // directories whose lower layers are hidden
-	for _, ref := range n.lowers {
+	if c.upper {
+		ents, err := n.u.upper.ReadDir(ctx, path)
+		if err != nil {
+			return nil, fs.ToErrno(err)
+		}
+		for _, e := range ents {
+			if e.Whiteout {
+				hidden[e.Name] = true
+				continue
+			}
+			ino, kept := n.u.upperIno(join(path, e.Name), e)
+			ch := &child{entry: e, upper: true, ino: ino, inoKept: kept}
+			if !e.IsDir() && e.Nlink > 1 {
+				ch = n.u.shareLink(ch)
+			}
+			out[e.Name] = ch
+			switch {
+			case !e.IsDir():
+				hidden[e.Name] = true
+			case e.Redirect != "":
+				ch.lowers = n.u.resolveDir(ctx, redirectTarget(path, e.Redirect))
+				if len(ch.lowers) > 0 && !kept {
+					ref := ch.lowers[0]
+					if le, err := n.u.layers[ref.idx].Stat(ctx, ref.path); err == nil {
+						ch.ino = n.u.ino(ref.idx, ref.path, le)
+					}
+				}
+				closed[e.Name] = true
+			case e.Opaque:
+				closed[e.Name] = true
+			}
+		}
+	}
+	for _, ref := range c.lowers {
 		ents, err := n.u.layers[ref.idx].ReadDir(ctx, ref.path)
 		if err != nil {
 			n.u.log.Warn("readdir of a layer failed", "layer", ref.idx, "path", ref.path, "err", err)
 			return nil, fs.ToErrno(err)
 		}
 		for _, e := range ents {
-			if hidden[e.Name] {
-				continue
+			if hidden[e.Name] || closed[e.Name] {
+				if ch, ok := out[e.Name]; ok && ch.upper && !e.Whiteout {
+					ch.covers = true
+				}
+				if hidden[e.Name] {
+					continue
+				}
 			}
 			if e.Whiteout {
 				if _, ok := out[e.Name]; !ok {
@@ -158,9 +257,13 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 				continue
 			}
 			cref := layerRef{idx: ref.idx, path: join(ref.path, e.Name)}
-			c, ok := out[e.Name]
+			ch, ok := out[e.Name]
 			if !ok {
-				out[e.Name] = &child{entry: e, lowers: []layerRef{cref}}
+				nc := &child{entry: e, lowers: []layerRef{cref}, ino: n.u.ino(ref.idx, cref.path, e)}
+				if !e.IsDir() && e.Nlink > 1 {
+					nc = n.u.shareLink(nc)
+				}
+				out[e.Name] = nc
 				if !e.IsDir() {
 					hidden[e.Name] = true
 				} else if e.Opaque {
@@ -168,29 +271,71 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 				}
 				continue
 			}
-			// A lower directory under an upper one merges into it.
 			if !e.IsDir() || closed[e.Name] {
-				if !e.IsDir() {
-					closed[e.Name] = true
-				}
+				closed[e.Name] = true
 				continue
 			}
-			c.lowers = append(c.lowers, cref)
-			if c.entry.Implied && !e.Implied {
-				c.entry = withName(e, c.entry.Name)
+			// A lower directory under an upper one merges into it, and
+			// keeps the inode number of its lower origin.
+			if len(ch.lowers) == 0 && !ch.inoKept {
+				ch.ino = n.u.ino(ref.idx, cref.path, e)
+			}
+			ch.lowers = append(ch.lowers, cref)
+			if !ch.upper && ch.entry.Implied && !e.Implied {
+				ch.entry = withName(e, ch.entry.Name)
 			}
 			if e.Opaque {
 				closed[e.Name] = true
 			}
 		}
 	}
-	n.children = out
-	n.names = make([]string, 0, len(out))
-	for name := range out {
-		n.names = append(n.names, name)
+	n.u.mu.Lock()
+	defer n.u.mu.Unlock()
+	if !n.merged {
+		n.children, n.merged = out, true
 	}
-	sort.Strings(n.names)
-	return out, 0
+	return n.children, 0
+}
+
+// shareLink returns the record of the hardlinked file c is a name of,
+// registering c if it is the first name seen.
+func (u *Union) shareLink(c *child) *child {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if existing, ok := u.links[c.ino]; ok {
+		return existing
+	}
+	u.links[c.ino] = c
+	return c
+}
+
+// resolveDir finds the lower directories at path, top first, stopping at
+// an opaque one or where a layer has something else there.
+func (u *Union) resolveDir(ctx context.Context, path string) []layerRef {
+	var out []layerRef
+	for i, l := range u.layers {
+		e, err := l.Stat(ctx, path)
+		if err != nil {
+			continue
+		}
+		if e.Whiteout || !e.IsDir() {
+			break
+		}
+		out = append(out, layerRef{idx: i, path: path})
+		if e.Opaque {
+			break
+		}
+	}
+	return out
+}
+
+// redirectTarget turns a redirect xattr into a lower path: absolute ones
+// are from the root, others name a sibling.
+func redirectTarget(parent, redirect string) string {
+	if strings.HasPrefix(redirect, "/") {
+		return strings.Trim(redirect, "/")
+	}
+	return join(parent, redirect)
 }
 
 func withName(e layertree.Entry, name string) layertree.Entry {
@@ -205,25 +350,58 @@ func join(dir, name string) string {
 	return dir + "/" + name
 }
 
+// attr is the node's current attributes: the upper file's when it has
+// one (fresh from the disk), else the layer's.
+func (n *node) attr() (layertree.Entry, bool, syscall.Errno) {
+	c := n.u.snapshot(n.c)
+	if !c.upper {
+		return c.entry, false, 0
+	}
+	e, err := n.u.upper.Stat(context.Background(), n.path())
+	if err != nil {
+		return e, true, fs.ToErrno(err)
+	}
+	return e, true, 0
+}
+
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	children, errno := n.merge(ctx)
 	if errno != 0 {
 		return nil, errno
 	}
+	n.u.mu.Lock()
 	c, ok := children[name]
+	n.u.mu.Unlock()
 	if !ok {
 		return nil, syscall.ENOENT
 	}
-	cn := &node{u: n.u, entry: c.entry, lowers: c.lowers}
-	ino := n.u.ino(c.lowers[0], c.entry)
-	cn.fillAttr(&out.Attr, ino)
-	out.SetEntryTimeout(n.u.timeout)
-	out.SetAttrTimeout(n.u.timeout)
-	return n.NewInode(ctx, cn, fs.StableAttr{Mode: c.entry.Type(), Ino: ino}), 0
+	cn := &node{u: n.u, c: c}
+	ch := n.u.snapshot(c)
+	e := ch.entry
+	if ch.upper {
+		var err error
+		if e, err = n.u.upper.Stat(ctx, join(n.path(), name)); err != nil {
+			return nil, fs.ToErrno(err)
+		}
+	}
+	fillAttr(&out.Attr, e, ch.ino)
+	n.u.setTimeouts(out, ch.upper)
+	return n.NewInode(ctx, cn, fs.StableAttr{Mode: e.Type(), Ino: ch.ino}), 0
 }
 
-func (n *node) fillAttr(a *fuse.Attr, ino uint64) {
-	e := n.entry
+// setTimeouts: what lies in the layers never changes; what lies in the
+// upper is re-read (the kernel learns of changes made through strata, but
+// not of ones made to the upper directory behind its back).
+func (u *Union) setTimeouts(out *fuse.EntryOut, upper bool) {
+	out.SetEntryTimeout(u.timeout)
+	if upper {
+		out.SetAttrTimeout(0)
+	} else {
+		out.SetAttrTimeout(u.timeout)
+	}
+}
+
+func fillAttr(a *fuse.Attr, e layertree.Entry, ino uint64) {
 	a.Ino = ino
 	a.Mode = e.Mode
 	a.Uid, a.Gid = e.UID, e.GID
@@ -236,13 +414,25 @@ func (n *node) fillAttr(a *fuse.Attr, ino uint64) {
 	a.SetTimes(&t, &t, &t)
 }
 
-func (n *node) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	ino := n.StableAttr().Ino
-	if n.IsRoot() {
-		ino = fuse.FUSE_ROOT_ID
+func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if f, ok := fh.(*upperFile); ok {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(f.fd, &st); err == nil {
+			out.FromStat(&st)
+			out.Ino = n.u.snapshot(n.c).ino
+			return 0
+		}
 	}
-	n.fillAttr(&out.Attr, ino)
-	out.SetTimeout(n.u.timeout)
+	e, upper, errno := n.attr()
+	if errno != 0 {
+		return errno
+	}
+	fillAttr(&out.Attr, e, n.u.snapshot(n.c).ino)
+	if upper {
+		out.SetTimeout(0)
+	} else {
+		out.SetTimeout(n.u.timeout)
+	}
 	return 0
 }
 
@@ -251,35 +441,26 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
-	n.mu.Lock()
-	names := slices.Clone(n.names)
-	n.mu.Unlock()
-	ents := make([]fuse.DirEntry, 0, len(names))
-	for _, name := range names {
-		c := children[name]
-		ents = append(ents, fuse.DirEntry{Name: name, Mode: c.entry.Type(), Ino: n.u.ino(c.lowers[0], c.entry)})
+	n.u.mu.Lock()
+	ents := make([]fuse.DirEntry, 0, len(children))
+	for name, c := range children {
+		mode := c.entry.Type()
+		ents = append(ents, fuse.DirEntry{Name: name, Mode: mode, Ino: c.ino})
 	}
+	n.u.mu.Unlock()
+	sort.Slice(ents, func(i, j int) bool { return ents[i].Name < ents[j].Name })
 	return fs.NewListDirStream(ents), 0
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	if n.entry.Type() != layertree.ModeSymlink {
+	e, _, errno := n.attr()
+	if errno != 0 {
+		return nil, errno
+	}
+	if e.Type() != layertree.ModeSymlink {
 		return nil, syscall.EINVAL
 	}
-	return []byte(n.entry.Target), 0
-}
-
-func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
-		return nil, 0, syscall.EROFS
-	}
-	ref := n.lowers[0]
-	f, err := n.u.layers[ref.idx].Open(ctx, ref.path)
-	if err != nil {
-		return nil, 0, fs.ToErrno(err)
-	}
-	// Layer files never change: the kernel keeps their pages across opens.
-	return &file{f: f}, fuse.FOPEN_KEEP_CACHE, 0
+	return []byte(e.Target), 0
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
@@ -318,8 +499,14 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 }
 
 func (n *node) xattrs(ctx context.Context) (map[string][]byte, syscall.Errno) {
-	ref := n.lowers[0]
-	xs, err := n.u.layers[ref.idx].Xattrs(ctx, ref.path)
+	c := n.u.snapshot(n.c)
+	var xs map[string][]byte
+	var err error
+	if c.upper {
+		xs, err = n.u.upper.Xattrs(ctx, n.path())
+	} else {
+		xs, err = n.u.layers[c.lowers[0].idx].Xattrs(ctx, c.lowers[0].path)
+	}
 	if err != nil {
 		return nil, fs.ToErrno(err)
 	}
@@ -327,47 +514,53 @@ func (n *node) xattrs(ctx context.Context) (map[string][]byte, syscall.Errno) {
 }
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	dirs := []string{n.u.upperDir}
 	for _, l := range n.u.layers {
 		if d, ok := l.(interface{ Root() string }); ok {
-			var st syscall.Statfs_t
-			if err := syscall.Statfs(d.Root(), &st); err == nil {
-				out.FromStatfsT(&st)
-				return 0
-			}
+			dirs = append(dirs, d.Root())
+		}
+	}
+	for _, d := range dirs {
+		var st syscall.Statfs_t
+		if d != "" && syscall.Statfs(d, &st) == nil {
+			out.FromStatfsT(&st)
+			return 0
 		}
 	}
 	out.Bsize, out.NameLen = 4096, 255
 	return 0
 }
 
-// file is an open layer file.
-type file struct {
-	f layertree.File
-}
-
-var (
-	_ fs.FileReader          = (*file)(nil)
-	_ fs.FileReleaser        = (*file)(nil)
-	_ fs.FilePassthroughFder = (*file)(nil)
-)
-
-func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n, err := f.f.ReadAt(dest, off)
-	if err != nil && !isEOF(err) {
-		return nil, fs.ToErrno(err)
+// upperIno is the inode number of an upper entry: the one it had before
+// copy-up when recorded, else the upper's own.
+func (u *Union) upperIno(path string, e layertree.Entry) (uint64, bool) {
+	if v, err := getxattr(filepath.Join(u.upperDir, path), u.format.prefix+"strata.ino"); err == nil && len(v) == 8 {
+		return leUint64(v), true
 	}
-	return fuse.ReadResultData(dest[:n]), 0
+	return u.ino(-1, path, e), false
 }
 
-// PassthroughFd lets the kernel read a local layer file directly (FUSE
-// passthrough, Linux 6.9+): a read costs what a native one does.
-func (f *file) PassthroughFd() (int, bool) {
-	if l, ok := f.f.(layertree.LocalFile); ok {
-		return l.Fd(), true
+func leUint64(b []byte) uint64 {
+	var v uint64
+	for i := 7; i >= 0; i-- {
+		v = v<<8 | uint64(b[i])
 	}
-	return 0, false
+	return v
 }
 
-func (f *file) Release(ctx context.Context) syscall.Errno {
-	return fs.ToErrno(f.f.Close())
+func putUint64(v uint64) []byte {
+	b := make([]byte, 8)
+	for i := range b {
+		b[i] = byte(v >> (8 * i))
+	}
+	return b
+}
+
+func getxattr(path, name string) ([]byte, error) {
+	buf := make([]byte, 64)
+	n, err := unix.Lgetxattr(path, name, buf)
+	if err != nil {
+		return nil, err
+	}
+	return buf[:n], nil
 }

@@ -182,7 +182,7 @@ func TestUnionMatchesKernelOverlay(t *testing.T) {
 	}
 }
 
-func TestUnionIsReadOnlyForNow(t *testing.T) {
+func TestUnionWithoutUpperIsReadOnly(t *testing.T) {
 	mnt := mountUnion(t, multiLayerDirs(t))
 	if err := os.WriteFile(filepath.Join(mnt, "etc/motd"), []byte("x"), 0o644); !isErrno(err, syscall.EROFS) {
 		t.Errorf("write: %v; want EROFS", err)

@@ -117,6 +117,7 @@ func (d *Dir) entry(name, abs string, st *unix.Stat_t) Entry {
 	case ModeDir:
 		e.Opaque = isOpaque(abs)
 		e.Implied = hasXattr(abs, impliedXattr)
+		e.Redirect = redirectOf(abs)
 		e.Size = 4096
 	}
 	if e.Type() != ModeSymlink {
@@ -132,6 +133,16 @@ const impliedXattr = "user.strata.implied"
 func hasXattr(p, name string) bool {
 	_, err := unix.Lgetxattr(p, name, nil)
 	return err == nil
+}
+
+func redirectOf(dir string) string {
+	buf := make([]byte, 4096)
+	for _, x := range []string{"trusted.overlay.redirect", "user.overlay.redirect"} {
+		if n, err := unix.Lgetxattr(dir, x, buf); err == nil && n > 0 {
+			return string(buf[:n])
+		}
+	}
+	return ""
 }
 
 func isOpaque(dir string) bool {

@@ -31,6 +31,10 @@ type Entry struct {
 	// Implied directories exist in the layer only as parents of its
 	// entries; their attributes come from the layers below.
 	Implied bool
+	// Redirect is where a renamed directory's lower content lives (the
+	// kernel overlayfs's redirect xattr): absolute from the root, or a
+	// name relative to the parent.
+	Redirect string
 }
 
 // Type is the file-type bits of Mode.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net/http"
@@ -424,10 +425,31 @@ func TestMountUmount(t *testing.T) {
 	if r := strata(t, root, "rmi", "-f", ref); r.code == 0 || !strings.Contains(r.stderr, "in use") {
 		t.Errorf("rmi of a mounted image: exit %d, %s", r.code, r.stderr)
 	}
+	// Writable: changes land in the upper, and a kept upper survives.
+	if err := os.WriteFile(filepath.Join(mnt, "etc/motd"), []byte("changed\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	mustStrata(t, root, "umount", mnt)
 	if _, err := os.Stat(filepath.Join(mnt, "etc/motd")); !os.IsNotExist(err) {
 		t.Errorf("still mounted after umount: %v", err)
 	}
+	upper := filepath.Join(t.TempDir(), "upper")
+	mustStrata(t, root, "mount", "--upper", upper, ref, mnt)
+	if b, _ := os.ReadFile(filepath.Join(mnt, "etc/motd")); string(b) != "hello again\n" {
+		t.Errorf("a fresh mount shows %q: the last one's changes leaked", b)
+	}
+	os.Remove(filepath.Join(mnt, "etc/motd"))
+	mustStrata(t, root, "umount", mnt)
+	mustStrata(t, root, "mount", "--upper", upper, ref, mnt)
+	if _, err := os.Stat(filepath.Join(mnt, "etc/motd")); !os.IsNotExist(err) {
+		t.Errorf("deletion not kept in --upper: %v", err)
+	}
+	mustStrata(t, root, "umount", mnt)
+	mustStrata(t, root, "mount", "--read-only", ref, mnt)
+	if err := os.WriteFile(filepath.Join(mnt, "x"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write to a --read-only mount: %v", err)
+	}
+	mustStrata(t, root, "umount", mnt)
 	mustStrata(t, root, "rmi", ref)
 
 	if r := strata(t, root, "mount", "no-such-image", mnt); r.code != 1 || !strings.Contains(r.stderr, "no-such-image") {

@@ -24,8 +24,10 @@ import (
 )
 
 func mountVerb() *verb {
-	return &verb{name: "mount", args: "IMAGE DIR", summary: "Mount an image's root filesystem (read-only for now) at DIR; returns once it is live", minArgs: 2, maxArgs: 2,
+	return &verb{name: "mount", args: "IMAGE DIR", summary: "Mount an image's root filesystem at DIR, writable; returns once it is live", minArgs: 2, maxArgs: 2,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			upper := fs.String("upper", "", "keep changes in this directory (kept after umount; its work directory is DIR.work); default a fresh one removed at umount")
+			readOnly := fs.Bool("read-only", false, "mount read-only")
 			return func(ctx context.Context, a *app, args []string) error {
 				s, err := a.Store()
 				if err != nil {
@@ -41,7 +43,20 @@ func mountVerb() *verb {
 				if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 					return fmt.Errorf("mount point %s: not a directory", args[1])
 				}
-				return a.startMountServer(ctx, args[0], dir)
+				mode := "fresh"
+				switch {
+				case *readOnly && *upper != "":
+					return &usageError{msg: "--read-only and --upper exclude each other"}
+				case *readOnly:
+					mode = "ro"
+				case *upper != "":
+					u, err := filepath.Abs(*upper)
+					if err != nil {
+						return err
+					}
+					mode = u
+				}
+				return a.startMountServer(ctx, args[0], dir, mode)
 			}
 		}}
 }
@@ -49,7 +64,7 @@ func mountVerb() *verb {
 // startMountServer runs the FUSE server in a process of its own (strata
 // mount-server, detached in a new session) and waits until it reports the
 // mount live or failed.
-func (a *app) startMountServer(ctx context.Context, image, dir string) error {
+func (a *app) startMountServer(ctx context.Context, image, dir, upper string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -68,7 +83,7 @@ func (a *app) startMountServer(ctx context.Context, image, dir string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(self, "--root", a.store.Root(), "--log-level", a.logLevel, "mount-server", image, dir)
+	cmd := exec.Command(self, "--root", a.store.Root(), "--log-level", a.logLevel, "mount-server", image, dir, upper)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -99,7 +114,7 @@ func mountID(dir string) string {
 // mountServerVerb is the process that serves a mount: it reports on fd 3
 // once the mount is live, and exits when it is unmounted.
 func mountServerVerb() *verb {
-	return &verb{name: "mount-server", args: "IMAGE DIR", summary: "(internal) serve a mount", hidden: true, minArgs: 2, maxArgs: 2,
+	return &verb{name: "mount-server", args: "IMAGE DIR UPPER", summary: "(internal) serve a mount", hidden: true, minArgs: 3, maxArgs: 3,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
 			return func(ctx context.Context, a *app, args []string) error {
 				ready := os.NewFile(3, "ready")
@@ -110,7 +125,7 @@ func mountServerVerb() *verb {
 						ready = nil
 					}
 				}
-				err := a.serveMount(args[0], args[1], func() { report("ok") })
+				err := a.serveMount(args[0], args[1], args[2], func() { report("ok") })
 				if err != nil {
 					report(err.Error())
 				}
@@ -119,7 +134,9 @@ func mountServerVerb() *verb {
 		}}
 }
 
-func (a *app) serveMount(image, dir string, live func()) error {
+// serveMount serves image at dir with upper: "ro" for none, "fresh" for a
+// new one under <root>/mounts removed at unmount, or a directory to keep.
+func (a *app) serveMount(image, dir, upper string, live func()) error {
 	s, err := a.Store()
 	if err != nil {
 		return err
@@ -145,7 +162,17 @@ func (a *app) serveMount(image, dir string, live func()) error {
 		}
 		layers = append(layers, l)
 	}
-	u, err := fusefs.New(fusefs.Options{Layers: layers, Logger: a.log})
+	opts := fusefs.Options{Layers: layers, Logger: a.log}
+	switch upper {
+	case "ro":
+	case "fresh":
+		scratch := filepath.Join(s.Root(), "mounts", mountID(dir))
+		defer os.RemoveAll(scratch)
+		opts.UpperDir, opts.WorkDir = filepath.Join(scratch, "upper"), filepath.Join(scratch, "work")
+	default:
+		opts.UpperDir, opts.WorkDir = upper, upper+".work"
+	}
+	u, err := fusefs.New(opts)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,361 @@
+package fusefs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/testenv"
+	"github.com/stratafs/strata/layertree"
+)
+
+// op is one step of a differential case, run on a mounted union's root.
+type op struct {
+	desc string
+	do   func(root string) error
+}
+
+func write(p, data string) op {
+	return op{"write " + p, func(r string) error { return os.WriteFile(filepath.Join(r, p), []byte(data), 0o644) }}
+}
+func appendTo(p, data string) op {
+	return op{"append " + p, func(r string) error {
+		f, err := os.OpenFile(filepath.Join(r, p), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return err
+		}
+		_, err = f.WriteString(data)
+		f.Close()
+		return err
+	}}
+}
+func rm(p string) op {
+	return op{"unlink " + p, func(r string) error { return os.Remove(filepath.Join(r, p)) }}
+}
+func rmdir(p string) op {
+	return op{"rmdir " + p, func(r string) error { return unix.Rmdir(filepath.Join(r, p)) }}
+}
+func unlinkF(p string) op {
+	return op{"unlink(2) " + p, func(r string) error { return unix.Unlink(filepath.Join(r, p)) }}
+}
+func mkdir(p string) op {
+	return op{"mkdir " + p, func(r string) error { return os.Mkdir(filepath.Join(r, p), 0o750) }}
+}
+func rmAll(p string) op {
+	return op{"rm -r " + p, func(r string) error { return os.RemoveAll(filepath.Join(r, p)) }}
+}
+func chmod(p string, m os.FileMode) op {
+	return op{fmt.Sprintf("chmod %o %s", m, p), func(r string) error { return os.Chmod(filepath.Join(r, p), m) }}
+}
+func chown(p string, uid, gid int) op {
+	return op{"chown " + p, func(r string) error { return os.Lchown(filepath.Join(r, p), uid, gid) }}
+}
+func truncate(p string, n int64) op {
+	return op{"truncate " + p, func(r string) error { return os.Truncate(filepath.Join(r, p), n) }}
+}
+func rename(a, b string, flags uint) op {
+	return op{fmt.Sprintf("rename %s %s %d", a, b, flags), func(r string) error {
+		return unix.Renameat2(unix.AT_FDCWD, filepath.Join(r, a), unix.AT_FDCWD, filepath.Join(r, b), flags)
+	}}
+}
+func link(a, b string) op {
+	return op{"link " + a + " " + b, func(r string) error { return os.Link(filepath.Join(r, a), filepath.Join(r, b)) }}
+}
+func symlink(target, p string) op {
+	return op{"symlink " + p, func(r string) error { return os.Symlink(target, filepath.Join(r, p)) }}
+}
+func mkfifo(p string) op {
+	return op{"mkfifo " + p, func(r string) error { return unix.Mkfifo(filepath.Join(r, p), 0o640) }}
+}
+func setxattr(p, k, v string) op {
+	return op{"setxattr " + p, func(r string) error { return unix.Lsetxattr(filepath.Join(r, p), k, []byte(v), 0) }}
+}
+func rmxattr(p, k string) op {
+	return op{"removexattr " + p, func(r string) error { return unix.Lremovexattr(filepath.Join(r, p), k) }}
+}
+
+var diffCases = []struct {
+	name string
+	ops  []op
+}{
+	{"copy-up on write", []op{write("etc/motd", "changed\n"), appendTo("opt/app/data.txt", "more\n"), write("opt/app/big", "small now")}},
+	{"metadata copy-up", []op{chmod("opt/app/data.txt", 0o600), chown("etc/motd", 1000, 50), truncate("opt/app/h1", 2), setxattr("etc/passwd", "user.note", "x"), rmxattr("opt/app/cap-bin", "user.origin"), chmod("opt/app", 0o700)}},
+	{"unlink and recreate", []op{rm("etc/motd"), write("etc/motd", "again\n"), rm("etc/motd"), rm("etc/motd"), rm("opt/app/rel"), rm("opt/app/fifo")}},
+	{"rmdir", []op{rmdir("opt/app/config"), rm("opt/app/config/c.conf"), rmdir("opt/app/config"), rmdir("opt/app/config"), mkdir("opt/app/config"), write("opt/app/config/d.conf", "d")}},
+	{"rmdir of a file and unlink of a dir", []op{rmdir("etc/motd"), unlinkF("opt/app")}},
+	{"replace a deleted dir", []op{rmAll("usr/share"), mkdir("usr/share"), write("usr/share/new", "n"), rmAll("srv"), mkdir("srv")}},
+	{"new files and dirs", []op{mkdir("new"), mkdir("new/sub"), write("new/sub/f", "f"), symlink("../etc/motd", "new/ln"), mkfifo("new/fifo"), rmdir("new"), mkdir("new")}},
+	{"rename files", []op{rename("etc/motd", "etc/motd2", 0), rename("opt/app/data.txt", "etc/passwd", 0), rename("etc/group", "tmp/group", 0), write("etc/motd", "fresh")}},
+	{"rename noreplace and exchange", []op{rename("etc/passwd", "etc/group", unix.RENAME_NOREPLACE), rename("etc/passwd", "etc/group", unix.RENAME_EXCHANGE), rename("etc/passwd", "etc/none", unix.RENAME_EXCHANGE)}},
+	{"rename a lower dir", []op{rename("opt/app/config", "opt/conf2", 0), write("opt/conf2/e.conf", "e"), mkdir("opt/app/config"), rename("srv", "home/srv", 0), rename("home/srv/sticky", "home/sticky", 0)}},
+	{"rename dir over empty dir", []op{mkdir("a"), mkdir("b"), write("a/f", "x"), rename("a", "b", 0), rename("var/lib/thing", "srv/setgid", 0), rename("opt", "tmp", 0)}},
+	{"rename dir errors", []op{rename("opt/app", "etc/motd", 0), rename("etc/motd", "opt/app", 0), rename("opt", "srv", 0), rename("opt", "opt/app/x", 0)}},
+	{"links", []op{link("etc/motd", "etc/motd.link"), write("etc/motd", "through one name\n"), link("opt/app", "opt/applink"), link("opt/app/config/c.conf", "tmp/c")}},
+	{"a whiteout then a file", []op{rm("opt/app/empty"), write("opt/app/empty", "full"), rmAll("opt/app/config"), write("opt/app/config", "now a file")}},
+}
+
+// setup makes a fresh strata union and kernel overlayfs over the same
+// layers, returning their mount points and strata's upper directory.
+func setup(t *testing.T, lowers []string) (strata, kernel, strataUpper string) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	base := t.TempDir()
+	for _, d := range []string{"su", "sw", "sm", "ku", "kw", "km"} {
+		os.Mkdir(filepath.Join(base, d), 0o755)
+	}
+	var layers []layertree.Tree
+	for _, d := range lowers {
+		l, err := layertree.NewDir(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	u, err := New(Options{Layers: layers, UpperDir: filepath.Join(base, "su"), WorkDir: filepath.Join(base, "sw")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := Mount(filepath.Join(base, "sm"), u, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Unmount() })
+	kernel = filepath.Join(base, "km")
+	mountKernel(t, lowers, filepath.Join(base, "ku"), filepath.Join(base, "kw"), kernel)
+	return filepath.Join(base, "sm"), kernel, filepath.Join(base, "su")
+}
+
+func mountKernel(t *testing.T, lowers []string, upper, work, mnt string) {
+	t.Helper()
+	opts := "lowerdir=" + strings.Join(lowers, ":") + ",upperdir=" + upper + ",workdir=" + work + ",redirect_dir=on,index=on,metacopy=off"
+	if out, err := exec.Command("mount", "-t", "overlay", "overlay", "-o", opts, mnt).CombinedOutput(); err != nil {
+		testenv.Skip(t, fmt.Sprintf("kernel overlayfs: %v %s", err, out))
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+}
+
+func errnoOf(err error) syscall.Errno {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	if err != nil {
+		return syscall.Errno(1 << 20)
+	}
+	return 0
+}
+
+// impliedDirs are directories some layer holds only as a parent, whose
+// metadata strata and the kernel show differently (by design).
+func impliedDirs(lowers []string) map[string]bool {
+	out := map[string]bool{}
+	for _, l := range lowers {
+		filepath.WalkDir(l, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				if _, err := unix.Lgetxattr(p, "user.strata.implied", nil); err == nil {
+					rel, _ := filepath.Rel(l, p)
+					out[rel] = true
+				}
+			}
+			return nil
+		})
+	}
+	return out
+}
+
+// compareTrees reports differences between strata's view and the kernel's.
+func compareTrees(t *testing.T, label, strata, kernel string, implied map[string]bool) {
+	t.Helper()
+	got, gotIno := describeNoTimes(t, strata, implied)
+	want, wantIno := describeNoTimes(t, kernel, implied)
+	var keys []string
+	for k := range want {
+		keys = append(keys, k)
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	bad := 0
+	for _, k := range keys {
+		if got[k] != want[k] {
+			if bad++; bad < 10 {
+				t.Errorf("%s: %s:\n  strata %s\n  kernel %s", label, k, got[k], want[k])
+			}
+		}
+	}
+	if a, b := linkGroups(gotIno), linkGroups(wantIno); a != b {
+		t.Errorf("%s: hardlink groups: strata %s, kernel %s", label, a, b)
+	}
+}
+
+func linkGroups(m map[uint64][]string) string {
+	var g []string
+	for _, names := range m {
+		if len(names) > 1 {
+			sort.Strings(names)
+			g = append(g, strings.Join(names, ","))
+		}
+	}
+	sort.Strings(g)
+	return strings.Join(g, ";")
+}
+
+// describeNoTimes is describe without times (creations differ by
+// clock) and with directory metadata except for implied directories.
+func describeNoTimes(t *testing.T, root string, implied map[string]bool) (map[string]string, map[uint64][]string) {
+	t.Helper()
+	out, inodes := describe(t, root)
+	for k, v := range out {
+		fields := strings.Fields(v)
+		var keep []string
+		for _, f := range fields {
+			if !strings.HasPrefix(f, "mtime=") {
+				keep = append(keep, f)
+			}
+		}
+		v = strings.Join(keep, " ")
+		if strings.HasPrefix(v, "type=40000") && !implied[k] {
+			var st unix.Stat_t
+			unix.Lstat(filepath.Join(root, k), &st)
+			v += fmt.Sprintf(" mode=%o owner=%d:%d", st.Mode, st.Uid, st.Gid)
+		}
+		out[k] = v
+	}
+	return out, inodes
+}
+
+func TestDifferentialAgainstKernelOverlay(t *testing.T) {
+	lowers := multiLayerDirs(t)
+	implied := impliedDirs(lowers)
+	for _, c := range diffCases {
+		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
+			strata, kernel, upper := setup(t, lowers)
+			for _, o := range c.ops {
+				se, ke := errnoOf(o.do(strata)), errnoOf(o.do(kernel))
+				if se != ke {
+					t.Errorf("%s: strata %v, kernel %v", o.desc, se, ke)
+				}
+			}
+			compareTrees(t, "after ops", strata, kernel, implied)
+			// strata's upper directory, handed to the kernel overlayfs,
+			// must show the same tree.
+			cross := t.TempDir()
+			work := t.TempDir()
+			mountKernel(t, lowers, upper, work, cross)
+			compareTrees(t, "kernel over strata's upper", cross, kernel, implied)
+		})
+	}
+}
+
+func TestReservedNames(t *testing.T) {
+	strata, _, _ := setup(t, multiLayerDirs(t))
+	for _, o := range []op{write(".wh.x", "x"), mkdir("etc/.wh.y"), symlink("t", ".wh.z"), rename("etc/motd", "etc/.wh.motd", 0)} {
+		if err := o.do(strata); errnoOf(err) != syscall.EINVAL {
+			t.Errorf("%s: %v; want EINVAL", o.desc, err)
+		}
+	}
+}
+
+// TestRandomOpsAgainstKernelOverlay runs seeded random operation
+// sequences on strata and the kernel overlayfs. A failure names its seed;
+// STRATA_SEED=N reruns one.
+func TestRandomOpsAgainstKernelOverlay(t *testing.T) {
+	lowers := multiLayerDirs(t)
+	implied := impliedDirs(lowers)
+	var seeds []int64
+	for i := int64(1); i <= 40; i++ {
+		seeds = append(seeds, i)
+	}
+	if s := os.Getenv("STRATA_SEED"); s != "" {
+		var n int64
+		fmt.Sscan(s, &n)
+		seeds = []int64{n}
+	}
+	paths := []string{"etc/motd", "etc/passwd", "opt/app/data.txt", "opt/app/h1", "opt/app/h2", "usr/share/h3",
+		"opt/app/config", "opt/app/config/c.conf", "opt/app", "srv/sticky", "srv", "tmp/x", "tmp/y", "tmp/d",
+		"tmp/d/f", "opt/app/rel", "opt/new", "home/app/owned.txt", "var/lib/thing", "opt/app/empty"}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			rng := newRand(seed)
+			pick := func() string { return paths[rng.Intn(len(paths))] }
+			var ops []op
+			for i := 0; i < 30; i++ {
+				a, b := pick(), pick()
+				switch rng.Intn(13) {
+				case 0:
+					ops = append(ops, write(a, fmt.Sprint("data", i)))
+				case 1:
+					ops = append(ops, appendTo(a, "+"))
+				case 2:
+					ops = append(ops, unlinkF(a))
+				case 3:
+					ops = append(ops, rmdir(a))
+				case 4:
+					ops = append(ops, mkdir(a))
+				case 5:
+					ops = append(ops, rename(a, b, 0))
+				case 6:
+					ops = append(ops, rename(a, b, unix.RENAME_NOREPLACE))
+				case 7:
+					ops = append(ops, chmod(a, 0o640))
+				case 8:
+					ops = append(ops, truncate(a, 1))
+				case 9:
+					ops = append(ops, link(a, b))
+				case 10:
+					ops = append(ops, symlink(a, b))
+				case 11:
+					ops = append(ops, setxattr(a, "user.r", fmt.Sprint(i)))
+				case 12:
+					ops = append(ops, rmAll(a))
+				}
+			}
+			strata, kernel, upper := setup(t, lowers)
+			succeeded := 0
+			for i, o := range ops {
+				se, ke := errnoOf(o.do(strata)), errnoOf(o.do(kernel))
+				if se != ke {
+					t.Errorf("op %d %s: strata %v, kernel %v", i, o.desc, se, ke)
+				}
+				if ke == 0 {
+					succeeded++
+				}
+			}
+			t.Logf("%d of %d operations succeeded", succeeded, len(ops))
+			compareTrees(t, "after ops", strata, kernel, implied)
+			cross, work := t.TempDir(), t.TempDir()
+			mountKernel(t, lowers, upper, work, cross)
+			compareTrees(t, "kernel over strata's upper", cross, kernel, implied)
+			if t.Failed() {
+				for i, o := range ops {
+					t.Logf("op %d: %s", i, o.desc)
+				}
+			}
+		})
+	}
+}
+
+// rng is a small deterministic generator, so seeds mean the same on every
+// Go version.
+type rng struct{ s uint64 }
+
+func newRand(seed int64) *rng { return &rng{s: uint64(seed)*0x9E3779B97F4A7C15 + 1} }
+
+func (r *rng) Intn(n int) int {
+	r.s ^= r.s << 13
+	r.s ^= r.s >> 7
+	r.s ^= r.s << 17
+	return int(r.s % uint64(n))
+}

@@ -1,0 +1,1054 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/layertree"
+	"github.com/stratafs/strata/whiteout"
+)
+
+// upperFormat is how the upper directory records whiteouts, opaque and
+// renamed directories: the kernel overlayfs's own format, so a stack can
+// be handed between strata and the kernel.
+type upperFormat struct {
+	prefix       string // "trusted.overlay." (root) or "user.overlay."
+	charWhiteout bool   // char 0/0 whiteouts; else ".wh." files
+}
+
+func (u *Union) openUpper(upper, work string) error {
+	for _, d := range []string{upper, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("union: %w", err)
+		}
+	}
+	var a, b unix.Stat_t
+	if err := unix.Stat(upper, &a); err != nil {
+		return err
+	}
+	if err := unix.Stat(work, &b); err != nil {
+		return err
+	}
+	if a.Dev != b.Dev {
+		return fmt.Errorf("union: workdir %s must be on the same filesystem as upperdir %s", work, upper)
+	}
+	// What a crash left in the work directory was never visible: drop it.
+	ents, _ := os.ReadDir(work)
+	for _, e := range ents {
+		os.RemoveAll(filepath.Join(work, e.Name()))
+	}
+	u.upperDir, u.workDir = filepath.Clean(upper), filepath.Clean(work)
+	u.format.prefix = "user.overlay."
+	if unix.Lsetxattr(work, "trusted.overlay.strata-probe", []byte("y"), 0) == nil {
+		unix.Lremovexattr(work, "trusted.overlay.strata-probe")
+		u.format.prefix = "trusted.overlay."
+	}
+	probe := filepath.Join(work, "whiteout-probe")
+	if unix.Mknod(probe, unix.S_IFCHR, 0) == nil {
+		u.format.charWhiteout = true
+		os.Remove(probe)
+	}
+	d, err := layertree.NewDir(upper)
+	if err != nil {
+		return err
+	}
+	u.upper = d
+	return nil
+}
+
+func (u *Union) readOnly() bool { return u.upper == nil }
+
+// validName refuses names the union reserves.
+func validName(name string) syscall.Errno {
+	if strings.HasPrefix(name, whiteout.Prefix) {
+		return syscall.EINVAL
+	}
+	return 0
+}
+
+// copyUp makes n exist in the upper: its parents first, then n itself,
+// built in the work directory and renamed into place whole, so a crash
+// never leaves a half-copied file visible. Call with wmu held.
+func (n *node) copyUp(ctx context.Context) syscall.Errno {
+	c := n.u.snapshot(n.c)
+	if c.upper {
+		return 0
+	}
+	parent := n.parentNode()
+	if parent == nil {
+		return syscall.EIO
+	}
+	if errno := parent.copyUp(ctx); errno != 0 {
+		return errno
+	}
+	src := c.lowers[0]
+	tree := n.u.layers[src.idx]
+	e := c.entry
+	tmp, err := os.MkdirTemp(n.u.workDir, "copyup-")
+	if err != nil {
+		return fs.ToErrno(err)
+	}
+	defer os.RemoveAll(tmp)
+	staged := filepath.Join(tmp, "x")
+	switch e.Type() {
+	case layertree.ModeDir:
+		err = os.Mkdir(staged, 0o700)
+	case layertree.ModeRegular:
+		err = copyFile(ctx, tree, src.path, staged)
+	case layertree.ModeSymlink:
+		err = os.Symlink(e.Target, staged)
+	default:
+		err = unix.Mknod(staged, e.Mode, int(e.Rdev))
+	}
+	if err != nil {
+		return fs.ToErrno(err)
+	}
+	if err := unix.Lchown(staged, int(e.UID), int(e.GID)); err != nil {
+		return fs.ToErrno(err)
+	}
+	if e.Type() != layertree.ModeSymlink {
+		if err := unix.Chmod(staged, e.Mode&0o7777); err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	xs, _ := tree.Xattrs(ctx, src.path)
+	for k, v := range xs {
+		if err := unix.Lsetxattr(staged, k, v, 0); err != nil && !errors.Is(err, unix.ENOTSUP) {
+			return fs.ToErrno(err)
+		}
+	}
+	// The copy keeps the inode number it had, as overlayfs's origin does.
+	unix.Lsetxattr(staged, n.u.format.prefix+"strata.ino", putUint64(c.ino), 0)
+	ts := []unix.Timespec{unix.NsecToTimespec(e.Mtime.UnixNano()), unix.NsecToTimespec(e.Mtime.UnixNano())}
+	unix.UtimesNanoAt(unix.AT_FDCWD, staged, ts, unix.AT_SYMLINK_NOFOLLOW)
+	dst := n.upperPath()
+	if err := unix.Renameat2(unix.AT_FDCWD, staged, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE); err != nil {
+		if !errors.Is(err, unix.EEXIST) {
+			return fs.ToErrno(err)
+		}
+		// A whiteout or stale entry holds the name: replace it.
+		if err := os.Rename(staged, dst); err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	syncDir(filepath.Dir(dst))
+	n.u.mu.Lock()
+	n.c.upper = true
+	n.u.mu.Unlock()
+	if e.Type() == layertree.ModeRegular && e.Nlink > 1 {
+		n.linkOtherNames(ctx, c, dst)
+	}
+	return 0
+}
+
+// linkOtherNames keeps a lower hardlink set together across copy-up: every
+// other name the union still shows for the same lower file becomes a link
+// to the new upper copy.
+func (n *node) linkOtherNames(ctx context.Context, c child, upperFile string) {
+	src := c.lowers[0]
+	me := n.path()
+	for _, p := range n.u.linkedPaths(ctx, src.idx, c.entry.Ino) {
+		if p == me || p == src.path {
+			if p != me && p == src.path {
+				// The name the file was found under, if it was renamed.
+			} else {
+				continue
+			}
+		}
+		dir, name := filepath.Split(p)
+		pn, errno := n.u.walk(ctx, strings.TrimSuffix(dir, "/"))
+		if errno != 0 {
+			continue
+		}
+		children, errno := pn.merge(ctx)
+		if errno != 0 {
+			continue
+		}
+		n.u.mu.Lock()
+		same := children[name] == n.c
+		n.u.mu.Unlock()
+		if !same || pn.copyUp(ctx) != 0 {
+			continue
+		}
+		target := filepath.Join(pn.upperPath(), name)
+		if _, err := os.Lstat(target); err == nil {
+			continue
+		}
+		if err := os.Link(upperFile, target); err != nil {
+			n.u.log.Warn("keeping a hardlink set together failed", "name", p, "err", err)
+		}
+	}
+}
+
+// linkedPaths lists the paths of a layer that are the hardlinked inode
+// ino, walking the layer once and caching the answer.
+func (u *Union) linkedPaths(ctx context.Context, idx int, ino uint64) []string {
+	u.mu.Lock()
+	m, ok := u.layerLinks[idx]
+	u.mu.Unlock()
+	if !ok {
+		m = map[uint64][]string{}
+		var walk func(dir string)
+		walk = func(dir string) {
+			ents, err := u.layers[idx].ReadDir(ctx, dir)
+			if err != nil {
+				return
+			}
+			for _, e := range ents {
+				switch {
+				case e.IsDir():
+					walk(join(dir, e.Name))
+				case e.Nlink > 1 && e.Ino != 0:
+					m[e.Ino] = append(m[e.Ino], join(dir, e.Name))
+				}
+			}
+		}
+		walk("")
+		u.mu.Lock()
+		u.layerLinks[idx] = m
+		u.mu.Unlock()
+	}
+	return m[ino]
+}
+
+// walk finds the node of a directory path, looking names up as needed.
+func (u *Union) walk(ctx context.Context, path string) (*node, syscall.Errno) {
+	n := u.root
+	if path == "" {
+		return n, 0
+	}
+	for _, name := range strings.Split(path, "/") {
+		c, errno := n.childNode(ctx, name)
+		if errno != 0 {
+			return nil, errno
+		}
+		n = c
+	}
+	return n, 0
+}
+
+func (n *node) parentNode() *node {
+	_, p := n.Parent()
+	if p == nil {
+		return nil
+	}
+	pn, _ := p.Operations().(*node)
+	return pn
+}
+
+func syncDir(dir string) {
+	if fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		unix.Fsync(fd)
+		unix.Close(fd)
+	}
+}
+
+// copyFile copies a layer file's bytes and makes them durable before the
+// rename that publishes them.
+func copyFile(ctx context.Context, tree layertree.Tree, path, dst string) error {
+	src, err := tree.Open(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if lf, ok := src.(layertree.LocalFile); ok {
+		// copy_file_range: reflinks where the filesystem can.
+		_, err = copyRange(int(f.Fd()), lf.Fd(), src)
+	} else {
+		_, err = io.Copy(f, io.NewSectionReader(src, 0, 1<<62))
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// copyRange copies with copy_file_range from offset 0 (a reflink where
+// the filesystem can), falling back to reads where the kernel refuses.
+func copyRange(dst, src int, srcReader io.ReaderAt) (int64, error) {
+	var off int64
+	for {
+		n, err := unix.CopyFileRange(src, &off, dst, nil, 1<<30, 0)
+		if err != nil {
+			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) {
+				m, err := io.Copy(fdWriter(dst), io.NewSectionReader(srcReader, off, 1<<62))
+				return off + m, err
+			}
+			return off, err
+		}
+		if n == 0 {
+			return off, nil
+		}
+	}
+}
+
+// fdWriter writes to a descriptor it does not own.
+type fdWriter int
+
+func (w fdWriter) Write(b []byte) (int, error) { return unix.Write(int(w), b) }
+
+// caller is who asked, for the ownership of what they create.
+func caller(ctx context.Context) (uint32, uint32) {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return c.Uid, c.Gid
+	}
+	return 0, 0
+}
+
+// prepareName makes room for a new name in the upper copy of directory n:
+// a whiteout there is removed (reporting whether one was), and the name
+// must not exist in the merged view.
+func (n *node) prepareName(ctx context.Context, name string) (hadWhiteout bool, errno syscall.Errno) {
+	if errno := validName(name); errno != 0 {
+		return false, errno
+	}
+	children, errno := n.merge(ctx)
+	if errno != 0 {
+		return false, errno
+	}
+	n.u.mu.Lock()
+	_, exists := children[name]
+	n.u.mu.Unlock()
+	if exists {
+		return false, syscall.EEXIST
+	}
+	if errno := n.copyUp(ctx); errno != 0 {
+		return false, errno
+	}
+	p := filepath.Join(n.upperPath(), name)
+	var st unix.Stat_t
+	if unix.Lstat(p, &st) == nil {
+		if err := unix.Unlink(p); err != nil {
+			return false, fs.ToErrno(err)
+		}
+		hadWhiteout = true
+	}
+	if unix.Lstat(filepath.Join(n.upperPath(), whiteout.Prefix+name), &st) == nil {
+		unix.Unlink(filepath.Join(n.upperPath(), whiteout.Prefix+name))
+		hadWhiteout = true
+	}
+	// A name whited out in the upper may still exist below it.
+	if !hadWhiteout {
+		for _, ref := range n.u.snapshot(n.c).lowers {
+			if _, err := n.u.layers[ref.idx].Stat(ctx, join(ref.path, name)); err == nil {
+				hadWhiteout = true
+				break
+			}
+		}
+	}
+	return hadWhiteout, 0
+}
+
+// created records a new upper entry in n's listing and returns its inode.
+func (n *node) created(ctx context.Context, name string, covers bool, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	p := join(n.path(), name)
+	e, err := n.u.upper.Stat(ctx, p)
+	if err != nil {
+		return nil, fs.ToErrno(err)
+	}
+	c := &child{entry: e, upper: true, ino: n.u.ino(-1, p, e), covers: covers}
+	n.u.mu.Lock()
+	if n.merged {
+		n.children[name] = c
+	}
+	n.u.mu.Unlock()
+	fillAttr(&out.Attr, e, c.ino)
+	n.u.setTimeouts(out, true)
+	return n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: e.Type(), Ino: c.ino}), 0
+}
+
+// own gives a new upper entry to the caller, with the group of a setgid
+// directory as the kernel would.
+func (n *node) own(ctx context.Context, path string) syscall.Errno {
+	uid, gid := caller(ctx)
+	var pst unix.Stat_t
+	if unix.Stat(n.upperPath(), &pst) == nil && pst.Mode&unix.S_ISGID != 0 {
+		gid = pst.Gid
+	}
+	return fs.ToErrno(unix.Lchown(path, int(uid), int(gid)))
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if n.u.readOnly() {
+		return nil, syscall.EROFS
+	}
+	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
+	hadWhiteout, errno := n.prepareName(ctx, name)
+	if errno != 0 {
+		return nil, errno
+	}
+	p := filepath.Join(n.upperPath(), name)
+	if err := unix.Mkdir(p, mode&0o7777); err != nil {
+		return nil, fs.ToErrno(err)
+	}
+	if errno := n.own(ctx, p); errno != 0 {
+		os.Remove(p)
+		return nil, errno
+	}
+	var pst unix.Stat_t
+	if unix.Stat(n.upperPath(), &pst) == nil && pst.Mode&unix.S_ISGID != 0 {
+		unix.Chmod(p, mode&0o7777|unix.S_ISGID)
+	}
+	if hadWhiteout {
+		// A new directory where one was deleted must not show the old
+		// content from below.
+		if err := unix.Lsetxattr(p, n.u.format.prefix+"opaque", []byte("y"), 0); err != nil {
+			return nil, fs.ToErrno(err)
+		}
+	}
+	return n.created(ctx, name, hadWhiteout, out)
+}
+
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	if n.u.readOnly() {
+		return nil, nil, 0, syscall.EROFS
+	}
+	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
+	covers, errno := n.prepareName(ctx, name)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	p := filepath.Join(n.upperPath(), name)
+	fd, err := unix.Open(p, int(flags)|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode&0o7777)
+	if err != nil {
+		return nil, nil, 0, fs.ToErrno(err)
+	}
+	if errno := n.own(ctx, p); errno != 0 {
+		unix.Close(fd)
+		unix.Unlink(p)
+		return nil, nil, 0, errno
+	}
+	inode, errno := n.created(ctx, name, covers, out)
+	if errno != 0 {
+		unix.Close(fd)
+		return nil, nil, 0, errno
+	}
+	return inode, &upperFile{fd: fd}, 0, 0
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if n.u.readOnly() {
+		return nil, syscall.EROFS
+	}
+	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
+	covers, errno := n.prepareName(ctx, name)
+	if errno != 0 {
+		return nil, errno
+	}
+	p := filepath.Join(n.upperPath(), name)
+	if err := unix.Symlink(target, p); err != nil {
+		return nil, fs.ToErrno(err)
+	}
+	if errno := n.own(ctx, p); errno != 0 {
+		unix.Unlink(p)
+		return nil, errno
+	}
+	return n.created(ctx, name, covers, out)
+}
+
+func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if n.u.readOnly() {
+		return nil, syscall.EROFS
+	}
+	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
+	if mode&unix.S_IFMT == unix.S_IFCHR && dev == 0 {
+		return nil, syscall.EPERM // that is a whiteout
+	}
+	covers, errno := n.prepareName(ctx, name)
+	if errno != 0 {
+		return nil, errno
+	}
+	p := filepath.Join(n.upperPath(), name)
+	if err := unix.Mknod(p, mode, int(dev)); err != nil {
+		return nil, fs.ToErrno(err)
+	}
+	if errno := n.own(ctx, p); errno != 0 {
+		unix.Unlink(p)
+		return nil, errno
+	}
+	return n.created(ctx, name, covers, out)
+}
+
+func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if n.u.readOnly() {
+		return nil, syscall.EROFS
+	}
+	tn, ok := target.(*node)
+	if !ok {
+		return nil, syscall.EXDEV
+	}
+	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
+	covers, errno := n.prepareName(ctx, name)
+	if errno != 0 {
+		return nil, errno
+	}
+	if errno := tn.copyUp(ctx); errno != 0 {
+		return nil, errno
+	}
+	p := filepath.Join(n.upperPath(), name)
+	if err := unix.Link(tn.upperPath(), p); err != nil {
+		return nil, fs.ToErrno(err)
+	}
+	e, err := n.u.upper.Stat(ctx, join(n.path(), name))
+	if err != nil {
+		return nil, fs.ToErrno(err)
+	}
+	n.u.mu.Lock()
+	rec := tn.c // one file, two names
+	if covers {
+		// This name hides a lower one: it needs its own record to know
+		// a whiteout is due when it goes. Both records are in the upper.
+		rec = &child{entry: e, upper: true, ino: tn.c.ino, inoKept: true, covers: true}
+	}
+	if n.merged {
+		n.children[name] = rec
+	}
+	ino := tn.c.ino
+	n.u.mu.Unlock()
+	fillAttr(&out.Attr, e, ino)
+	n.u.setTimeouts(out, true)
+	return tn.EmbeddedInode(), 0
+}
+
+// whiteoutName hides name of directory n's lower layers.
+func (n *node) whiteoutName(name string) syscall.Errno {
+	p := filepath.Join(n.upperPath(), name)
+	if n.u.format.charWhiteout {
+		return fs.ToErrno(unix.Mknod(p, unix.S_IFCHR, 0))
+	}
+	f, err := os.OpenFile(filepath.Join(n.upperPath(), whiteout.Prefix+name), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fs.ToErrno(err)
+	}
+	return fs.ToErrno(f.Close())
+}
+
+// removeName takes name out of directory n: out of the upper if it is
+// there, and behind a whiteout if a lower layer has it.
+func (n *node) removeName(ctx context.Context, name string, dir bool) syscall.Errno {
+	children, errno := n.merge(ctx)
+	if errno != 0 {
+		return errno
+	}
+	n.u.mu.Lock()
+	c, ok := children[name]
+	var cs child
+	if ok {
+		cs = *c
+	}
+	n.u.mu.Unlock()
+	if !ok {
+		return syscall.ENOENT
+	}
+	isDir := cs.entry.Type() == layertree.ModeDir
+	if cs.upper {
+		if e, err := n.u.upper.Stat(ctx, join(n.path(), name)); err == nil {
+			isDir = e.IsDir()
+		}
+	}
+	switch {
+	case dir && !isDir:
+		return syscall.ENOTDIR
+	case !dir && isDir:
+		return syscall.EISDIR
+	}
+	if dir {
+		if errno := n.checkEmpty(ctx, name); errno != 0 {
+			return errno
+		}
+	}
+	if errno := n.copyUp(ctx); errno != 0 {
+		return errno
+	}
+	if !dir && !cs.upper && cs.entry.Nlink > 1 {
+		// One name of a lower hardlink set goes: the others' link count
+		// must fall, so the set moves to the upper where it is real.
+		cn, errno := n.childNode(ctx, name)
+		if errno != 0 {
+			return errno
+		}
+		if errno := cn.copyUp(ctx); errno != 0 {
+			return errno
+		}
+		cs.upper = true
+	}
+	p := filepath.Join(n.upperPath(), name)
+	if cs.upper {
+		var err error
+		if dir {
+			err = removeUpperDir(p)
+		} else {
+			err = unix.Unlink(p)
+		}
+		if err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	if len(cs.lowers) > 0 || cs.covers {
+		if errno := n.whiteoutName(name); errno != 0 {
+			return errno
+		}
+	}
+	n.u.mu.Lock()
+	delete(n.children, name)
+	n.u.mu.Unlock()
+	return 0
+}
+
+// checkEmpty fails with ENOTEMPTY when the merged directory name shows
+// any entry.
+func (n *node) checkEmpty(ctx context.Context, name string) syscall.Errno {
+	ch := n.GetChild(name)
+	var cn *node
+	if ch != nil {
+		cn, _ = ch.Operations().(*node)
+	}
+	if cn == nil {
+		n.u.mu.Lock()
+		c := n.children[name]
+		n.u.mu.Unlock()
+		cn = &node{u: n.u, c: c}
+		n.AddChild(name, n.NewInode(ctx, cn, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: c.ino}), false)
+	}
+	children, errno := cn.merge(ctx)
+	if errno != 0 {
+		return errno
+	}
+	n.u.mu.Lock()
+	defer n.u.mu.Unlock()
+	if len(children) > 0 {
+		return syscall.ENOTEMPTY
+	}
+	return 0
+}
+
+// removeUpperDir removes an upper directory that shows nothing: what it
+// may still hold are whiteouts.
+func removeUpperDir(p string) error {
+	ents, err := os.ReadDir(p)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.Remove(filepath.Join(p, e.Name())); err != nil {
+			return err
+		}
+	}
+	return unix.Rmdir(p)
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	if n.u.readOnly() {
+		return syscall.EROFS
+	}
+	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
+	return n.removeName(ctx, name, false)
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if n.u.readOnly() {
+		return syscall.EROFS
+	}
+	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
+	return n.removeName(ctx, name, true)
+}
+
+// Rename moves name to newParent/newName. A directory that has lower
+// content moves as the kernel overlayfs's redirect_dir does: its upper
+// copy moves and records where its lower content lies.
+func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	if n.u.readOnly() {
+		return syscall.EROFS
+	}
+	np, ok := newParent.(*node)
+	if !ok {
+		return syscall.EXDEV
+	}
+	if errno := validName(newName); errno != 0 {
+		return errno
+	}
+	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
+	src, errno := n.childNode(ctx, name)
+	if errno != 0 {
+		return errno
+	}
+	dstChildren, errno := np.merge(ctx)
+	if errno != 0 {
+		return errno
+	}
+	n.u.mu.Lock()
+	dst, dstExists := dstChildren[newName]
+	n.u.mu.Unlock()
+	if flags&unix.RENAME_NOREPLACE != 0 && dstExists {
+		return syscall.EEXIST
+	}
+	if flags&unix.RENAME_EXCHANGE != 0 {
+		if !dstExists {
+			return syscall.ENOENT
+		}
+		return n.exchange(ctx, name, src, np, newName)
+	}
+	srcEntry, _, errno := src.attr()
+	if errno != 0 {
+		return errno
+	}
+	if dstExists {
+		dn, errno := np.childNode(ctx, newName)
+		if errno != 0 {
+			return errno
+		}
+		if dn == src {
+			return 0
+		}
+		de, _, errno := dn.attr()
+		if errno != 0 {
+			return errno
+		}
+		switch {
+		case srcEntry.IsDir() && !de.IsDir():
+			return syscall.ENOTDIR
+		case !srcEntry.IsDir() && de.IsDir():
+			return syscall.EISDIR
+		case de.IsDir():
+			if errno := np.checkEmpty(ctx, newName); errno != 0 {
+				return errno
+			}
+		}
+	}
+	sc := n.u.snapshot(src.c)
+	if errno := src.copyUp(ctx); errno != 0 {
+		return errno
+	}
+	if errno := np.copyUp(ctx); errno != 0 {
+		return errno
+	}
+	from := filepath.Join(n.upperPath(), name)
+	to := filepath.Join(np.upperPath(), newName)
+	if srcEntry.IsDir() && len(sc.lowers) > 0 {
+		redirect := "/" + sc.lowers[0].path
+		if err := unix.Lsetxattr(from, n.u.format.prefix+"redirect", []byte(redirect), 0); err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	if dstExists {
+		dc := n.u.snapshot(dst)
+		if dc.upper {
+			if de, err := n.u.upper.Stat(ctx, join(np.path(), newName)); err == nil && de.IsDir() {
+				// Only whiteouts are left in it: clear them so the
+				// rename may replace it.
+				if err := removeUpperDir(to); err != nil {
+					return fs.ToErrno(err)
+				}
+			}
+		}
+		if len(dc.lowers) > 0 && srcEntry.IsDir() && len(sc.lowers) == 0 {
+			// The moved directory must hide the lower one it replaces.
+			unix.Lsetxattr(from, n.u.format.prefix+"opaque", []byte("y"), 0)
+		}
+	} else {
+		// A whiteout may hold the target name in the upper.
+		var st unix.Stat_t
+		if unix.Lstat(to, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0 {
+			unix.Unlink(to)
+		}
+		unix.Unlink(filepath.Join(np.upperPath(), whiteout.Prefix+newName))
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, 0); err != nil {
+		return fs.ToErrno(err)
+	}
+	if len(sc.lowers) > 0 || sc.covers {
+		if errno := n.whiteoutName(name); errno != 0 {
+			return errno
+		}
+	}
+	n.u.mu.Lock()
+	delete(n.children, name)
+	// What the target name covered below, it still covers.
+	src.c.covers = dstExists && (dst.covers || len(dst.lowers) > 0) ||
+		!dstExists && np.lowerHas(ctx, newName)
+	if np.merged {
+		np.children[newName] = src.c
+	}
+	n.u.mu.Unlock()
+	return 0
+}
+
+// lowerHas reports whether a lower layer of directory n has name (it is
+// then whited out in the upper). Call with mu held; it reads layers only.
+func (n *node) lowerHas(ctx context.Context, name string) bool {
+	for _, ref := range n.c.lowers {
+		if _, err := n.u.layers[ref.idx].Stat(ctx, join(ref.path, name)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// exchange swaps two names (RENAME_EXCHANGE), both copied up first.
+func (n *node) exchange(ctx context.Context, name string, src *node, np *node, newName string) syscall.Errno {
+	dn, errno := np.childNode(ctx, newName)
+	if errno != 0 {
+		return errno
+	}
+	for _, x := range []*node{src, dn} {
+		c := n.u.snapshot(x.c)
+		if c.entry.IsDir() && len(c.lowers) > 0 {
+			return syscall.EXDEV // a merged directory cannot be exchanged yet
+		}
+		if errno := x.copyUp(ctx); errno != 0 {
+			return errno
+		}
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(n.upperPath(), name), unix.AT_FDCWD, filepath.Join(np.upperPath(), newName), unix.RENAME_EXCHANGE); err != nil {
+		return fs.ToErrno(err)
+	}
+	n.u.mu.Lock()
+	a, b := n.children[name], np.children[newName]
+	n.children[name], np.children[newName] = b, a
+	n.u.mu.Unlock()
+	return 0
+}
+
+// childNode returns the node of a child, looking it up if the kernel has
+// not.
+func (n *node) childNode(ctx context.Context, name string) (*node, syscall.Errno) {
+	if ch := n.GetChild(name); ch != nil {
+		if cn, ok := ch.Operations().(*node); ok {
+			return cn, 0
+		}
+	}
+	var out fuse.EntryOut
+	in, errno := n.Lookup(ctx, name, &out)
+	if errno != 0 {
+		return nil, errno
+	}
+	n.AddChild(name, in, false)
+	return in.Operations().(*node), 0
+}
+
+func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if n.u.readOnly() {
+		return syscall.EROFS
+	}
+	n.u.wmu.Lock()
+	if errno := n.copyUp(ctx); errno != 0 {
+		n.u.wmu.Unlock()
+		return errno
+	}
+	n.u.wmu.Unlock()
+	p := n.upperPath()
+	if m, ok := in.GetMode(); ok {
+		if err := unix.Chmod(p, m&0o7777); err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	uid, uok := in.GetUID()
+	gid, gok := in.GetGID()
+	if uok || gok {
+		su, sg := -1, -1
+		if uok {
+			su = int(uid)
+		}
+		if gok {
+			sg = int(gid)
+		}
+		if err := unix.Lchown(p, su, sg); err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	if sz, ok := in.GetSize(); ok {
+		var err error
+		if f, isUpper := fh.(*upperFile); isUpper {
+			err = unix.Ftruncate(f.fd, int64(sz))
+		} else {
+			err = unix.Truncate(p, int64(sz))
+		}
+		if err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	atime, aok := in.GetATime()
+	mtime, mok := in.GetMTime()
+	if aok || mok {
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if aok {
+			ts[0] = unix.NsecToTimespec(atime.UnixNano())
+		}
+		if mok {
+			ts[1] = unix.NsecToTimespec(mtime.UnixNano())
+		}
+		if in.Valid&fuse.FATTR_ATIME_NOW != 0 {
+			ts[0] = unix.Timespec{Nsec: unix.UTIME_NOW}
+		}
+		if in.Valid&fuse.FATTR_MTIME_NOW != 0 {
+			ts[1] = unix.Timespec{Nsec: unix.UTIME_NOW}
+		}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fs.ToErrno(err)
+		}
+	}
+	return n.Getattr(ctx, nil, out)
+}
+
+func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if n.u.readOnly() {
+		return syscall.EROFS
+	}
+	if layertree.Internal(attr) {
+		return syscall.EPERM
+	}
+	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
+	if errno := n.copyUp(ctx); errno != 0 {
+		return errno
+	}
+	return fs.ToErrno(unix.Lsetxattr(n.upperPath(), attr, data, int(flags)))
+}
+
+func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if n.u.readOnly() {
+		return syscall.EROFS
+	}
+	if layertree.Internal(attr) {
+		return syscall.ENODATA
+	}
+	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
+	if errno := n.copyUp(ctx); errno != 0 {
+		return errno
+	}
+	return fs.ToErrno(unix.Lremovexattr(n.upperPath(), attr))
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	write := flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0
+	if write && n.u.readOnly() {
+		return nil, 0, syscall.EROFS
+	}
+	if write {
+		n.u.wmu.Lock()
+		errno := n.copyUp(ctx)
+		n.u.wmu.Unlock()
+		if errno != 0 {
+			return nil, 0, errno
+		}
+	}
+	c := n.u.snapshot(n.c)
+	if c.upper {
+		fd, err := unix.Open(n.upperPath(), int(flags)&^unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, 0, fs.ToErrno(err)
+		}
+		return &upperFile{fd: fd}, 0, 0
+	}
+	ref := c.lowers[0]
+	f, err := n.u.layers[ref.idx].Open(ctx, ref.path)
+	if err != nil {
+		return nil, 0, fs.ToErrno(err)
+	}
+	// Layer files never change: the kernel keeps their pages across opens.
+	return &file{f: f}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// upperFile is an open file of the upper directory.
+type upperFile struct {
+	fd int
+}
+
+var (
+	_ fs.FileReader          = (*upperFile)(nil)
+	_ fs.FileWriter          = (*upperFile)(nil)
+	_ fs.FileFsyncer         = (*upperFile)(nil)
+	_ fs.FileFlusher         = (*upperFile)(nil)
+	_ fs.FileReleaser        = (*upperFile)(nil)
+	_ fs.FileAllocater       = (*upperFile)(nil)
+	_ fs.FilePassthroughFder = (*upperFile)(nil)
+)
+
+func (f *upperFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := unix.Pread(f.fd, dest, off)
+	if err != nil {
+		return nil, fs.ToErrno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (f *upperFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n, err := unix.Pwrite(f.fd, data, off)
+	return uint32(n), fs.ToErrno(err)
+}
+
+func (f *upperFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	return fs.ToErrno(unix.Fsync(f.fd))
+}
+
+func (f *upperFile) Flush(ctx context.Context) syscall.Errno { return 0 }
+
+func (f *upperFile) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
+	return fs.ToErrno(unix.Fallocate(f.fd, mode, int64(off), int64(size)))
+}
+
+func (f *upperFile) Release(ctx context.Context) syscall.Errno {
+	return fs.ToErrno(unix.Close(f.fd))
+}
+
+// PassthroughFd hands the upper file to the kernel: reads and writes cost
+// what native ones cost.
+func (f *upperFile) PassthroughFd() (int, bool) { return f.fd, true }
+
+// file is an open layer file.
+type file struct {
+	f layertree.File
+}
+
+var (
+	_ fs.FileReader          = (*file)(nil)
+	_ fs.FileReleaser        = (*file)(nil)
+	_ fs.FilePassthroughFder = (*file)(nil)
+)
+
+func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := f.f.ReadAt(dest, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fs.ToErrno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// PassthroughFd lets the kernel read a local layer file directly (FUSE
+// passthrough, Linux 6.9+): a read costs what a native one does.
+func (f *file) PassthroughFd() (int, bool) {
+	if l, ok := f.f.(layertree.LocalFile); ok {
+		return l.Fd(), true
+	}
+	return 0, false
+}
+
+func (f *file) Release(ctx context.Context) syscall.Errno {
+	return fs.ToErrno(f.f.Close())
+}
