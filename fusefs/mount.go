@@ -33,6 +33,10 @@ func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 			MaxReadAhead:  1 << 20,
 			Debug:         o.Debug,
 			DisableXAttrs: false,
+			// Locks go to strata, which takes them on the file it holds
+			// open: POSIX locks of one process through two opens conflict
+			// as they do on a local filesystem.
+			EnableLocks: true,
 		},
 		EntryTimeout:    &u.timeout,
 		AttrTimeout:     &u.timeout,

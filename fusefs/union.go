@@ -44,14 +44,19 @@ type Union struct {
 	format   upperFormat
 
 	// mu guards every child record and merged listing. wmu serialises
-	// changes, which touch the upper directory and several records.
+	// changes, which touch the upper directory and several records;
+	// what reads the upper by path (lookup, getattr, open) holds it for
+	// reading, so it never sees a name half-way through a rename.
 	mu  sync.Mutex
-	wmu sync.Mutex
+	wmu sync.RWMutex
 	// links shares one record among the names of a hardlinked file, by
 	// inode number, so a change through one name shows through all.
 	links map[uint64]*child
 	// layerLinks caches, per layer, the paths of each hardlinked inode.
 	layerLinks map[int]map[uint64][]string
+	// nextIno and inoLimit hand out inode numbers for new entries (see
+	// allocIno); guarded by wmu.
+	nextIno, inoLimit uint64
 }
 
 // New builds the union of opts.Layers (and opts.UpperDir).
@@ -365,6 +370,13 @@ func (n *node) attr() (layertree.Entry, bool, syscall.Errno) {
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	n.u.wmu.RLock()
+	defer n.u.wmu.RUnlock()
+	return n.lookup(ctx, name, out)
+}
+
+// lookup is Lookup for callers holding wmu.
+func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	children, errno := n.merge(ctx)
 	if errno != 0 {
 		return nil, errno
@@ -377,28 +389,27 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	}
 	cn := &node{u: n.u, c: c}
 	ch := n.u.snapshot(c)
-	e := ch.entry
 	if ch.upper {
-		var err error
-		if e, err = n.u.upper.Stat(ctx, join(n.path(), name)); err != nil {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(n.upperPath(), name), &st); err != nil {
 			return nil, fs.ToErrno(err)
 		}
+		fillFromStat(&out.Attr, &st, ch.ino)
+	} else {
+		fillAttr(&out.Attr, ch.entry, ch.ino)
 	}
-	fillAttr(&out.Attr, e, ch.ino)
-	n.u.setTimeouts(out, ch.upper)
-	return n.NewInode(ctx, cn, fs.StableAttr{Mode: e.Type(), Ino: ch.ino}), 0
+	n.u.setTimeouts(out)
+	return n.NewInode(ctx, cn, fs.StableAttr{Mode: out.Attr.Mode & syscall.S_IFMT, Ino: ch.ino}), 0
 }
 
-// setTimeouts: what lies in the layers never changes; what lies in the
-// upper is re-read (the kernel learns of changes made through strata, but
-// not of ones made to the upper directory behind its back).
-func (u *Union) setTimeouts(out *fuse.EntryOut, upper bool) {
+// setTimeouts: what lies in the layers never changes, and what lies in
+// the upper changes only through strata, whose replies and the kernel's
+// own invalidation on every change keep the kernel's cache right. Changes
+// made to the upper directory behind strata's back are not supported, as
+// with the kernel overlayfs.
+func (u *Union) setTimeouts(out *fuse.EntryOut) {
 	out.SetEntryTimeout(u.timeout)
-	if upper {
-		out.SetAttrTimeout(0)
-	} else {
-		out.SetAttrTimeout(u.timeout)
-	}
+	out.SetAttrTimeout(u.timeout)
 }
 
 func fillAttr(a *fuse.Attr, e layertree.Entry, ino uint64) {
@@ -414,25 +425,42 @@ func fillAttr(a *fuse.Attr, e layertree.Entry, ino uint64) {
 	a.SetTimes(&t, &t, &t)
 }
 
+// fillFromStat reports an upper file as the disk has it, under the
+// union's inode number.
+func fillFromStat(a *fuse.Attr, st *syscall.Stat_t, ino uint64) {
+	a.FromStat(st)
+	a.Ino = ino
+}
+
 func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if _, open := fh.(*upperFile); !open {
+		n.u.wmu.RLock()
+		defer n.u.wmu.RUnlock()
+	}
+	return n.getattr(fh, out)
+}
+
+// getattr is Getattr for callers holding wmu.
+func (n *node) getattr(fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.SetTimeout(n.u.timeout)
+	c := n.u.snapshot(n.c)
+	var st syscall.Stat_t
 	if f, ok := fh.(*upperFile); ok {
-		var st syscall.Stat_t
-		if err := syscall.Fstat(f.fd, &st); err == nil {
-			out.FromStat(&st)
-			out.Ino = n.u.snapshot(n.c).ino
-			return 0
+		// Open files stay reachable when unlinked or renamed.
+		if err := syscall.Fstat(f.fd, &st); err != nil {
+			return fs.ToErrno(err)
 		}
+		fillFromStat(&out.Attr, &st, c.ino)
+		return 0
 	}
-	e, upper, errno := n.attr()
-	if errno != 0 {
-		return errno
+	if !c.upper {
+		fillAttr(&out.Attr, c.entry, c.ino)
+		return 0
 	}
-	fillAttr(&out.Attr, e, n.u.snapshot(n.c).ino)
-	if upper {
-		out.SetTimeout(0)
-	} else {
-		out.SetTimeout(n.u.timeout)
+	if err := syscall.Lstat(n.upperPath(), &st); err != nil {
+		return fs.ToErrno(err)
 	}
+	fillFromStat(&out.Attr, &st, c.ino)
 	return 0
 }
 
@@ -453,6 +481,8 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	n.u.wmu.RLock()
+	defer n.u.wmu.RUnlock()
 	e, _, errno := n.attr()
 	if errno != 0 {
 		return nil, errno
@@ -499,6 +529,8 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 }
 
 func (n *node) xattrs(ctx context.Context) (map[string][]byte, syscall.Errno) {
+	n.u.wmu.RLock()
+	defer n.u.wmu.RUnlock()
 	c := n.u.snapshot(n.c)
 	var xs map[string][]byte
 	var err error

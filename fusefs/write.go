@@ -357,21 +357,61 @@ func (n *node) prepareName(ctx context.Context, name string) (hadWhiteout bool, 
 }
 
 // created records a new upper entry in n's listing and returns its inode.
+// A new entry gets an inode number never used before in this upper, kept
+// in an xattr: the upper filesystem reuses the numbers of deleted files,
+// and a file still open under its old number must not be confused with a
+// new one.
 func (n *node) created(ctx context.Context, name string, covers bool, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	p := join(n.path(), name)
-	e, err := n.u.upper.Stat(ctx, p)
-	if err != nil {
+	p := filepath.Join(n.upperPath(), name)
+	var st syscall.Stat_t
+	if err := syscall.Lstat(p, &st); err != nil {
 		return nil, fs.ToErrno(err)
 	}
-	c := &child{entry: e, upper: true, ino: n.u.ino(-1, p, e), covers: covers}
+	c := &child{entry: layertree.Entry{Name: name, Mode: st.Mode, Nlink: uint32(st.Nlink)}, upper: true, covers: covers}
+	c.ino, c.inoKept = n.u.ino(-1, "", layertree.Entry{Ino: st.Ino}), false
+	if ino, errno := n.u.allocIno(); errno == 0 && unix.Lsetxattr(p, n.u.format.prefix+"strata.ino", putUint64(ino), 0) == nil {
+		c.ino, c.inoKept = ino, true
+	}
 	n.u.mu.Lock()
 	if n.merged {
 		n.children[name] = c
 	}
 	n.u.mu.Unlock()
-	fillAttr(&out.Attr, e, c.ino)
-	n.u.setTimeouts(out, true)
-	return n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: e.Type(), Ino: c.ino}), 0
+	fillFromStat(&out.Attr, &st, c.ino)
+	n.u.setTimeouts(out)
+	return n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: st.Mode & syscall.S_IFMT, Ino: c.ino}), 0
+}
+
+// createdInoBase starts the inode numbers of entries made through the
+// union, above those of the upper (high bits 0) and of the layers
+// (layer index + 1 in the high bits, at most 1<<15).
+const createdInoBase = uint64(0xC000) << 48
+
+// inoReserve is how many numbers are reserved in the upper's xattr at a
+// time, so a crash never hands out a number twice.
+const inoReserve = 4096
+
+// allocIno hands out the next inode number for a new entry. Call with
+// wmu held.
+func (u *Union) allocIno() (uint64, syscall.Errno) {
+	key := u.format.prefix + "strata.ino-next"
+	if u.nextIno == 0 {
+		u.nextIno = createdInoBase
+		if v, err := getxattr(u.upperDir, key); err == nil && len(v) == 8 && leUint64(v) > createdInoBase {
+			u.nextIno = leUint64(v)
+		}
+		u.inoLimit = u.nextIno
+	}
+	if u.nextIno >= u.inoLimit {
+		limit := u.nextIno + inoReserve
+		if err := unix.Lsetxattr(u.upperDir, key, putUint64(limit), 0); err != nil {
+			return 0, fs.ToErrno(err)
+		}
+		u.inoLimit = limit
+	}
+	ino := u.nextIno
+	u.nextIno++
+	return ino, 0
 }
 
 // own gives a new upper entry to the caller, with the group of a setgid
@@ -511,8 +551,8 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if err := unix.Link(tn.upperPath(), p); err != nil {
 		return nil, fs.ToErrno(err)
 	}
-	e, err := n.u.upper.Stat(ctx, join(n.path(), name))
-	if err != nil {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(p, &st); err != nil {
 		return nil, fs.ToErrno(err)
 	}
 	n.u.mu.Lock()
@@ -520,15 +560,15 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if covers {
 		// This name hides a lower one: it needs its own record to know
 		// a whiteout is due when it goes. Both records are in the upper.
-		rec = &child{entry: e, upper: true, ino: tn.c.ino, inoKept: true, covers: true}
+		rec = &child{entry: layertree.Entry{Name: name, Mode: st.Mode, Nlink: uint32(st.Nlink)}, upper: true, ino: tn.c.ino, inoKept: true, covers: true}
 	}
 	if n.merged {
 		n.children[name] = rec
 	}
 	ino := tn.c.ino
 	n.u.mu.Unlock()
-	fillAttr(&out.Attr, e, ino)
-	n.u.setTimeouts(out, true)
+	fillFromStat(&out.Attr, &st, ino)
+	n.u.setTimeouts(out)
 	return tn.EmbeddedInode(), 0
 }
 
@@ -843,7 +883,7 @@ func (n *node) childNode(ctx context.Context, name string) (*node, syscall.Errno
 		}
 	}
 	var out fuse.EntryOut
-	in, errno := n.Lookup(ctx, name, &out)
+	in, errno := n.lookup(ctx, name, &out)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -856,11 +896,10 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		return syscall.EROFS
 	}
 	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
 	if errno := n.copyUp(ctx); errno != 0 {
-		n.u.wmu.Unlock()
 		return errno
 	}
-	n.u.wmu.Unlock()
 	p := n.upperPath()
 	if m, ok := in.GetMode(); ok {
 		if err := unix.Chmod(p, m&0o7777); err != nil {
@@ -912,7 +951,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 			return fs.ToErrno(err)
 		}
 	}
-	return n.Getattr(ctx, nil, out)
+	return n.getattr(fh, out)
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
@@ -952,17 +991,26 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	if write {
 		n.u.wmu.Lock()
-		errno := n.copyUp(ctx)
-		n.u.wmu.Unlock()
-		if errno != 0 {
+		defer n.u.wmu.Unlock()
+		if errno := n.copyUp(ctx); errno != 0 {
 			return nil, 0, errno
 		}
+	} else {
+		n.u.wmu.RLock()
+		defer n.u.wmu.RUnlock()
 	}
 	c := n.u.snapshot(n.c)
 	if c.upper {
 		fd, err := unix.Open(n.upperPath(), int(flags)&^unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, 0, fs.ToErrno(err)
+		}
+		// The name may have been replaced since the kernel looked it up:
+		// never hand out another kind of file than the one it asked for.
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != n.StableAttr().Mode&unix.S_IFMT {
+			unix.Close(fd)
+			return nil, 0, syscall.ENOENT
 		}
 		return &upperFile{fd: fd}, 0, 0
 	}
@@ -988,6 +1036,9 @@ var (
 	_ fs.FileReleaser        = (*upperFile)(nil)
 	_ fs.FileAllocater       = (*upperFile)(nil)
 	_ fs.FilePassthroughFder = (*upperFile)(nil)
+	_ fs.FileGetlker         = (*upperFile)(nil)
+	_ fs.FileSetlker         = (*upperFile)(nil)
+	_ fs.FileSetlkwer        = (*upperFile)(nil)
 )
 
 func (f *upperFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -1030,6 +1081,9 @@ var (
 	_ fs.FileReader          = (*file)(nil)
 	_ fs.FileReleaser        = (*file)(nil)
 	_ fs.FilePassthroughFder = (*file)(nil)
+	_ fs.FileGetlker         = (*file)(nil)
+	_ fs.FileSetlker         = (*file)(nil)
+	_ fs.FileSetlkwer        = (*file)(nil)
 )
 
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -1051,4 +1105,78 @@ func (f *file) PassthroughFd() (int, bool) {
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
 	return fs.ToErrno(f.f.Close())
+}
+
+func (f *upperFile) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
+	return getlk(f.fd, lk, out)
+}
+
+func (f *upperFile) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return setlk(f.fd, lk, flags, false)
+}
+
+func (f *upperFile) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return setlk(f.fd, lk, flags, true)
+}
+
+func (f *file) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
+	fd, ok := f.PassthroughFd()
+	if !ok {
+		return syscall.ENOLCK
+	}
+	return getlk(fd, lk, out)
+}
+
+func (f *file) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	fd, ok := f.PassthroughFd()
+	if !ok {
+		return syscall.ENOLCK
+	}
+	return setlk(fd, lk, flags, false)
+}
+
+func (f *file) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	fd, ok := f.PassthroughFd()
+	if !ok {
+		return syscall.ENOLCK
+	}
+	return setlk(fd, lk, flags, true)
+}
+
+// Locks are taken on the descriptor strata holds for each open: open
+// file description locks for POSIX locks, so each open of the union owns
+// its locks as each open of a file does; flock for flock.
+func getlk(fd int, lk *fuse.FileLock, out *fuse.FileLock) syscall.Errno {
+	var flk syscall.Flock_t
+	lk.ToFlockT(&flk)
+	errno := fs.ToErrno(syscall.FcntlFlock(uintptr(fd), unix.F_OFD_GETLK, &flk))
+	out.FromFlockT(&flk)
+	return errno
+}
+
+func setlk(fd int, lk *fuse.FileLock, flags uint32, wait bool) syscall.Errno {
+	if flags&fuse.FUSE_LK_FLOCK != 0 {
+		var op int
+		switch lk.Typ {
+		case syscall.F_RDLCK:
+			op = syscall.LOCK_SH
+		case syscall.F_WRLCK:
+			op = syscall.LOCK_EX
+		case syscall.F_UNLCK:
+			op = syscall.LOCK_UN
+		default:
+			return syscall.EINVAL
+		}
+		if !wait {
+			op |= syscall.LOCK_NB
+		}
+		return fs.ToErrno(syscall.Flock(fd, op))
+	}
+	var flk syscall.Flock_t
+	lk.ToFlockT(&flk)
+	cmd := unix.F_OFD_SETLK
+	if wait {
+		cmd = unix.F_OFD_SETLKW
+	}
+	return fs.ToErrno(syscall.FcntlFlock(uintptr(fd), cmd, &flk))
 }
