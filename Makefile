@@ -7,8 +7,9 @@ BIN     := bin
 
 # Debian packages the tests need: busybox-static builds the test images,
 # skopeo and umoci are the reference unpacker, fuse3 and fuse-overlayfs the
-# union peers.
-TEST_DEPS  := busybox-static skopeo umoci fuse3 fuse-overlayfs ca-certificates
+# union peers; podman (with runc, which copes with hybrid cgroups) runs
+# containers on strata-overlay.
+TEST_DEPS  := busybox-static skopeo umoci fuse3 fuse-overlayfs ca-certificates podman runc
 BENCH_DEPS := $(TEST_DEPS) debootstrap
 # Packages with goroutines of their own; the race detector runs on them.
 RACE_PKGS  := ./lazypull/... ./whiteout/... ./fusefs/... ./layertree/... ./internal/...
@@ -22,6 +23,7 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/strata ./cmd/strata
 	$(GO) build -trimpath -o $(BIN)/demo-registry ./internal/cmd/demo-registry
 	$(GO) build -trimpath -o $(BIN)/strata-bench ./cmd/strata-bench
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/strata-overlay ./cmd/strata-overlay
 
 deps:
 	./scripts/deps.sh $(TEST_DEPS)
@@ -41,6 +43,7 @@ demo: build
 install: build
 	install -D -m 0755 $(BIN)/strata $(DESTDIR)$(PREFIX)/bin/strata
 	install -D -m 0755 $(BIN)/strata-bench $(DESTDIR)$(PREFIX)/bin/strata-bench
+	install -D -m 0755 $(BIN)/strata-overlay $(DESTDIR)$(PREFIX)/bin/strata-overlay
 
 bench: build
 	./scripts/deps.sh $(BENCH_DEPS)

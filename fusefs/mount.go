@@ -3,6 +3,7 @@ package fusefs
 import (
 	"fmt"
 	"os"
+	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -10,9 +11,17 @@ import (
 
 // MountOptions are the mount's settings.
 type MountOptions struct {
-	// FsName shows in /proc/mounts as the source.
-	FsName string
-	Debug  bool
+	// FsName shows in /proc/mounts as the source; Subtype as the type
+	// after "fuse." (default "strata").
+	FsName, Subtype string
+	// Options are more mount options: the kernel's flags (ro, nosuid,
+	// nodev, noexec, noatime, …) and FUSE's (allow_other, max_read=…).
+	Options []string
+	// Container mounts a container's root filesystem: set-user-ID bits
+	// and device nodes work in it, as in Docker's. Otherwise the mount is
+	// nosuid,nodev unless Options say suid or dev, as libfuse's are.
+	Container bool
+	Debug     bool
 }
 
 // Mount serves u at dir and returns once the mount is live: shared with
@@ -23,37 +32,77 @@ func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 	if o.FsName == "" {
 		o.FsName = "strata"
 	}
-	opts := &fs.Options{
-		MountOptions: fuse.MountOptions{
-			FsName:        o.FsName,
-			Name:          "strata",
-			AllowOther:    os.Geteuid() == 0,
-			Options:       mountFlags(u),
-			DirectMount:   true,
-			MaxReadAhead:  1 << 20,
-			Debug:         o.Debug,
-			DisableXAttrs: false,
-			// Locks go to strata, which takes them on the file it holds
-			// open: POSIX locks of one process through two opens conflict
-			// as they do on a local filesystem.
-			EnableLocks: true,
-		},
+	if o.Subtype == "" {
+		o.Subtype = "strata"
+	}
+	root := os.Geteuid() == 0
+	opts := []string{"default_permissions"}
+	if o.Container {
+		opts = append(opts, "suid", "dev")
+	}
+	opts = append(opts, o.Options...)
+	if u.readOnly() {
+		opts = append(opts, "ro")
+	}
+	mo := fuse.MountOptions{
+		FsName:       o.FsName,
+		Name:         o.Subtype,
+		AllowOther:   root,
+		DirectMount:  true,
+		MaxReadAhead: 1 << 20,
+		Debug:        o.Debug,
+		// Locks go to strata, which takes them on the file it holds
+		// open: POSIX locks of one process through two opens conflict
+		// as they do on a local filesystem.
+		EnableLocks: true,
+	}
+	if root {
+		// mount(2) takes the VFS flags as bits, not as option strings.
+		mo.DirectMountFlags, mo.Options = vfsFlags(opts)
+	} else {
+		mo.Options = opts // fusermount3 understands them all
+	}
+	srv, err := fs.Mount(dir, u.Root(), &fs.Options{
+		MountOptions:    mo,
 		EntryTimeout:    &u.timeout,
 		AttrTimeout:     &u.timeout,
 		NegativeTimeout: &u.timeout,
-		UID:             0,
-		GID:             0,
-	}
-	srv, err := fs.Mount(dir, u.Root(), opts)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	return srv, nil
 }
 
-func mountFlags(u *Union) []string {
-	if u.readOnly() {
-		return []string{"default_permissions", "ro"}
+// vfsFlags turns the VFS options among opts into mount(2) flags, starting
+// from nosuid,nodev as libfuse does, and returns the others. MS_SILENT is
+// always set: harmless, and go-fuse reads zero flags as "use defaults".
+func vfsFlags(opts []string) (uintptr, []string) {
+	flags := uintptr(syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_SILENT)
+	set := map[string]uintptr{
+		"ro": syscall.MS_RDONLY, "nosuid": syscall.MS_NOSUID, "nodev": syscall.MS_NODEV,
+		"noexec": syscall.MS_NOEXEC, "noatime": syscall.MS_NOATIME, "nodiratime": syscall.MS_NODIRATIME,
+		"relatime": syscall.MS_RELATIME, "strictatime": syscall.MS_STRICTATIME,
+		"sync": syscall.MS_SYNCHRONOUS, "dirsync": syscall.MS_DIRSYNC, "lazytime": 1 << 25,
 	}
-	return []string{"default_permissions"}
+	clear := map[string]uintptr{
+		"rw": syscall.MS_RDONLY, "suid": syscall.MS_NOSUID, "dev": syscall.MS_NODEV,
+		"exec": syscall.MS_NOEXEC, "atime": syscall.MS_NOATIME, "diratime": syscall.MS_NODIRATIME,
+		"norelatime": syscall.MS_RELATIME, "nostrictatime": syscall.MS_STRICTATIME,
+		"async": syscall.MS_SYNCHRONOUS, "nolazytime": 1 << 25,
+	}
+	var rest []string
+	seen := map[string]bool{}
+	for _, o := range opts {
+		switch {
+		case set[o] != 0:
+			flags |= set[o]
+		case clear[o] != 0:
+			flags &^= clear[o]
+		case !seen[o]:
+			seen[o] = true
+			rest = append(rest, o)
+		}
+	}
+	return flags, rest
 }

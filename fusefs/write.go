@@ -27,9 +27,9 @@ type upperFormat struct {
 }
 
 func (u *Union) openUpper(upper, work string) error {
-	for _, d := range []string{upper, work} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return fmt.Errorf("union: %w", err)
+	for _, d := range []struct{ name, path string }{{"upperdir", upper}, {"workdir", work}} {
+		if err := os.MkdirAll(d.path, 0o755); err != nil {
+			return fmt.Errorf("union: %s %s: %w", d.name, d.path, errors.Unwrap(err))
 		}
 	}
 	var a, b unix.Stat_t
@@ -42,18 +42,23 @@ func (u *Union) openUpper(upper, work string) error {
 	if a.Dev != b.Dev {
 		return fmt.Errorf("union: workdir %s must be on the same filesystem as upperdir %s", work, upper)
 	}
-	// What a crash left in the work directory was never visible: drop it.
-	ents, _ := os.ReadDir(work)
-	for _, e := range ents {
-		os.RemoveAll(filepath.Join(work, e.Name()))
+	// strata stages in a directory of its own inside the work directory,
+	// leaving what the kernel overlayfs keeps there (its index) alone.
+	// What a crash left in it was never visible: drop it.
+	staging := filepath.Join(work, "strata")
+	if err := os.RemoveAll(staging); err != nil {
+		return fmt.Errorf("union: clearing %s: %w", staging, err)
 	}
-	u.upperDir, u.workDir = filepath.Clean(upper), filepath.Clean(work)
+	if err := os.Mkdir(staging, 0o700); err != nil {
+		return fmt.Errorf("union: %w", err)
+	}
+	u.upperDir, u.workDir = filepath.Clean(upper), staging
 	u.format.prefix = "user.overlay."
-	if unix.Lsetxattr(work, "trusted.overlay.strata-probe", []byte("y"), 0) == nil {
-		unix.Lremovexattr(work, "trusted.overlay.strata-probe")
+	if unix.Lsetxattr(staging, "trusted.overlay.strata-probe", []byte("y"), 0) == nil {
+		unix.Lremovexattr(staging, "trusted.overlay.strata-probe")
 		u.format.prefix = "trusted.overlay."
 	}
-	probe := filepath.Join(work, "whiteout-probe")
+	probe := filepath.Join(staging, "whiteout-probe")
 	if unix.Mknod(probe, unix.S_IFCHR, 0) == nil {
 		u.format.charWhiteout = true
 		os.Remove(probe)
@@ -104,7 +109,7 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	case layertree.ModeDir:
 		err = os.Mkdir(staged, 0o700)
 	case layertree.ModeRegular:
-		err = copyFile(ctx, tree, src.path, staged)
+		err = copyFile(ctx, tree, src.path, staged, !n.u.noSync)
 	case layertree.ModeSymlink:
 		err = os.Symlink(e.Target, staged)
 	default:
@@ -141,7 +146,9 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 			return fs.ToErrno(err)
 		}
 	}
-	syncDir(filepath.Dir(dst))
+	if !n.u.noSync {
+		syncDir(filepath.Dir(dst))
+	}
 	n.u.mu.Lock()
 	n.c.upper = true
 	n.u.mu.Unlock()
@@ -255,7 +262,7 @@ func syncDir(dir string) {
 
 // copyFile copies a layer file's bytes and makes them durable before the
 // rename that publishes them.
-func copyFile(ctx context.Context, tree layertree.Tree, path, dst string) error {
+func copyFile(ctx context.Context, tree layertree.Tree, path, dst string, sync bool) error {
 	src, err := tree.Open(ctx, path)
 	if err != nil {
 		return err
@@ -271,7 +278,7 @@ func copyFile(ctx context.Context, tree layertree.Tree, path, dst string) error 
 	} else {
 		_, err = io.Copy(f, io.NewSectionReader(src, 0, 1<<62))
 	}
-	if err == nil {
+	if err == nil && sync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {

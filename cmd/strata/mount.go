@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/fusefs"
+	"github.com/stratafs/strata/internal/daemon"
 	"github.com/stratafs/strata/layertree"
 	"github.com/stratafs/strata/lazypull"
 )
@@ -79,31 +79,15 @@ func (a *app) startMountServer(ctx context.Context, image, dir, upper string) er
 		return err
 	}
 	defer logf.Close()
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
-	}
 	cmd := exec.Command(self, "--root", a.store.Root(), "--log-level", a.logLevel, "mount-server", image, dir, upper)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.ExtraFiles = []*os.File{w}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	if err := daemon.Start(cmd); err != nil {
+		if b, _ := os.ReadFile(logPath); len(b) > 0 && strings.HasPrefix(err.Error(), "server exited") {
+			return fmt.Errorf("mount server exited: %s", strings.TrimSpace(string(b)))
+		}
 		return err
 	}
-	w.Close()
-	defer r.Close()
-	line, _ := bufio.NewReader(r).ReadString('\n')
-	line = strings.TrimSpace(line)
-	if line == "ok" {
-		cmd.Process.Release()
-		return nil
-	}
-	cmd.Wait()
-	if line == "" {
-		b, _ := os.ReadFile(logPath)
-		line = "mount server exited: " + strings.TrimSpace(string(b))
-	}
-	return errors.New(line)
+	return nil
 }
 
 func mountID(dir string) string {
@@ -111,23 +95,16 @@ func mountID(dir string) string {
 	return hex.EncodeToString(h[:8])
 }
 
-// mountServerVerb is the process that serves a mount: it reports on fd 3
-// once the mount is live, and exits when it is unmounted.
+// mountServerVerb is the process that serves a mount: it reports to
+// strata mount once the mount is live, and exits when it is unmounted.
 func mountServerVerb() *verb {
 	return &verb{name: "mount-server", args: "IMAGE DIR UPPER", summary: "(internal) serve a mount", hidden: true, minArgs: 3, maxArgs: 3,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
 			return func(ctx context.Context, a *app, args []string) error {
-				ready := os.NewFile(3, "ready")
-				report := func(msg string) {
-					if ready != nil {
-						fmt.Fprintln(ready, msg)
-						ready.Close()
-						ready = nil
-					}
-				}
-				err := a.serveMount(args[0], args[1], args[2], func() { report("ok") })
+				ready := daemon.Notifier()
+				err := a.serveMount(args[0], args[1], args[2], func() { ready(nil) })
 				if err != nil {
-					report(err.Error())
+					ready(err)
 				}
 				return err
 			}
@@ -176,7 +153,7 @@ func (a *app) serveMount(image, dir, upper string, live func()) error {
 	if err != nil {
 		return err
 	}
-	srv, err := fusefs.Mount(dir, u, fusefs.MountOptions{FsName: "strata:" + lazypull.ShortID(rec.ConfigDigest)})
+	srv, err := fusefs.Mount(dir, u, fusefs.MountOptions{FsName: "strata:" + lazypull.ShortID(rec.ConfigDigest), Container: true})
 	if err != nil {
 		return err
 	}
