@@ -139,6 +139,11 @@ type child struct {
 	// covers: a lower layer has this name beneath the upper entry, so
 	// removing it needs a whiteout.
 	covers bool
+	// anonFd holds an O_TMPFILE file while it has no name (0: none).
+	anonFd int
+	// open are the upper files open on it, which reach it when its name
+	// is gone.
+	open map[*upperFile]bool
 }
 
 // node is one file of the union.
@@ -169,11 +174,13 @@ func (u *Union) ino(idx int, path string, e layertree.Entry) uint64 {
 }
 
 // path is the node's path in the union, "" for the root.
+// A node whose name is gone (unlinked, replaced) gets a path that names
+// nothing, so no operation on it reaches another file.
 func (n *node) path() string {
 	if n.IsRoot() {
 		return ""
 	}
-	return n.Path(nil)
+	return n.Path(n.Root())
 }
 
 // upperPath is where the node lives, or would live, in the upper.
@@ -460,6 +467,13 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	}
 	if !c.upper {
 		fillAttr(&out.Attr, c.entry, c.ino)
+		return 0
+	}
+	if c.anonFd != 0 {
+		if err := syscall.Fstat(c.anonFd, &st); err != nil {
+			return fs.ToErrno(err)
+		}
+		fillFromStat(&out.Attr, &st, c.ino)
 		return 0
 	}
 	if err := syscall.Lstat(n.upperPath(), &st); err != nil {

@@ -489,7 +489,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, errno
 	}
-	return inode, &upperFile{fd: fd}, 0, 0
+	return inode, n.u.openedUpper(inode.Operations().(*node).c, fd), 0, 0
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -555,7 +555,16 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		return nil, errno
 	}
 	p := filepath.Join(n.upperPath(), name)
-	if err := unix.Link(tn.upperPath(), p); err != nil {
+	if anon := n.u.snapshot(tn.c).anonFd; anon != 0 {
+		// An O_TMPFILE file gets its first name.
+		if err := unix.Linkat(unix.AT_FDCWD, fdPath(anon), unix.AT_FDCWD, p, unix.AT_SYMLINK_FOLLOW); err != nil {
+			return nil, fs.ToErrno(err)
+		}
+		n.u.mu.Lock()
+		tn.c.anonFd = 0
+		n.u.mu.Unlock()
+		unix.Close(anon)
+	} else if err := unix.Link(tn.upperPath(), p); err != nil {
 		return nil, fs.ToErrno(err)
 	}
 	var st syscall.Stat_t
@@ -907,7 +916,19 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	p := n.upperPath()
+	// Through the open file when there is one: it may have no name any
+	// more (unlinked, O_TMPFILE), or another file may have its name.
+	p, follow := n.upperPath(), false
+	f, ok := fh.(*upperFile)
+	if !ok {
+		// The kernel names the file only for ftruncate.
+		f = n.u.anyOpen(n.c)
+	}
+	if f != nil {
+		p, follow = fdPath(f.fd), true
+	} else if c := n.u.snapshot(n.c); c.anonFd != 0 {
+		p, follow = fdPath(c.anonFd), true
+	}
 	if m, ok := in.GetMode(); ok {
 		if err := unix.Chmod(p, m&0o7777); err != nil {
 			return fs.ToErrno(err)
@@ -923,13 +944,17 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		if gok {
 			sg = int(gid)
 		}
-		if err := unix.Lchown(p, su, sg); err != nil {
+		chown := unix.Lchown
+		if follow {
+			chown = unix.Chown
+		}
+		if err := chown(p, su, sg); err != nil {
 			return fs.ToErrno(err)
 		}
 	}
 	if sz, ok := in.GetSize(); ok {
 		var err error
-		if f, isUpper := fh.(*upperFile); isUpper {
+		if f != nil {
 			err = unix.Ftruncate(f.fd, int64(sz))
 		} else {
 			err = unix.Truncate(p, int64(sz))
@@ -954,11 +979,91 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		if in.Valid&fuse.FATTR_MTIME_NOW != 0 {
 			ts[1] = unix.Timespec{Nsec: unix.UTIME_NOW}
 		}
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		flags := unix.AT_SYMLINK_NOFOLLOW
+		if follow {
+			flags = 0
+		}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, flags); err != nil {
 			return fs.ToErrno(err)
 		}
 	}
+	if f != nil {
+		return n.getattr(f, out)
+	}
 	return n.getattr(fh, out)
+}
+
+// Fsync makes a directory's upper copy durable.
+func (n *node) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
+	if f, ok := fh.(*upperFile); ok {
+		return f.Fsync(ctx, flags)
+	}
+	n.u.wmu.RLock()
+	defer n.u.wmu.RUnlock()
+	if !n.u.snapshot(n.c).upper {
+		return 0 // layers never change
+	}
+	fd, err := unix.Open(n.upperPath(), unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fs.ToErrno(err)
+	}
+	defer unix.Close(fd)
+	return fs.ToErrno(unix.Fsync(fd))
+}
+
+// fdPath names an open file through /proc, which reaches it whatever its
+// name is now, or if it has none.
+func fdPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
+
+// Tmpfile makes a file without a name in the upper copy of directory n
+// (open(2) with O_TMPFILE); linkat(2) through /proc/self/fd may name it.
+func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	if n.u.readOnly() {
+		return nil, nil, 0, syscall.EROFS
+	}
+	n.u.wmu.Lock()
+	defer n.u.wmu.Unlock()
+	if errno := n.copyUp(ctx); errno != 0 {
+		return nil, nil, 0, errno
+	}
+	open := int(flags)&^(unix.O_CREAT|unix.O_TMPFILE) | unix.O_TMPFILE | unix.O_CLOEXEC
+	fd, err := unix.Open(n.upperPath(), open, mode&0o7777)
+	if err != nil {
+		return nil, nil, 0, fs.ToErrno(err)
+	}
+	uid, gid := caller(ctx)
+	var st syscall.Stat_t
+	if err := unix.Fchown(fd, int(uid), int(gid)); err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, fs.ToErrno(err)
+	}
+	anon, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+	if err == nil {
+		err = syscall.Fstat(fd, &st)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, fs.ToErrno(err)
+	}
+	c := &child{entry: layertree.Entry{Mode: st.Mode, Nlink: 1}, upper: true, anonFd: anon}
+	c.ino = n.u.ino(-1, "", layertree.Entry{Ino: st.Ino})
+	if ino, errno := n.u.allocIno(); errno == 0 && unix.Fsetxattr(fd, n.u.format.prefix+"strata.ino", putUint64(ino), 0) == nil {
+		c.ino, c.inoKept = ino, true
+	}
+	fillFromStat(&out.Attr, &st, c.ino)
+	n.u.setTimeouts(out)
+	return n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: c.ino}), n.u.openedUpper(c, fd), 0, 0
+}
+
+// OnForget closes what a nameless file held once the kernel drops it.
+func (n *node) OnForget() {
+	n.u.mu.Lock()
+	fd := n.c.anonFd
+	n.c.anonFd = 0
+	n.u.mu.Unlock()
+	if fd != 0 {
+		unix.Close(fd)
+	}
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
@@ -1007,6 +1112,13 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		defer n.u.wmu.RUnlock()
 	}
 	c := n.u.snapshot(n.c)
+	if c.anonFd != 0 {
+		fd, err := unix.Open(fdPath(c.anonFd), int(flags)&^unix.O_CREAT|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, 0, fs.ToErrno(err)
+		}
+		return n.u.openedUpper(n.c, fd), 0, 0
+	}
 	if c.upper {
 		fd, err := unix.Open(n.upperPath(), int(flags)&^unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -1019,7 +1131,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			unix.Close(fd)
 			return nil, 0, syscall.ENOENT
 		}
-		return &upperFile{fd: fd}, 0, 0
+		return n.u.openedUpper(n.c, fd), 0, 0
 	}
 	ref := c.lowers[0]
 	f, err := n.u.layers[ref.idx].Open(ctx, ref.path)
@@ -1033,6 +1145,30 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 // upperFile is an open file of the upper directory.
 type upperFile struct {
 	fd int
+	u  *Union
+	c  *child
+}
+
+// openedUpper registers an open upper file of c.
+func (u *Union) openedUpper(c *child, fd int) *upperFile {
+	f := &upperFile{fd: fd, u: u, c: c}
+	u.mu.Lock()
+	if c.open == nil {
+		c.open = map[*upperFile]bool{}
+	}
+	c.open[f] = true
+	u.mu.Unlock()
+	return f
+}
+
+// anyOpen is one of c's open upper files, or nil.
+func (u *Union) anyOpen(c *child) *upperFile {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for f := range c.open {
+		return f
+	}
+	return nil
 }
 
 var (
@@ -1072,6 +1208,9 @@ func (f *upperFile) Allocate(ctx context.Context, off, size uint64, mode uint32)
 }
 
 func (f *upperFile) Release(ctx context.Context) syscall.Errno {
+	f.u.mu.Lock()
+	delete(f.c.open, f)
+	f.u.mu.Unlock()
 	return fs.ToErrno(unix.Close(f.fd))
 }
 

@@ -1,0 +1,197 @@
+package fusefs
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// twoLayers makes a small stack: bottom has etc/conf and data/big, top
+// has etc/top.
+func twoLayers(t *testing.T) []string {
+	t.Helper()
+	base := t.TempDir()
+	top, bottom := filepath.Join(base, "top"), filepath.Join(base, "bottom")
+	for _, d := range []string{top + "/etc", bottom + "/etc", bottom + "/data"} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(bottom+"/etc/conf", []byte("conf\n"), 0o644)
+	os.WriteFile(bottom+"/data/big", bytes.Repeat([]byte("x"), 1<<20), 0o644)
+	os.WriteFile(top+"/etc/top", []byte("top\n"), 0o644)
+	return []string{top, bottom}
+}
+
+func TestTmpfile(t *testing.T) {
+	mnt, upper := mountWritable(t, twoLayers(t))
+	dir := filepath.Join(mnt, "etc") // a lower directory: copied up first
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatalf("O_TMPFILE: %v", err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.Write(fd, []byte("anonymous\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fchmod(fd, 0o640); err != nil {
+		t.Fatalf("fchmod of a nameless file: %v", err)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 2 {
+		t.Errorf("the nameless file shows in the directory: %v", ents)
+	}
+	named := filepath.Join(dir, "named")
+	if err := unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), unix.AT_FDCWD, named, unix.AT_SYMLINK_FOLLOW); err != nil {
+		t.Fatalf("linkat of an O_TMPFILE file: %v", err)
+	}
+	b, err := os.ReadFile(named)
+	if err != nil || string(b) != "anonymous\n" {
+		t.Fatalf("named = %q, %v", b, err)
+	}
+	var st, fst unix.Stat_t
+	unix.Stat(named, &st)
+	unix.Fstat(fd, &fst)
+	if st.Mode&0o777 != 0o640 || st.Ino != fst.Ino || st.Nlink != 1 {
+		t.Errorf("named: mode %o ino %d nlink %d; the open file: ino %d", st.Mode&0o777, st.Ino, st.Nlink, fst.Ino)
+	}
+	if b, err := os.ReadFile(filepath.Join(upper, "etc/named")); err != nil || string(b) != "anonymous\n" {
+		t.Errorf("upper etc/named = %q, %v", b, err)
+	}
+	// O_EXCL: it may never be linked.
+	fd2, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd2)
+	if err := unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd2), unix.AT_FDCWD, filepath.Join(dir, "never"), unix.AT_SYMLINK_FOLLOW); err == nil {
+		t.Error("linked an O_TMPFILE|O_EXCL file")
+	}
+}
+
+func TestUnixSocketInUnion(t *testing.T) {
+	mnt, upper := mountWritable(t, twoLayers(t))
+	sock := filepath.Join(mnt, "etc/sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatalf("bind a unix socket in the union: %v", err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			c.Write([]byte("hello"))
+			c.Close()
+		}
+	}()
+	fi, err := os.Lstat(sock)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("socket shows as %v, %v", fi, err)
+	}
+	if fi, err := os.Lstat(filepath.Join(upper, "etc/sock")); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Errorf("upper etc/sock: %v, %v", fi, err)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("connect through the union: %v", err)
+	}
+	defer c.Close()
+	buf := make([]byte, 5)
+	if _, err := c.Read(buf); err != nil || string(buf) != "hello" {
+		t.Errorf("read %q, %v", buf, err)
+	}
+}
+
+func TestDeviceNodes(t *testing.T) {
+	mnt, _ := mountWritable(t, twoLayers(t))
+	p := filepath.Join(mnt, "etc/null")
+	if err := unix.Mknod(p, unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+		t.Fatalf("mknod as root: %v", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != unix.Mkdev(1, 3) {
+		t.Errorf("device node: mode %o rdev %x, %v", st.Mode, st.Rdev, err)
+	}
+	// A char 0/0 device is a whiteout: refused, as the kernel overlayfs does.
+	if err := unix.Mknod(filepath.Join(mnt, "etc/wh"), unix.S_IFCHR|0o666, 0); err == nil {
+		t.Error("made a char 0/0 device, which would be a whiteout")
+	}
+}
+
+func TestStatfsFsyncFallocate(t *testing.T) {
+	mnt, upper := mountWritable(t, twoLayers(t))
+	var got, want unix.Statfs_t
+	if err := unix.Statfs(mnt, &got); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Statfs(upper, &want); err != nil {
+		t.Fatal(err)
+	}
+	if got.Blocks != want.Blocks || got.Bsize != want.Bsize || got.Namelen != want.Namelen {
+		t.Errorf("statfs: blocks %d bsize %d namelen %d; the upper's filesystem: %d %d %d", got.Blocks, got.Bsize, got.Namelen, want.Blocks, want.Bsize, want.Namelen)
+	}
+	f, err := os.OpenFile(filepath.Join(mnt, "data/big"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, 4<<20); err != nil {
+		t.Fatalf("fallocate: %v", err)
+	}
+	if fi, _ := f.Stat(); fi.Size() != 4<<20 {
+		t.Errorf("size after fallocate = %d", fi.Size())
+	}
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, 4096); err != nil {
+		t.Fatalf("punch hole: %v", err)
+	}
+	b := make([]byte, 8)
+	f.ReadAt(b, 0)
+	if !bytes.Equal(b, make([]byte, 8)) {
+		t.Errorf("punched range reads %q", b)
+	}
+	if err := f.Sync(); err != nil {
+		t.Errorf("fsync: %v", err)
+	}
+	d, err := os.Open(filepath.Join(mnt, "etc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && err.(*os.PathError).Err != syscall.ENOSYS {
+		t.Errorf("fsync of a directory: %v", err)
+	}
+}
+
+// TestChmodOfUnlinkedOpenFile: fchmod/ftruncate/futimens reach an open
+// file whose name is gone, as on a local filesystem.
+func TestChmodOfUnlinkedOpenFile(t *testing.T) {
+	mnt, _ := mountWritable(t, twoLayers(t))
+	p := filepath.Join(mnt, "etc/conf")
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Chmod(0o600); err != nil {
+		t.Fatalf("fchmod after unlink: %v", err)
+	}
+	if err := f.Truncate(2); err != nil {
+		t.Fatalf("ftruncate after unlink: %v", err)
+	}
+	fi, err := f.Stat()
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Size() != 2 {
+		t.Errorf("fstat after unlink: %v, %v", fi, err)
+	}
+	if _, err := os.Lstat(p); !os.IsNotExist(err) {
+		t.Errorf("etc/conf still shows: %v", err)
+	}
+}
