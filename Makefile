@@ -48,6 +48,7 @@ install: build
 bench: build
 	./scripts/deps.sh $(BENCH_DEPS)
 	$(BIN)/strata bench pull
+	$(BIN)/strata bench union
 
 clean:
 	rm -rf $(BIN)

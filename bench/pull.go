@@ -123,15 +123,24 @@ func buildImage(ctx context.Context, imgName string, o PullOptions) (v1.Image, e
 	case "demo":
 		return testimage.MultiLayer(testimage.Gzip)
 	case "debian":
-		script := filepath.Join(sourceDir(), "build-debian.sh")
-		cmd := exec.CommandContext(ctx, "sh", script, o.WorkDir)
-		cmd.Stderr = os.Stderr
-		if err := cmd.Run(); err != nil {
-			return nil, fmt.Errorf("%s: %w", script, err)
+		if err := BuildDebian(ctx, o.WorkDir); err != nil {
+			return nil, err
 		}
 		return layersImage(ctx, filepath.Join(o.WorkDir, "debian", "layers"), filepath.Join(o.WorkDir, "debian", "blobs"))
 	}
 	return nil, fmt.Errorf("unknown bench image %q (want demo or debian)", imgName)
+}
+
+// BuildDebian builds (once; cached in workDir/debian) the Debian image's
+// layer directories with build-debian.sh.
+func BuildDebian(ctx context.Context, workDir string) error {
+	script := filepath.Join(sourceDir(), "build-debian.sh")
+	cmd := exec.CommandContext(ctx, "sh", script, workDir)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w", script, err)
+	}
+	return nil
 }
 
 // sourceDir finds bench/ for its scripts: beside the binary's checkout

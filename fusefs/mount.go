@@ -55,6 +55,9 @@ func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 		// open: POSIX locks of one process through two opens conflict
 		// as they do on a local filesystem.
 		EnableLocks: true,
+		// Symlinks in layers never change, and one in the upper is
+		// replaced, never rewritten: the kernel may keep their targets.
+		EnableSymlinkCaching: true,
 	}
 	if root {
 		// mount(2) takes the VFS flags as bits, not as option strings.

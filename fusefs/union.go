@@ -59,6 +59,7 @@ type Union struct {
 	links map[uint64]*child
 	// layerLinks caches, per layer, the paths of each hardlinked inode.
 	layerLinks map[int]map[uint64][]string
+	prefetch   *prefetcher
 	// nextIno and inoLimit hand out inode numbers for new entries (see
 	// allocIno); guarded by wmu.
 	nextIno, inoLimit uint64
@@ -73,7 +74,7 @@ func New(opts Options) (*Union, error) {
 		return nil, fmt.Errorf("union: %d layers is more than %d", len(opts.Layers), 1<<15)
 	}
 	u := &Union{layers: opts.Layers, timeout: opts.Timeout, log: opts.Logger, noSync: opts.NoSync,
-		links: map[uint64]*child{}, layerLinks: map[int]map[uint64][]string{}}
+		links: map[uint64]*child{}, layerLinks: map[int]map[uint64][]string{}, prefetch: newPrefetcher()}
 	if u.timeout == 0 {
 		u.timeout = time.Hour
 	}
@@ -252,8 +253,9 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 			}
 		}
 	}
-	for _, ref := range c.lowers {
-		ents, err := n.u.layers[ref.idx].ReadDir(ctx, ref.path)
+	listings := n.u.readLowers(ctx, c.lowers)
+	for i, ref := range c.lowers {
+		ents, err := listings[i].ents, listings[i].err
 		if err != nil {
 			n.u.log.Warn("readdir of a layer failed", "layer", ref.idx, "path", ref.path, "err", err)
 			return nil, fs.ToErrno(err)
@@ -306,12 +308,61 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 			}
 		}
 	}
+	// Read ahead the subdirectories' lower listings.
+	var ahead []layerRef
+	for _, ch := range out {
+		if ch.entry.IsDir() && len(ahead) < prefetchPerDir {
+			ahead = append(ahead, ch.lowers...)
+		}
+	}
+	n.u.prefetch.start(n.u, ahead)
 	n.u.mu.Lock()
 	defer n.u.mu.Unlock()
 	if !n.merged {
 		n.children, n.merged = out, true
 	}
 	return n.children, 0
+}
+
+type listing struct {
+	ents []layertree.Entry
+	err  error
+}
+
+// readLowers lists a directory in each of its lower layers, several at a
+// time: a directory in many layers costs one listing's latency per
+// parallelReads layers, not per layer.
+func (u *Union) readLowers(ctx context.Context, refs []layerRef) []listing {
+	out := make([]listing, len(refs))
+	var missing []int
+	for i, ref := range refs {
+		if ents, err, ok := u.prefetch.take(ref); ok {
+			out[i] = listing{ents, err}
+		} else {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) <= 2 {
+		for _, i := range missing {
+			out[i].ents, out[i].err = u.layers[refs[i].idx].ReadDir(ctx, refs[i].path)
+		}
+		return out
+	}
+	const parallelReads = 8
+	sem := make(chan struct{}, parallelReads)
+	var wg sync.WaitGroup
+	for _, i := range missing {
+		ref := refs[i]
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			out[i].ents, out[i].err = u.layers[ref.idx].ReadDir(ctx, ref.path)
+			<-sem
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // shareLink returns the record of the hardlinked file c is a name of,
@@ -484,6 +535,15 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 }
 
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	ents, errno := n.listing(ctx)
+	if errno != 0 {
+		return nil, errno
+	}
+	return fs.NewListDirStream(ents), 0
+}
+
+// listing is the merged directory, sorted by name.
+func (n *node) listing(ctx context.Context) ([]fuse.DirEntry, syscall.Errno) {
 	children, errno := n.merge(ctx)
 	if errno != 0 {
 		return nil, errno
@@ -496,7 +556,48 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	}
 	n.u.mu.Unlock()
 	sort.Slice(ents, func(i, j int) bool { return ents[i].Name < ents[j].Name })
-	return fs.NewListDirStream(ents), 0
+	for i := range ents {
+		ents[i].Off = uint64(i + 1)
+	}
+	return ents, 0
+}
+
+// OpendirHandle lets the kernel cache the listing (FOPEN_CACHE_DIR): it
+// drops the cache itself whenever it changes the directory, and only
+// strata changes it.
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	ents, errno := n.listing(ctx)
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	return &dirHandle{ents: ents}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// dirHandle is an open directory: its listing as it was at opendir, as
+// POSIX allows.
+type dirHandle struct {
+	ents []fuse.DirEntry
+	pos  int
+}
+
+var (
+	_ fs.FileReaddirenter = (*dirHandle)(nil)
+	_ fs.FileSeekdirer    = (*dirHandle)(nil)
+)
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if d.pos >= len(d.ents) {
+		return nil, 0
+	}
+	e := d.ents[d.pos]
+	d.pos++
+	return &e, 0
+}
+
+// Seekdir goes to an offset handed out: entry i has offset i+1.
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.pos = int(min(off, uint64(len(d.ents))))
+	return 0
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {

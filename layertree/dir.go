@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -82,8 +83,45 @@ func (d *Dir) ReadDir(_ context.Context, path string) ([]Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("readdir %s: %w", p, err)
 	}
-	out := make([]Entry, 0, len(names))
 	fd := int(f.Fd())
+	// Large directories are statted by several goroutines: the syscalls
+	// are independent, and on a cold cache each may wait for the disk.
+	const chunk = 512
+	parts := make([][]Entry, (len(names)+chunk-1)/chunk)
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 4)
+	for i := range parts {
+		lo, hi := i*chunk, min((i+1)*chunk, len(names))
+		work := func() {
+			parts[i], errs[i] = d.entries(fd, p, names[lo:hi])
+		}
+		if len(parts) == 1 {
+			work()
+			break
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			work()
+			<-sem
+		}()
+	}
+	wg.Wait()
+	out := make([]Entry, 0, len(names))
+	for i, part := range parts {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		out = append(out, part...)
+	}
+	return out, nil
+}
+
+// entries stats names of the directory p (open as fd).
+func (d *Dir) entries(fd int, p string, names []string) ([]Entry, error) {
+	out := make([]Entry, 0, len(names))
 	for _, n := range names {
 		if n == whOpaque {
 			continue
@@ -109,31 +147,53 @@ func (d *Dir) entry(name, abs string, st *unix.Stat_t) Entry {
 		Name: name, Mode: st.Mode, UID: st.Uid, GID: st.Gid, Size: st.Size,
 		Mtime: time.Unix(st.Mtim.Unix()), Rdev: st.Rdev, Nlink: uint32(st.Nlink), Ino: st.Ino,
 	}
+	if e.Type() == ModeSymlink {
+		e.Target, _ = os.Readlink(abs)
+		return e
+	}
+	// One listxattr tells which of the markers are there: most entries
+	// have none, and each lookup of an absent one is a syscall.
+	xs := xattrNames(abs)
 	switch e.Type() {
 	case ModeChar:
 		e.Whiteout = st.Rdev == 0
-	case ModeSymlink:
-		e.Target, _ = os.Readlink(abs)
 	case ModeDir:
-		e.Opaque = isOpaque(abs)
-		e.Implied = hasXattr(abs, impliedXattr)
-		e.Redirect = redirectOf(abs)
+		e.Opaque = isOpaque(abs, xs)
+		e.Implied = xs[impliedXattr]
+		if xs["trusted.overlay.redirect"] || xs["user.overlay.redirect"] {
+			e.Redirect = redirectOf(abs)
+		}
 		e.Size = 4096
 	}
-	if e.Type() != ModeSymlink {
+	if xs[overrideStat] {
 		applyOverride(&e, abs)
 	}
 	return e
 }
 
+// xattrNames lists the names of a file's extended attributes.
+func xattrNames(p string) map[string]bool {
+	buf := make([]byte, 512)
+	n, err := unix.Llistxattr(p, buf)
+	if errors.Is(err, unix.ERANGE) {
+		if size, err2 := unix.Llistxattr(p, nil); err2 == nil {
+			buf = make([]byte, size)
+			n, err = unix.Llistxattr(p, buf)
+		}
+	}
+	if err != nil || n <= 0 {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+		out[name] = true
+	}
+	return out
+}
+
 // impliedXattr marks directories a layer holds only as parents (see
 // whiteout.ImpliedXattr).
 const impliedXattr = "user.strata.implied"
-
-func hasXattr(p, name string) bool {
-	_, err := unix.Lgetxattr(p, name, nil)
-	return err == nil
-}
 
 func redirectOf(dir string) string {
 	buf := make([]byte, 4096)
@@ -145,9 +205,12 @@ func redirectOf(dir string) string {
 	return ""
 }
 
-func isOpaque(dir string) bool {
+func isOpaque(dir string, xs map[string]bool) bool {
 	buf := make([]byte, 2)
 	for _, x := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
+		if !xs[x] {
+			continue
+		}
 		if n, err := unix.Lgetxattr(dir, x, buf); err == nil && n == 1 && buf[0] == 'y' {
 			return true
 		}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/stratafs/strata/bench"
@@ -29,8 +30,11 @@ func run() int {
 	workDir := fs.String("workdir", "/var/tmp/strata-bench", "scratch space and the cache of built images")
 	drop := fs.Bool("drop-caches", os.Geteuid() == 0, "drop the page cache before each measured command")
 	verbose := fs.Bool("v", false, "log each run")
+	scenarios := fs.String("scenario", "", "union: scenarios to run, comma-separated (default all: "+strings.Join(bench.UnionScenarios, ",")+")")
+	bigSize := fs.Int64("big-size", 1<<30, "union: size of the large file in bytes")
+	overlayBin := fs.String("strata-overlay", "", "union: the strata-overlay binary to measure (default: beside this binary)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: strata bench [OPTIONS] SCENARIO\n\nScenarios:\n  pull   full pull of a multi-layer image: strata vs skopeo copy + umoci unpack\n\nOptions:\n")
+		fmt.Fprintf(fs.Output(), "Usage: strata bench [OPTIONS] SCENARIO\n\nScenarios:\n  pull   full pull of a multi-layer image: strata vs skopeo copy + umoci unpack\n  union  the union filesystem: strata vs kernel overlayfs, fuse-overlayfs and a native directory\n\nOptions:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -39,13 +43,16 @@ func run() int {
 		}
 		return 125
 	}
-	if fs.NArg() != 1 || fs.Arg(0) != "pull" {
+	if fs.NArg() != 1 || (fs.Arg(0) != "pull" && fs.Arg(0) != "union") {
 		fs.Usage()
 		return 125
 	}
+	self, _ := os.Executable()
 	if *strataBin == "" {
-		self, _ := os.Executable()
 		*strataBin = filepath.Join(filepath.Dir(self), "strata")
+	}
+	if *overlayBin == "" {
+		*overlayBin = filepath.Join(filepath.Dir(self), "strata-overlay")
 	}
 	level := slog.LevelWarn
 	if *verbose {
@@ -54,6 +61,22 @@ func run() int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if fs.Arg(0) == "union" {
+		// The Debian image's layers, built by the pull scenario or here.
+		if err := bench.BuildDebian(ctx, *workDir); err != nil {
+			fmt.Fprintf(os.Stderr, "strata bench union: %v\n", err)
+			return 1
+		}
+		rep, err := bench.Union(ctx, bench.UnionOptions{StrataOverlay: *overlayBin, WorkDir: *workDir, DebianLayers: filepath.Join(*workDir, "debian", "layers"),
+			Runs: *runs, Scenarios: splitComma(*scenarios), BigSize: *bigSize, Log: log})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "strata bench union: %v\n", err)
+			return 1
+		}
+		rep.Command = "strata bench " + strings.Join(os.Args[1:], " ")
+		fmt.Print(rep.Markdown())
+		return 0
+	}
 	rep, err := bench.Pull(ctx, bench.PullOptions{Strata: *strataBin, Images: splitComma(*images), Runs: *runs, WorkDir: *workDir, DropCaches: *drop, Log: log})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "strata bench pull: %v\n", err)

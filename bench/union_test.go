@@ -1,0 +1,53 @@
+package bench
+
+import (
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stratafs/strata/internal/testenv"
+)
+
+// TestUnionScenarioSmall runs every union scenario once on a small
+// dataset: it checks that each peer mounts the same layers and does the
+// work (a scenario fails on a wrong listing or a missing file), not how
+// fast they are.
+func TestUnionScenarioSmall(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	testenv.RequireBinary(t, "fuse-overlayfs")
+	testenv.RequireBinary(t, "fusermount3")
+	bin := filepath.Join(t.TempDir(), "strata-overlay")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/strata-overlay").CombinedOutput(); err != nil {
+		t.Fatalf("build strata-overlay: %v\n%s", err, out)
+	}
+	rep, err := Union(context.Background(), UnionOptions{StrataOverlay: bin, WorkDir: t.TempDir(), Runs: 1, BigSize: 4 << 20, ManyEntries: 2000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Rows) != len(UnionScenarios) {
+		t.Fatalf("%d rows for %d scenarios", len(rep.Rows), len(UnionScenarios))
+	}
+	for _, row := range rep.Rows {
+		want := unionPeers
+		switch row.Scenario {
+		case "copyup-1g":
+			want = unionPeers[1:]
+		case "rss":
+			want = []string{PeerFuseOv, PeerStrata}
+		}
+		for _, p := range want {
+			if v, ok := row.Values[p]; !ok || v <= 0 {
+				t.Errorf("%s: %s = %v", row.Scenario, p, v)
+			}
+		}
+	}
+	md := rep.Markdown()
+	for _, want := range []string{"| lookup-500 | s |", "| readdir-100k | s |", "strata vs fuse-overlayfs"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}
