@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/layertree"
 )
 
 // twoLayers makes a small stack: bottom has etc/conf and data/big, top
@@ -194,4 +196,65 @@ func TestChmodOfUnlinkedOpenFile(t *testing.T) {
 	if _, err := os.Lstat(p); !os.IsNotExist(err) {
 		t.Errorf("etc/conf still shows: %v", err)
 	}
+}
+
+// TestLowerWhiteoutClosesUpperDirectory: a directory made in the union
+// over a name a lower layer whites out must not show what lies below the
+// whiteout, also after a remount, as with the kernel overlayfs.
+func TestLowerWhiteoutClosesUpperDirectory(t *testing.T) {
+	base := t.TempDir()
+	top, bottom := filepath.Join(base, "top"), filepath.Join(base, "bottom")
+	os.MkdirAll(filepath.Join(bottom, "x"), 0o755)
+	os.WriteFile(filepath.Join(bottom, "x/old"), []byte("old"), 0o644)
+	os.MkdirAll(top, 0o755)
+	if err := unix.Mknod(filepath.Join(top, "x"), unix.S_IFCHR, 0); err != nil {
+		t.Skipf("cannot make a whiteout: %v", err)
+	}
+	mnt, upper := mountWritable(t, []string{top, bottom})
+	if err := os.Mkdir(filepath.Join(mnt, "y"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(mnt, "y/new"), []byte("new"), 0o644)
+	if err := os.Rename(filepath.Join(mnt, "y"), filepath.Join(mnt, "x")); err != nil {
+		t.Fatal(err)
+	}
+	check := func(label, root string) {
+		ents, err := os.ReadDir(filepath.Join(root, "x"))
+		if err != nil || len(ents) != 1 || ents[0].Name() != "new" {
+			t.Errorf("%s: x holds %v, %v; want only new", label, ents, err)
+		}
+	}
+	check("strata", mnt)
+	// A fresh union over the same upper, and the kernel's.
+	u, err := New(Options{Layers: dirTrees(t, top, bottom), UpperDir: upper, WorkDir: filepath.Join(base, "work2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt2 := filepath.Join(base, "mnt2")
+	os.Mkdir(mnt2, 0o755)
+	srv, err := Mount(mnt2, u, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Unmount()
+	check("strata after remount", mnt2)
+	kmnt, kwork := filepath.Join(base, "kmnt"), filepath.Join(base, "kwork")
+	os.Mkdir(kmnt, 0o755)
+	os.Mkdir(kwork, 0o755)
+	srv.Unmount()
+	mountKernel(t, []string{top, bottom}, upper, kwork, kmnt)
+	check("kernel overlayfs", kmnt)
+}
+
+func dirTrees(t *testing.T, dirs ...string) []layertree.Tree {
+	t.Helper()
+	var out []layertree.Tree
+	for _, d := range dirs {
+		l, err := layertree.NewDir(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, l)
+	}
+	return out
 }

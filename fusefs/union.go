@@ -270,7 +270,11 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 				}
 			}
 			if e.Whiteout {
-				if _, ok := out[e.Name]; !ok {
+				// Below a whiteout nothing of the name shows: not even
+				// in a directory of that name above it.
+				if _, ok := out[e.Name]; ok {
+					closed[e.Name] = true
+				} else {
 					hidden[e.Name] = true
 				}
 				continue
