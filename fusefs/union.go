@@ -59,7 +59,6 @@ type Union struct {
 	links map[uint64]*child
 	// layerLinks caches, per layer, the paths of each hardlinked inode.
 	layerLinks map[int]map[uint64][]string
-	prefetch   *prefetcher
 	// nextIno and inoLimit hand out inode numbers for new entries (see
 	// allocIno); guarded by wmu.
 	nextIno, inoLimit uint64
@@ -74,7 +73,7 @@ func New(opts Options) (*Union, error) {
 		return nil, fmt.Errorf("union: %d layers is more than %d", len(opts.Layers), 1<<15)
 	}
 	u := &Union{layers: opts.Layers, timeout: opts.Timeout, log: opts.Logger, noSync: opts.NoSync,
-		links: map[uint64]*child{}, layerLinks: map[int]map[uint64][]string{}, prefetch: newPrefetcher()}
+		links: map[uint64]*child{}, layerLinks: map[int]map[uint64][]string{}}
 	if u.timeout == 0 {
 		u.timeout = time.Hour
 	}
@@ -312,14 +311,6 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 			}
 		}
 	}
-	// Read ahead the subdirectories' lower listings.
-	var ahead []layerRef
-	for _, ch := range out {
-		if ch.entry.IsDir() && len(ahead) < prefetchPerDir {
-			ahead = append(ahead, ch.lowers...)
-		}
-	}
-	n.u.prefetch.start(n.u, ahead)
 	n.u.mu.Lock()
 	defer n.u.mu.Unlock()
 	if !n.merged {
@@ -338,25 +329,16 @@ type listing struct {
 // parallelReads layers, not per layer.
 func (u *Union) readLowers(ctx context.Context, refs []layerRef) []listing {
 	out := make([]listing, len(refs))
-	var missing []int
-	for i, ref := range refs {
-		if ents, err, ok := u.prefetch.take(ref); ok {
-			out[i] = listing{ents, err}
-		} else {
-			missing = append(missing, i)
-		}
-	}
-	if len(missing) <= 2 {
-		for _, i := range missing {
-			out[i].ents, out[i].err = u.layers[refs[i].idx].ReadDir(ctx, refs[i].path)
+	if len(refs) <= 2 {
+		for i, ref := range refs {
+			out[i].ents, out[i].err = u.layers[ref.idx].ReadDir(ctx, ref.path)
 		}
 		return out
 	}
 	const parallelReads = 8
 	sem := make(chan struct{}, parallelReads)
 	var wg sync.WaitGroup
-	for _, i := range missing {
-		ref := refs[i]
+	for i, ref := range refs {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
