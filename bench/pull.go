@@ -94,7 +94,7 @@ func Pull(ctx context.Context, o PullOptions) (*PullReport, error) {
 	}
 	defer reg.Close()
 
-	rep := &PullReport{Machine: machine(), Command: "make bench  # = bin/strata bench pull --runs " + fmt.Sprint(o.Runs)}
+	rep := &PullReport{Machine: machine([]string{"skopeo", "--version"}, []string{"umoci", "--version"}), Command: "make bench  # = bin/strata bench pull --runs " + fmt.Sprint(o.Runs)}
 	for _, imgName := range o.Images {
 		img, err := buildImage(ctx, imgName, o)
 		if err != nil {
@@ -282,17 +282,20 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-func machine() string {
+// machine describes the host and the versions of the peer tools, each
+// given as the command that prints its version.
+func machine(tools ...[]string) string {
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	ver := func(cmd ...string) string {
-		out, err := exec.Command(cmd[0], cmd[1:]...).Output()
-		if err != nil {
-			return "?"
+	parts := []string{fmt.Sprintf("%d cores, Linux %s, %s", runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version())}
+	for _, cmd := range tools {
+		out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput()
+		v := "?"
+		if err == nil {
+			v = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 		}
-		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+		parts = append(parts, v)
 	}
-	return fmt.Sprintf("%d cores, Linux %s, %s, %s, %s", runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version(),
-		ver("skopeo", "--version"), ver("umoci", "--version"))
+	return strings.Join(parts, ", ")
 }
 
 // Markdown renders the report as a table with its command.

@@ -98,7 +98,7 @@ func Union(ctx context.Context, o UnionOptions) (*UnionReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep := &UnionReport{Machine: machine(), Runs: o.Runs}
+	rep := &UnionReport{Machine: machine([]string{"dpkg-query", "-W", "-f", "fuse-overlayfs ${Version}", "fuse-overlayfs"}), Runs: o.Runs}
 	for _, sc := range o.Scenarios {
 		row, err := runScenario(ctx, sc, img, root, o)
 		if err != nil {

@@ -921,8 +921,12 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	p, follow := n.upperPath(), false
 	f, ok := fh.(*upperFile)
 	if !ok {
-		// The kernel names the file only for ftruncate.
-		f = n.u.anyOpen(n.c)
+		// The kernel names the file only for ftruncate; borrow another
+		// open of it, duplicated, as that one may be released meanwhile.
+		if fd := n.u.dupOpen(n.c); fd >= 0 {
+			defer unix.Close(fd)
+			f = &upperFile{fd: fd}
+		}
 	}
 	if f != nil {
 		p, follow = fdPath(f.fd), true
@@ -1161,14 +1165,18 @@ func (u *Union) openedUpper(c *child, fd int) *upperFile {
 	return f
 }
 
-// anyOpen is one of c's open upper files, or nil.
-func (u *Union) anyOpen(c *child) *upperFile {
+// dupOpen duplicates the descriptor of one of c's open upper files, or
+// returns -1. Under mu, which Release takes before it closes, the
+// descriptor is still open.
+func (u *Union) dupOpen(c *child) int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for f := range c.open {
-		return f
+		if fd, err := unix.FcntlInt(uintptr(f.fd), unix.F_DUPFD_CLOEXEC, 3); err == nil {
+			return fd
+		}
 	}
-	return nil
+	return -1
 }
 
 var (
