@@ -112,13 +112,9 @@ func setup(t *testing.T, lowers []string) (strata, kernel, strataUpper string) {
 	for _, d := range []string{"su", "sw", "sm", "ku", "kw", "km"} {
 		os.Mkdir(filepath.Join(base, d), 0o755)
 	}
-	var layers []layertree.Tree
-	for _, d := range lowers {
-		l, err := layertree.NewDir(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		layers = append(layers, l)
+	layers, err := layertree.NewDirs(lowers...)
+	if err != nil {
+		t.Fatal(err)
 	}
 	u, err := New(Options{Layers: layers, UpperDir: filepath.Join(base, "su"), WorkDir: filepath.Join(base, "sw")})
 	if err != nil {

@@ -17,13 +17,9 @@ func mountWritable(t *testing.T, dirs []string) (mnt, upper string) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireFUSE(t)
-	var layers []layertree.Tree
-	for _, d := range dirs {
-		l, err := layertree.NewDir(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		layers = append(layers, l)
+	layers, err := layertree.NewDirs(dirs...)
+	if err != nil {
+		t.Fatal(err)
 	}
 	base := t.TempDir()
 	upper, work, mnt := filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "mnt")

@@ -226,7 +226,11 @@ func TestLowerWhiteoutClosesUpperDirectory(t *testing.T) {
 	}
 	check("strata", mnt)
 	// A fresh union over the same upper, and the kernel's.
-	u, err := New(Options{Layers: dirTrees(t, top, bottom), UpperDir: upper, WorkDir: filepath.Join(base, "work2")})
+	layers, err := layertree.NewDirs(top, bottom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := New(Options{Layers: layers, UpperDir: upper, WorkDir: filepath.Join(base, "work2")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,17 +248,4 @@ func TestLowerWhiteoutClosesUpperDirectory(t *testing.T) {
 	srv.Unmount()
 	mountKernel(t, []string{top, bottom}, upper, kwork, kmnt)
 	check("kernel overlayfs", kmnt)
-}
-
-func dirTrees(t *testing.T, dirs ...string) []layertree.Tree {
-	t.Helper()
-	var out []layertree.Tree
-	for _, d := range dirs {
-		l, err := layertree.NewDir(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, l)
-	}
-	return out
 }

@@ -520,14 +520,6 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	return 0
 }
 
-func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	ents, errno := n.listing(ctx)
-	if errno != 0 {
-		return nil, errno
-	}
-	return fs.NewListDirStream(ents), 0
-}
-
 // listing is the merged directory, sorted by name.
 func (n *node) listing(ctx context.Context) ([]fuse.DirEntry, syscall.Errno) {
 	children, errno := n.merge(ctx)
@@ -672,7 +664,7 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 // upperIno is the inode number of an upper entry: the one it had before
 // copy-up when recorded, else the upper's own.
 func (u *Union) upperIno(path string, e layertree.Entry) (uint64, bool) {
-	if v, err := getxattr(filepath.Join(u.upperDir, path), u.format.prefix+"strata.ino"); err == nil && len(v) == 8 {
+	if v, err := getxattr(filepath.Join(u.upperDir, path), u.inoKey()); err == nil && len(v) == 8 {
 		return leUint64(v), true
 	}
 	return u.ino(-1, path, e), false

@@ -51,13 +51,9 @@ func mountUnion(t *testing.T, dirs []string) string {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireFUSE(t)
-	var layers []layertree.Tree
-	for _, d := range dirs {
-		l, err := layertree.NewDir(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		layers = append(layers, l)
+	layers, err := layertree.NewDirs(dirs...)
+	if err != nil {
+		t.Fatal(err)
 	}
 	u, err := New(Options{Layers: layers})
 	if err != nil {

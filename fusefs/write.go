@@ -133,7 +133,7 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 		}
 	}
 	// The copy keeps the inode number it had, as overlayfs's origin does.
-	unix.Lsetxattr(staged, n.u.format.prefix+"strata.ino", putUint64(c.ino), 0)
+	unix.Lsetxattr(staged, n.u.inoKey(), putUint64(c.ino), 0)
 	ts := []unix.Timespec{unix.NsecToTimespec(e.Mtime.UnixNano()), unix.NsecToTimespec(e.Mtime.UnixNano())}
 	unix.UtimesNanoAt(unix.AT_FDCWD, staged, ts, unix.AT_SYMLINK_NOFOLLOW)
 	dst := n.upperPath()
@@ -375,10 +375,7 @@ func (n *node) created(ctx context.Context, name string, covers bool, out *fuse.
 		return nil, fs.ToErrno(err)
 	}
 	c := &child{entry: layertree.Entry{Name: name, Mode: st.Mode, Nlink: uint32(st.Nlink)}, upper: true, covers: covers}
-	c.ino, c.inoKept = n.u.ino(-1, "", layertree.Entry{Ino: st.Ino}), false
-	if ino, errno := n.u.allocIno(); errno == 0 && unix.Lsetxattr(p, n.u.format.prefix+"strata.ino", putUint64(ino), 0) == nil {
-		c.ino, c.inoKept = ino, true
-	}
+	c.ino, c.inoKept = n.u.newIno(st.Ino, func(key string, v []byte) error { return unix.Lsetxattr(p, key, v, 0) })
 	n.u.mu.Lock()
 	if n.merged {
 		n.children[name] = c
@@ -388,6 +385,19 @@ func (n *node) created(ctx context.Context, name string, covers bool, out *fuse.
 	n.u.setTimeouts(out)
 	return n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: st.Mode & syscall.S_IFMT, Ino: c.ino}), 0
 }
+
+// newIno gives an entry just made in the upper (its upper inode number
+// upperIno) a fresh number, recorded through record; if that fails it
+// keeps the upper's own number.
+func (u *Union) newIno(upperIno uint64, record func(key string, v []byte) error) (ino uint64, kept bool) {
+	if ino, errno := u.allocIno(); errno == 0 && record(u.inoKey(), putUint64(ino)) == nil {
+		return ino, true
+	}
+	return u.ino(-1, "", layertree.Entry{Ino: upperIno}), false
+}
+
+// inoKey is the xattr that keeps an upper entry's inode number.
+func (u *Union) inoKey() string { return u.format.prefix + "strata.ino" }
 
 // createdInoBase starts the inode numbers of entries made through the
 // union, above those of the upper (high bits 0) and of the layers
@@ -1050,10 +1060,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		return nil, nil, 0, fs.ToErrno(err)
 	}
 	c := &child{entry: layertree.Entry{Mode: st.Mode, Nlink: 1}, upper: true, anonFd: anon}
-	c.ino = n.u.ino(-1, "", layertree.Entry{Ino: st.Ino})
-	if ino, errno := n.u.allocIno(); errno == 0 && unix.Fsetxattr(fd, n.u.format.prefix+"strata.ino", putUint64(ino), 0) == nil {
-		c.ino, c.inoKept = ino, true
-	}
+	c.ino, c.inoKept = n.u.newIno(st.Ino, func(key string, v []byte) error { return unix.Fsetxattr(fd, key, v, 0) })
 	fillFromStat(&out.Attr, &st, c.ino)
 	n.u.setTimeouts(out)
 	return n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: c.ino}), n.u.openedUpper(c, fd), 0, 0

@@ -43,6 +43,19 @@ func NewDir(dir string) (*Dir, error) {
 	return &Dir{root: dir}, nil
 }
 
+// NewDirs returns the Trees of a stack of layer directories, in order.
+func NewDirs(dirs ...string) ([]Tree, error) {
+	out := make([]Tree, 0, len(dirs))
+	for _, d := range dirs {
+		l, err := NewDir(d)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
 // Root is the directory the tree reads.
 func (d *Dir) Root() string { return d.root }
 

@@ -12,8 +12,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/pflag"
 
@@ -164,13 +162,6 @@ func serve(c *config, live func(), stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	go func() {
-		<-sig
-		srv.Unmount()
-	}()
-	live()
-	srv.Wait()
+	daemon.Serve(srv, live)
 	return nil
 }

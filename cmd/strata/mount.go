@@ -8,10 +8,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -131,13 +129,9 @@ func (a *app) serveMount(image, dir, upper string, live func()) error {
 	if err != nil {
 		return err
 	}
-	var layers []layertree.Tree
-	for _, d := range dirs {
-		l, err := layertree.NewDir(d)
-		if err != nil {
-			return err
-		}
-		layers = append(layers, l)
+	layers, err := layertree.NewDirs(dirs...)
+	if err != nil {
+		return err
 	}
 	opts := fusefs.Options{Layers: layers, Logger: a.log}
 	switch upper {
@@ -157,15 +151,7 @@ func (a *app) serveMount(image, dir, upper string, live func()) error {
 	if err != nil {
 		return err
 	}
-	// Unmount cleanly when asked to stop.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	go func() {
-		<-sig
-		srv.Unmount()
-	}()
-	live()
-	srv.Wait()
+	daemon.Serve(srv, live)
 	return nil
 }
 

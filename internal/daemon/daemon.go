@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strings"
 	"syscall"
 )
@@ -81,4 +82,23 @@ func Notifier() func(error) {
 		f.Close()
 		f = nil
 	}
+}
+
+// Server is a mounted filesystem being served.
+type Server interface {
+	Unmount() error
+	Wait()
+}
+
+// Serve reports the server ready and serves until it is unmounted;
+// SIGTERM, SIGINT and SIGHUP unmount it cleanly.
+func Serve(srv Server, ready func()) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	go func() {
+		<-sig
+		srv.Unmount()
+	}()
+	ready()
+	srv.Wait()
 }
