@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/stratafs/strata/internal/fsutil"
 )
 
 // Pin marks an image in use (a mount, a container) for as long as the
@@ -20,7 +22,7 @@ func (s *Store) Pin(rec *ImageRecord, owner string) (unpin func(), err error) {
 		return nil, fmt.Errorf("invalid pin owner %q", owner)
 	}
 	p := filepath.Join(dir, owner+".pin")
-	l, ok := tryLockFile(p)
+	l, ok := fsutil.TryLock(p)
 	if !ok {
 		return nil, fmt.Errorf("pin %s is held by another process", owner)
 	}
@@ -45,7 +47,7 @@ func (s *Store) pinsOf(rec *ImageRecord) int {
 		if err != nil || strings.TrimSpace(string(b)) != rec.ManifestDigest {
 			continue
 		}
-		if l, ok := tryLockFile(p); ok {
+		if l, ok := fsutil.TryLock(p); ok {
 			os.Remove(p) // its owner is gone
 			l.Unlock()
 			continue

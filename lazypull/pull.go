@@ -27,6 +27,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratafs/strata/internal/fsutil"
 	"github.com/stratafs/strata/whiteout"
 )
 
@@ -551,7 +552,7 @@ func (p *Puller) downloadLayer(ctx context.Context, src source, l *LayerRecord) 
 	}
 	l.UnpackedSize = stats.Bytes
 	meta, _ := json.MarshalIndent(l, "", "  ")
-	if err := writeFileAtomic(filepath.Join(tmp, "layer.json"), meta, 0o600); err != nil {
+	if err := fsutil.WriteFileAtomic(filepath.Join(tmp, "layer.json"), meta, 0o600); err != nil {
 		return counter.n, err
 	}
 	if err := syncfs(tmp); err != nil {
@@ -560,7 +561,7 @@ func (p *Puller) downloadLayer(ctx context.Context, src source, l *LayerRecord) 
 	if err := os.Rename(tmp, final); err != nil {
 		return counter.n, fmt.Errorf("store layer %s: %w", l.DiffID, err)
 	}
-	return counter.n, syncDir(filepath.Dir(final))
+	return counter.n, fsutil.SyncDir(filepath.Dir(final))
 }
 
 func checkStream(c *countingReader, l *LayerRecord, blobHash, diffHash hash.Hash) error {

@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/stratafs/strata/internal/fsutil"
 )
 
 // Store is the local image store under one root directory:
@@ -133,7 +135,7 @@ func (s *Store) PutBlob(digest string, data []byte) error {
 	if _, err := os.Stat(p); err == nil {
 		return nil
 	}
-	return writeFileAtomic(p, data, 0o600)
+	return fsutil.WriteFileAtomic(p, data, 0o600)
 }
 
 // Blob reads a stored blob and checks it against its digest.
@@ -217,16 +219,16 @@ func (s *Store) lockPath(name string) string {
 }
 
 // lock takes the store-wide metadata lock.
-func (s *Store) lock(ctx context.Context) (*fileLock, error) {
-	return lockFile(ctx, s.lockPath("store"))
+func (s *Store) lock(ctx context.Context) (*fsutil.FileLock, error) {
+	return fsutil.Lock(ctx, s.lockPath("store"))
 }
 
-func (s *Store) lockLayer(ctx context.Context, diffID string) (*fileLock, error) {
+func (s *Store) lockLayer(ctx context.Context, diffID string) (*fsutil.FileLock, error) {
 	h, err := digestHex(diffID)
 	if err != nil {
 		return nil, err
 	}
-	return lockFile(ctx, s.lockPath("layer-"+h))
+	return fsutil.Lock(ctx, s.lockPath("layer-"+h))
 }
 
 // cleanStale removes temporary layer directories left by killed pulls. A
@@ -243,7 +245,7 @@ func (s *Store) cleanStale() {
 			continue
 		}
 		h, _, _ := strings.Cut(rest, "-")
-		l, ok := tryLockFile(s.lockPath("layer-" + h))
+		l, ok := fsutil.TryLock(s.lockPath("layer-" + h))
 		if !ok {
 			continue
 		}
@@ -294,7 +296,7 @@ func (s *Store) writeIndex(idx *storeIndex) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(s.indexPath(), b, 0o600)
+	return fsutil.WriteFileAtomic(s.indexPath(), b, 0o600)
 }
 
 // Images lists the images in the store, newest first.
@@ -545,7 +547,7 @@ func (s *Store) gcLayers(idx *storeIndex) ([]string, int64) {
 		if strings.HasPrefix(e.Name(), ".") || used["sha256:"+e.Name()] {
 			continue
 		}
-		l, ok := tryLockFile(s.lockPath("layer-" + e.Name()))
+		l, ok := fsutil.TryLock(s.lockPath("layer-" + e.Name()))
 		if !ok {
 			continue
 		}

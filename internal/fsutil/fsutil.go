@@ -1,4 +1,6 @@
-package lazypull
+// Package fsutil holds the file primitives every store of strata uses: atomic
+// writes and flock(2) locks.
+package fsutil
 
 import (
 	"context"
@@ -11,10 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// writeFileAtomic writes data to path through a synced temp file and a
+// WriteFileAtomic writes data to path through a synced temp file and a
 // rename, so a reader or a crash sees the old content or the new, never a
 // mix.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-")
 	if err != nil {
@@ -46,10 +48,11 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	ok = true
-	return syncDir(dir)
+	return SyncDir(dir)
 }
 
-func syncDir(dir string) error {
+// SyncDir makes a directory's entries durable.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -58,12 +61,12 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// fileLock is an exclusive flock(2) on a lock file. The kernel drops it when
+// FileLock is an exclusive flock(2) on a lock file. The kernel drops it when
 // the process dies, so a kill -9 never leaves the store locked.
-type fileLock struct{ f *os.File }
+type FileLock struct{ f *os.File }
 
-// lockFile takes an exclusive lock on path, waiting until ctx is done.
-func lockFile(ctx context.Context, path string) (*fileLock, error) {
+// Lock takes an exclusive lock on path, waiting until ctx is done.
+func Lock(ctx context.Context, path string) (*FileLock, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", path, err)
@@ -72,7 +75,7 @@ func lockFile(ctx context.Context, path string) (*fileLock, error) {
 	for {
 		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		if err == nil {
-			return &fileLock{f: f}, nil
+			return &FileLock{f: f}, nil
 		}
 		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
 			f.Close()
@@ -88,8 +91,8 @@ func lockFile(ctx context.Context, path string) (*fileLock, error) {
 	}
 }
 
-// tryLockFile takes the lock only if it is free.
-func tryLockFile(path string) (*fileLock, bool) {
+// TryLock takes the lock only if it is free.
+func TryLock(path string) (*FileLock, bool) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, false
@@ -98,18 +101,18 @@ func tryLockFile(path string) (*fileLock, bool) {
 		f.Close()
 		return nil, false
 	}
-	return &fileLock{f: f}, true
+	return &FileLock{f: f}, true
 }
 
-func (l *fileLock) Unlock() {
+func (l *FileLock) Unlock() {
 	if l != nil && l.f != nil {
 		l.f.Close()
 		l.f = nil
 	}
 }
 
-// dirSize sums the apparent sizes of the regular files under dir.
-func dirSize(dir string) int64 {
+// DirSize sums the apparent sizes of the regular files under dir.
+func DirSize(dir string) int64 {
 	var n int64
 	filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() {
