@@ -12,7 +12,7 @@ BIN     := bin
 TEST_DEPS  := busybox-static skopeo umoci fuse3 fuse-overlayfs ca-certificates podman runc
 BENCH_DEPS := $(TEST_DEPS) debootstrap
 # Packages with goroutines of their own; the race detector runs on them.
-RACE_PKGS  := ./lazypull/... ./whiteout/... ./fusefs/... ./layertree/... ./internal/...
+RACE_PKGS  := ./lazypull/... ./whiteout/... ./fusefs/... ./layertree/... ./internal/... ./runtime/... ./volumes/...
 
 .PHONY: all build test test-short lint demo install bench deps clean
 

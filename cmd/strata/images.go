@@ -232,16 +232,20 @@ func rmiVerb() *verb {
 }
 
 func inspectVerb() *verb {
-	return &verb{name: "inspect", args: "IMAGE [IMAGE...]", summary: "Show an image's config, manifest digest and layers as JSON", minArgs: 1, maxArgs: -1,
+	return &verb{name: "inspect", args: "CONTAINER|IMAGE [...]", summary: "Show a container's or an image's configuration and state as JSON", minArgs: 1, maxArgs: -1,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
 			return func(_ context.Context, a *app, args []string) error {
 				s, err := a.Store()
 				if err != nil {
 					return err
 				}
-				out := []*lazypull.Inspection{}
+				out := []any{}
 				var errs []error
 				for _, name := range args {
+					if c, ok := a.inspectContainer(name); ok {
+						out = append(out, c)
+						continue
+					}
 					rec, err := s.Lookup(name)
 					if err != nil {
 						errs = append(errs, err)

@@ -86,6 +86,8 @@ func verbs() []*verb {
 	return []*verb{
 		pullVerb(), imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(),
 		mountVerb(), mountServerVerb(), umountVerb(),
+		runVerb(), createVerb(), startVerb(), psVerb(), stopVerb(), killVerb(), rmVerb(), logsVerb(),
+		waitVerb(), renameVerb(), pauseVerb(true), pauseVerb(false), volumeVerb(), monitorVerb(), initVerb(),
 	}
 }
 
@@ -153,8 +155,14 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("strata "+v.name, pflag.ContinueOnError)
 	fs.SetInterspersed(false)
 	fs.SetOutput(io.Discard)
-	vhelp := fs.BoolP("help", "h", false, "show help")
 	runVerb := v.flags(fs)
+	// -h is help unless the verb uses it (run's --hostname, as docker's).
+	var vhelp *bool
+	if fs.ShorthandLookup("h") == nil {
+		vhelp = fs.BoolP("help", "h", false, "show help")
+	} else {
+		vhelp = fs.Bool("help", false, "show help")
+	}
 	if err := fs.Parse(global.Args()[1:]); err != nil {
 		fmt.Fprintf(stderr, "strata %s: %v\n", v.name, err)
 		verbUsage(stderr, v, fs)
@@ -182,7 +190,9 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		verbUsage(stderr, v, fs)
 		return exitUsage
 	}
-	fmt.Fprintf(stderr, "strata %s: %v\n", v.name, err)
+	if err.Error() != "" {
+		fmt.Fprintf(stderr, "strata %s: %v\n", v.name, err)
+	}
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code

@@ -1,0 +1,581 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/fusefs"
+	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/layertree"
+	"github.com/stratafs/strata/lazypull"
+	"github.com/stratafs/strata/runtime"
+	"github.com/stratafs/strata/volumes"
+)
+
+// Exit codes of docker run for strata's own failures.
+const exitRunFailure = 125
+
+// createFlags are the flags run and create share.
+type createFlags struct {
+	name, workdir, user, entrypoint, hostname, network, pull, platform string
+	memory, stopSignal                                                 string
+	env, envFiles, volumes, mounts, tmpfs, capAdd, capDrop             []string
+	interactive, tty, rm, readOnly, privileged, init                   bool
+	cpus                                                               float64
+	pidsLimit                                                          int64
+	stopTimeout                                                        int
+	entrypointSet                                                      bool
+}
+
+func (f *createFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.name, "name", "", "assign a name to the container")
+	fs.StringVarP(&f.workdir, "workdir", "w", "", "working directory inside the container")
+	fs.StringVarP(&f.user, "user", "u", "", "user to run as: NAME|UID[:GROUP|GID]")
+	fs.StringVar(&f.entrypoint, "entrypoint", "", "override the image's entrypoint")
+	fs.StringVarP(&f.hostname, "hostname", "h", "", "container host name (default: the short ID)")
+	fs.StringVar(&f.network, "network", "none", "network: none (own namespace with lo up) or host")
+	fs.StringVar(&f.pull, "pull", "missing", "pull the image: missing, always or never")
+	fs.StringVar(&f.platform, "platform", "", "pull the image for this platform (os/arch[/variant])")
+	fs.StringVarP(&f.memory, "memory", "m", "", "memory limit (e.g. 64m, 1g)")
+	fs.Float64Var(&f.cpus, "cpus", 0, "number of CPUs (e.g. 0.5)")
+	fs.Int64Var(&f.pidsLimit, "pids-limit", 0, "maximum number of processes")
+	fs.StringVar(&f.stopSignal, "stop-signal", "", "signal to stop the container (default: the image's, else SIGTERM)")
+	fs.IntVar(&f.stopTimeout, "stop-timeout", 10, "seconds to wait for stop before SIGKILL")
+	fs.StringArrayVarP(&f.env, "env", "e", nil, "set environment variable KEY=VALUE (KEY alone: from this environment)")
+	fs.StringArrayVar(&f.envFiles, "env-file", nil, "read environment variables from a file")
+	fs.StringArrayVarP(&f.volumes, "volume", "v", nil, "mount a volume: NAME:/PATH[:ro], /HOST/PATH:/PATH[:ro] or /PATH (anonymous)")
+	fs.StringArrayVar(&f.mounts, "mount", nil, "mount: type=bind|volume|tmpfs,src=…,dst=…[,readonly][,volume-nocopy][,tmpfs-size=…][,tmpfs-mode=…]")
+	fs.StringArrayVar(&f.tmpfs, "tmpfs", nil, "mount a tmpfs: /PATH[:size=…,mode=…]")
+	fs.StringArrayVar(&f.capAdd, "cap-add", nil, "add a Linux capability")
+	fs.StringArrayVar(&f.capDrop, "cap-drop", nil, "drop a Linux capability")
+	fs.BoolVarP(&f.interactive, "interactive", "i", false, "keep standard input open")
+	fs.BoolVarP(&f.tty, "tty", "t", false, "allocate a terminal (not yet supported)")
+	fs.BoolVar(&f.rm, "rm", false, "remove the container (and its anonymous volumes) when it exits")
+	fs.BoolVar(&f.readOnly, "read-only", false, "mount the container's root filesystem read-only")
+	fs.BoolVar(&f.privileged, "privileged", false, "give the container all capabilities, the host's devices, no masked paths")
+	fs.BoolVar(&f.init, "init", false, "run a reaping init as PID 1 (not yet supported)")
+}
+
+// imageFor finds the image, pulling it as --pull says.
+func (a *app) imageFor(ctx context.Context, ref, pull, platform string) (*lazypull.ImageRecord, error) {
+	s, err := a.Store()
+	if err != nil {
+		return nil, err
+	}
+	switch pull {
+	case "missing", "always", "never":
+	default:
+		return nil, &usageError{msg: fmt.Sprintf("invalid --pull %q: want missing, always or never", pull)}
+	}
+	rec, err := s.Lookup(ref)
+	if err == nil && pull != "always" {
+		return rec, nil
+	}
+	if pull == "never" {
+		return nil, fmt.Errorf("%w (and --pull never)", err)
+	}
+	opts, oerr := a.pullOptions(platform, nil)
+	if oerr != nil {
+		return nil, oerr
+	}
+	if _, perr := lazypull.ParseReference(ref, opts.Insecure...); perr != nil {
+		return nil, perr
+	}
+	fmt.Fprintf(a.stderr, "Unable to find image '%s' locally, pulling\n", ref)
+	res, err := lazypull.NewPuller(s, opts).Pull(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return res.Image, nil
+}
+
+func (a *app) imageConfig(rec *lazypull.ImageRecord) (*v1.ConfigFile, error) {
+	b, err := a.store.Blob(rec.ConfigDigest)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := v1.ParseConfigFile(strings.NewReader(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("image config: %w", err)
+	}
+	return cfg, nil
+}
+
+// newContainer creates a container from the flags, the image and the
+// command line, as docker create does.
+func (a *app) newContainer(ctx context.Context, f *createFlags, image string, args []string) (*runtime.Container, error) {
+	if f.tty {
+		return nil, &usageError{msg: "-t/--tty: terminals are not supported yet"}
+	}
+	if f.init {
+		return nil, &usageError{msg: "--init: not supported yet"}
+	}
+	if f.network != "none" && f.network != "host" {
+		return nil, &usageError{msg: fmt.Sprintf("invalid --network %q: want none or host", f.network)}
+	}
+	res := runtime.Resources{CPUs: f.cpus, PidsLimit: f.pidsLimit}
+	if f.memory != "" {
+		n, err := parseBytes(f.memory)
+		if err != nil {
+			return nil, &usageError{msg: fmt.Sprintf("invalid --memory: %v", err)}
+		}
+		if n < 6<<20 {
+			return nil, &usageError{msg: "--memory: the minimum is 6m"}
+		}
+		res.Memory = n
+	}
+	if f.cpus < 0 || f.pidsLimit < 0 {
+		return nil, &usageError{msg: "--cpus and --pids-limit must not be negative"}
+	}
+	caps := runtime.DefaultCapabilities()
+	if f.privileged {
+		caps = runtime.AllCapabilities()
+	}
+	caps, err := runtime.Capabilities(caps, f.capAdd, f.capDrop)
+	if err != nil {
+		return nil, &usageError{msg: err.Error()}
+	}
+	env, err := envFromFlags(f.env, f.envFiles)
+	if err != nil {
+		return nil, err
+	}
+	stopSignal := f.stopSignal
+	if stopSignal != "" {
+		if _, err := runtime.ParseSignal(stopSignal); err != nil {
+			return nil, &usageError{msg: "--stop-signal: " + err.Error()}
+		}
+	}
+	specs, err := parseMountFlags(f.volumes, f.mounts, f.tmpfs)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := a.imageFor(ctx, image, f.pull, f.platform)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := a.imageConfig(rec)
+	if err != nil {
+		return nil, err
+	}
+	ic := cfg.Config
+	entry := ic.Entrypoint
+	cmd := ic.Cmd
+	if f.entrypointSet {
+		entry, cmd = nil, nil
+		if f.entrypoint != "" {
+			entry = []string{f.entrypoint}
+		}
+	}
+	if len(args) > 0 {
+		cmd = args
+	}
+	argv := append(slices.Clone(entry), cmd...)
+	if len(argv) == 0 {
+		return nil, errors.New("no command specified: the image has none, give one after the image name")
+	}
+	if stopSignal == "" {
+		stopSignal = ic.StopSignal
+	}
+	workdir := ic.WorkingDir
+	if f.workdir != "" {
+		workdir = f.workdir
+	}
+	if workdir != "" && !path.IsAbs(workdir) {
+		return nil, &usageError{msg: fmt.Sprintf("the working directory %q is invalid: it needs to be an absolute path", workdir)}
+	}
+	user := ic.User
+	if f.user != "" {
+		user = f.user
+	}
+	// The image's volumes that no mount covers become anonymous volumes.
+	for v := range ic.Volumes {
+		if !slices.ContainsFunc(specs, func(m mountSpec) bool { return path.Clean(m.dst) == path.Clean(v) }) {
+			specs = append(specs, mountSpec{kind: "volume", dst: path.Clean(v), copyUp: true})
+		}
+	}
+	c := &runtime.Container{
+		Name: f.name, Image: image, ImageID: rec.ConfigDigest, ImageManifest: rec.ManifestDigest,
+		Spec: runtime.Spec{
+			Args: argv, Env: append(slices.Clone(ic.Env), env...), Cwd: workdir, User: user,
+			Hostname: f.hostname, Network: f.network, ReadonlyRootfs: f.readOnly,
+			Capabilities: caps, Privileged: f.privileged,
+		},
+		Resources: res, StopSignal: stopSignal, StopTimeout: f.stopTimeout,
+		AutoRemove: f.rm, Interactive: f.interactive,
+	}
+	vs, err := volumes.Open(a.root)
+	if err != nil {
+		return nil, err
+	}
+	var made []string // volumes made here, removed if creation fails
+	for _, m := range specs {
+		mnt, ref, created, err := m.resolve(ctx, vs)
+		if err != nil {
+			for _, n := range made {
+				vs.Remove(ctx, n, func(string) []string { return nil })
+			}
+			return nil, err
+		}
+		if created {
+			made = append(made, ref.Name)
+		}
+		c.Spec.Mounts = append(c.Spec.Mounts, mnt)
+		if ref.Name != "" {
+			c.Volumes = append(c.Volumes, ref)
+		}
+	}
+	cs, err := runtime.OpenStore(a.root)
+	if err != nil {
+		return nil, err
+	}
+	if err := cs.Create(ctx, c); err != nil {
+		for _, n := range made {
+			vs.Remove(ctx, n, func(string) []string { return nil })
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// envFromFlags reads --env-file files, then -e.
+func envFromFlags(env, files []string) ([]string, error) {
+	var out []string
+	add := func(kv, where string) error {
+		k, _, hasValue := strings.Cut(kv, "=")
+		if k == "" || strings.ContainsAny(k, " \t") {
+			return &usageError{msg: fmt.Sprintf("invalid environment variable %q%s", kv, where)}
+		}
+		if !hasValue {
+			v, ok := os.LookupEnv(k)
+			if !ok {
+				return nil // docker drops unset variables
+			}
+			kv = k + "=" + v
+		}
+		out = append(out, kv)
+		return nil
+	}
+	for _, p := range files {
+		fh, err := os.Open(p)
+		if err != nil {
+			return nil, fmt.Errorf("--env-file: %w", err)
+		}
+		sc := bufio.NewScanner(fh)
+		line := 0
+		for sc.Scan() {
+			line++
+			t := strings.TrimLeft(sc.Text(), " \t")
+			if t == "" || strings.HasPrefix(t, "#") {
+				continue
+			}
+			if err := add(t, fmt.Sprintf(" in %s line %d", p, line)); err != nil {
+				fh.Close()
+				return nil, err
+			}
+		}
+		fh.Close()
+	}
+	for _, e := range env {
+		if err := add(e, ""); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// parseBytes reads a size like 64m, 1g, 512k or a byte count.
+func parseBytes(s string) (int64, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	t = strings.TrimSuffix(t, "b")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'k':
+			mult, t = 1<<10, t[:n-1]
+		case 'm':
+			mult, t = 1<<20, t[:n-1]
+		case 'g':
+			mult, t = 1<<30, t[:n-1]
+		case 't':
+			mult, t = 1<<40, t[:n-1]
+		}
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 {
+		return 0, fmt.Errorf("%q is not a size (like 64m or 1g)", s)
+	}
+	return int64(f * float64(mult)), nil
+}
+
+// storeMounter mounts containers' root filesystems from the image store
+// through the union filesystem, served by the calling monitor.
+type storeMounter struct{ a *app }
+
+func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir, upper, work string) (func() error, error) {
+	s, err := m.a.Store()
+	if err != nil {
+		return nil, err
+	}
+	rec, err := s.Lookup(c.ImageID)
+	if err != nil {
+		return nil, err
+	}
+	dirs, err := s.LayerTrees(rec)
+	if err != nil {
+		return nil, err
+	}
+	layers, err := layertree.NewDirs(dirs...)
+	if err != nil {
+		return nil, err
+	}
+	u, err := fusefs.New(fusefs.Options{Layers: layers, UpperDir: upper, WorkDir: work, Logger: m.a.log})
+	if err != nil {
+		return nil, err
+	}
+	// A FUSE mount left by a monitor that was killed.
+	unix.Unmount(dir, unix.MNT_DETACH)
+	srv, err := fusefs.Mount(dir, u, fusefs.MountOptions{FsName: "strata:" + c.ID[:12], Container: true})
+	if err != nil {
+		return nil, err
+	}
+	return func() error {
+		err := srv.Unmount()
+		if err != nil {
+			err = unix.Unmount(dir, unix.MNT_DETACH)
+		}
+		srv.Wait()
+		return err
+	}, nil
+}
+
+func (a *app) containers() (*runtime.Store, error) {
+	if _, err := a.Store(); err != nil {
+		return nil, err
+	}
+	return runtime.OpenStore(a.root)
+}
+
+func runVerb() *verb {
+	return &verb{name: "run", args: "IMAGE [COMMAND] [ARG...]", summary: "Create and run a container from an image", minArgs: 1, maxArgs: -1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			var f createFlags
+			f.register(fs)
+			detach := fs.BoolP("detach", "d", false, "run in the background and print the container ID")
+			return func(ctx context.Context, a *app, args []string) error {
+				f.entrypointSet = fs.Changed("entrypoint")
+				c, err := a.newContainer(ctx, &f, args[0], args[1:])
+				if err != nil {
+					return runError(err)
+				}
+				if *detach {
+					if err := a.startDetached(c); err != nil {
+						return a.failedStart(ctx, c, err)
+					}
+					fmt.Fprintln(a.stdout, c.ID)
+					return nil
+				}
+				return a.runForeground(ctx, c, f.interactive)
+			}
+		}}
+}
+
+// runError gives a failure before the container started docker's code.
+func runError(err error) error {
+	var ue *usageError
+	var ee *exitError
+	if errors.As(err, &ue) || errors.As(err, &ee) {
+		return err
+	}
+	return &exitError{code: exitRunFailure, err: err}
+}
+
+// failedStart reports a container that could not be started with the
+// code docker run gives, removing it when it was to be removed.
+func (a *app) failedStart(ctx context.Context, c *runtime.Container, err error) error {
+	code := exitRunFailure
+	var ie *runtime.InitError
+	if errors.As(err, &ie) {
+		code = ie.Code
+	}
+	if c.AutoRemove {
+		a.removeContainer(ctx, c, true)
+	}
+	return &exitError{code: code, err: err}
+}
+
+// runForeground is the monitor in the calling process: the container's
+// output goes to the terminal and its log, signals to the container.
+func (a *app) runForeground(ctx context.Context, c *runtime.Container, interactive bool) error {
+	cs, err := a.containers()
+	if err != nil {
+		return runError(err)
+	}
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, forwardedSignals()...)
+	defer signal.Stop(sigs)
+	o := runtime.RunOptions{Stdout: a.stdout, Stderr: a.stderr, Signals: sigs}
+	if interactive {
+		o.Stdin = os.Stdin
+	}
+	// Signals go to the container, not to this context.
+	code, err := cs.Run(context.WithoutCancel(ctx), c, storeMounter{a}, o)
+	if c.AutoRemove {
+		if rerr := a.removeContainer(context.WithoutCancel(ctx), c, true); rerr != nil {
+			a.log.Warn("remove container", "id", c.ID[:12], "err", rerr)
+		}
+	}
+	if err != nil {
+		return &exitError{code: code, err: err}
+	}
+	if code != 0 {
+		return &exitError{code: code, err: errSilent}
+	}
+	return nil
+}
+
+// errSilent ends strata with an exit code and no message: the
+// container's own.
+var errSilent = errors.New("")
+
+// forwardedSignals are those strata run passes to the container: all that
+// can be caught, but SIGCHLD, SIGWINCH, SIGURG (Go's preemption) and
+// SIGPIPE.
+func forwardedSignals() []os.Signal {
+	var out []os.Signal
+	for s := syscall.Signal(1); s <= 31; s++ {
+		switch s {
+		case syscall.SIGKILL, syscall.SIGSTOP, syscall.SIGCHLD, syscall.SIGWINCH, syscall.SIGURG, syscall.SIGPIPE:
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// startDetached runs the container's monitor in a process of its own and
+// returns once the command runs.
+func (a *app) startDetached(c *runtime.Container) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cs, err := a.containers()
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(cs.Dir(c.ID), "monitor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(self, "--root", a.root, "--log-level", a.logLevel, "monitor", c.ID)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := daemon.Start(cmd); err != nil {
+		if st, serr := cs.State(c.ID); serr == nil && st.Error != "" {
+			return &runtime.InitError{Code: st.ExitCode, Msg: st.Error}
+		}
+		return err
+	}
+	return nil
+}
+
+// monitorVerb is the detached monitor of one container.
+func monitorVerb() *verb {
+	return &verb{name: "monitor", args: "ID", summary: "(internal) serve and watch a detached container", hidden: true, minArgs: 1, maxArgs: 1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			return func(ctx context.Context, a *app, args []string) error {
+				ready := daemon.Notifier()
+				cs, err := a.containers()
+				if err != nil {
+					ready(err)
+					return err
+				}
+				c, err := cs.Get(args[0])
+				if err != nil {
+					ready(err)
+					return err
+				}
+				// Stop and kill reach the container through its PID; the
+				// monitor itself ignores the terminal's signals.
+				signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+				_, err = cs.Run(context.WithoutCancel(ctx), c, storeMounter{a}, runtime.RunOptions{Started: func() { ready(nil) }})
+				if err != nil {
+					ready(err)
+				}
+				if c.AutoRemove {
+					a.removeContainer(context.WithoutCancel(ctx), c, true)
+				}
+				return err
+			}
+		}}
+}
+
+// initVerb is the container's first process before it execs the command.
+func initVerb() *verb {
+	return &verb{name: "init", summary: "(internal) the container's init", hidden: true, raw: true,
+		flags: func(*pflag.FlagSet) func(context.Context, *app, []string) error {
+			return func(context.Context, *app, []string) error {
+				os.Exit(runtime.Init())
+				return nil
+			}
+		}}
+}
+
+// removeContainer removes a stopped container and, with volumes set, its
+// anonymous volumes.
+func (a *app) removeContainer(ctx context.Context, c *runtime.Container, withVolumes bool) error {
+	cs, err := a.containers()
+	if err != nil {
+		return err
+	}
+	if err := cs.Remove(ctx, c); err != nil {
+		return err
+	}
+	if !withVolumes {
+		return nil
+	}
+	vs, err := volumes.Open(a.root)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, v := range c.Volumes {
+		if v.Anonymous {
+			if err := vs.Remove(ctx, v.Name, a.volumeUsers); err != nil && !errors.As(err, new(*volumes.NotFoundError)) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// volumeUsers lists the containers (short IDs) that mount a volume.
+func (a *app) volumeUsers(name string) []string {
+	cs, err := a.containers()
+	if err != nil {
+		return nil
+	}
+	all, _ := cs.List()
+	var out []string
+	for _, c := range all {
+		if slices.ContainsFunc(c.Volumes, func(v runtime.VolumeRef) bool { return v.Name == name }) {
+			out = append(out, c.ID[:12])
+		}
+	}
+	return out
+}

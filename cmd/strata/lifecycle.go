@@ -1,0 +1,516 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/stratafs/strata/runtime"
+	"github.com/stratafs/strata/volumes"
+)
+
+func createVerb() *verb {
+	return &verb{name: "create", args: "IMAGE [COMMAND] [ARG...]", summary: "Create a container without starting it", minArgs: 1, maxArgs: -1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			var f createFlags
+			f.register(fs)
+			return func(ctx context.Context, a *app, args []string) error {
+				f.entrypointSet = fs.Changed("entrypoint")
+				c, err := a.newContainer(ctx, &f, args[0], args[1:])
+				if err != nil {
+					return runError(err)
+				}
+				fmt.Fprintln(a.stdout, c.ID)
+				return nil
+			}
+		}}
+}
+
+// containerArg finds the container an argument names.
+func (a *app) containerArg(ref string) (*runtime.Store, *runtime.Container, error) {
+	cs, err := a.containers()
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := cs.Get(ref)
+	return cs, c, err
+}
+
+// eachContainer runs f for every argument, printing the argument on
+// success as docker does, and joins the failures.
+func (a *app) eachContainer(args []string, f func(cs *runtime.Store, c *runtime.Container) error) error {
+	var errs []error
+	for _, ref := range args {
+		cs, c, err := a.containerArg(ref)
+		if err == nil {
+			err = f(cs, c)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fmt.Fprintln(a.stdout, ref)
+	}
+	return errors.Join(errs...)
+}
+
+func startVerb() *verb {
+	return &verb{name: "start", args: "CONTAINER", summary: "Start a created or stopped container", minArgs: 1, maxArgs: 1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			attach := fs.BoolP("attach", "a", false, "attach to the output and wait for the exit code")
+			interactive := fs.BoolP("interactive", "i", false, "attach standard input")
+			return func(ctx context.Context, a *app, args []string) error {
+				cs, c, err := a.containerArg(args[0])
+				if err != nil {
+					return err
+				}
+				st, err := cs.State(c.ID)
+				if err != nil {
+					return err
+				}
+				if st.Status == runtime.StatusRunning || st.Status == runtime.StatusPaused {
+					if *attach {
+						return errors.New("container is already running")
+					}
+					fmt.Fprintln(a.stdout, args[0])
+					return nil
+				}
+				if *attach || *interactive {
+					return a.runForeground(ctx, c, *interactive)
+				}
+				if err := a.startDetached(c); err != nil {
+					return a.failedStart(ctx, c, err)
+				}
+				fmt.Fprintln(a.stdout, args[0])
+				return nil
+			}
+		}}
+}
+
+type psRow struct {
+	ID      string `json:"ID"`
+	Image   string `json:"Image"`
+	Command string `json:"Command"`
+	Created string `json:"CreatedAt"`
+	Status  string `json:"Status"`
+	State   string `json:"State"`
+	Names   string `json:"Names"`
+}
+
+func psVerb() *verb {
+	return &verb{name: "ps", summary: "List containers", maxArgs: 0,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			all := fs.BoolP("all", "a", false, "show all containers (default: running ones)")
+			quiet := fs.BoolP("quiet", "q", false, "print only container IDs")
+			format := fs.String("format", "", "json: one JSON object per line")
+			return func(ctx context.Context, a *app, _ []string) error {
+				if *format != "" && *format != "json" {
+					return &usageError{msg: fmt.Sprintf("unsupported --format %q: want json", *format)}
+				}
+				cs, err := a.containers()
+				if err != nil {
+					return err
+				}
+				list, err := cs.List()
+				if err != nil {
+					return err
+				}
+				tw := tabwriter.NewWriter(a.stdout, 0, 0, 3, ' ', 0)
+				if !*quiet && *format == "" {
+					fmt.Fprintln(tw, "CONTAINER ID\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tNAMES")
+				}
+				for _, c := range list {
+					st, err := cs.State(c.ID)
+					if err != nil {
+						continue
+					}
+					if !*all && st.Status != runtime.StatusRunning && st.Status != runtime.StatusPaused {
+						continue
+					}
+					row := psRow{ID: c.ID[:12], Image: c.Image, Command: quoteCommand(c.Spec.Args),
+						Created: c.Created.Format(time.RFC3339), Status: statusText(st), State: st.Status, Names: c.Name}
+					switch {
+					case *quiet:
+						fmt.Fprintln(a.stdout, row.ID)
+					case *format == "json":
+						b, _ := json.Marshal(row)
+						fmt.Fprintln(a.stdout, string(b))
+					default:
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", row.ID, row.Image, row.Command, humanAgo(c.Created), row.Status, row.Names)
+					}
+				}
+				return tw.Flush()
+			}
+		}}
+}
+
+func quoteCommand(args []string) string {
+	s := strings.Join(args, " ")
+	if len(s) > 20 {
+		s = s[:19] + "…"
+	}
+	return `"` + s + `"`
+}
+
+func statusText(st runtime.State) string {
+	switch st.Status {
+	case runtime.StatusRunning:
+		return "Up " + strings.TrimSuffix(humanAgo(st.StartedAt), " ago")
+	case runtime.StatusPaused:
+		return "Up " + strings.TrimSuffix(humanAgo(st.StartedAt), " ago") + " (Paused)"
+	case runtime.StatusExited:
+		return fmt.Sprintf("Exited (%d) %s", st.ExitCode, humanAgo(st.FinishedAt))
+	}
+	return "Created"
+}
+
+// stopContainer sends the stop signal and, after timeout, SIGKILL.
+func (a *app) stopContainer(ctx context.Context, cs *runtime.Store, c *runtime.Container, timeout int, signal string) error {
+	st, err := cs.State(c.ID)
+	if err != nil {
+		return err
+	}
+	if st.Status != runtime.StatusRunning && st.Status != runtime.StatusPaused {
+		return nil
+	}
+	if st.Status == runtime.StatusPaused {
+		runtime.OpenCgroup(c.ID).Freeze(false)
+	}
+	if signal == "" {
+		signal = c.StopSignal
+	}
+	sig := syscall.SIGTERM
+	if signal != "" {
+		if sig, err = runtime.ParseSignal(signal); err != nil {
+			return err
+		}
+	}
+	if err := cs.Signal(c.ID, sig); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Duration(timeout)*time.Second)
+	defer cancel()
+	if cs.WaitExit(wctx, c.ID) == nil {
+		return nil
+	}
+	if err := cs.Signal(c.ID, syscall.SIGKILL); err != nil && cs.MonitorAlive(c.ID) {
+		return err
+	}
+	return cs.WaitExit(ctx, c.ID)
+}
+
+func stopVerb() *verb {
+	return &verb{name: "stop", args: "CONTAINER [CONTAINER...]", summary: "Stop containers: the stop signal, then SIGKILL after a timeout", minArgs: 1, maxArgs: -1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			timeout := fs.IntP("time", "t", -1, "seconds to wait before SIGKILL (default: the container's, 10)")
+			signal := fs.StringP("signal", "s", "", "signal to send (default: the image's StopSignal, else SIGTERM)")
+			return func(ctx context.Context, a *app, args []string) error {
+				return a.eachContainer(args, func(cs *runtime.Store, c *runtime.Container) error {
+					t := c.StopTimeout
+					if *timeout >= 0 {
+						t = *timeout
+					}
+					return a.stopContainer(ctx, cs, c, t, *signal)
+				})
+			}
+		}}
+}
+
+func killVerb() *verb {
+	return &verb{name: "kill", args: "CONTAINER [CONTAINER...]", summary: "Send a signal to running containers", minArgs: 1, maxArgs: -1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			signal := fs.StringP("signal", "s", "KILL", "signal to send")
+			return func(ctx context.Context, a *app, args []string) error {
+				sig, err := runtime.ParseSignal(*signal)
+				if err != nil {
+					return &usageError{msg: err.Error()}
+				}
+				return a.eachContainer(args, func(cs *runtime.Store, c *runtime.Container) error {
+					return cs.Signal(c.ID, sig)
+				})
+			}
+		}}
+}
+
+func rmVerb() *verb {
+	return &verb{name: "rm", args: "CONTAINER [CONTAINER...]", summary: "Remove containers", minArgs: 1, maxArgs: -1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			force := fs.BoolP("force", "f", false, "kill a running container first")
+			vols := fs.BoolP("volumes", "v", false, "also remove the container's anonymous volumes")
+			return func(ctx context.Context, a *app, args []string) error {
+				return a.eachContainer(args, func(cs *runtime.Store, c *runtime.Container) error {
+					if *force && cs.MonitorAlive(c.ID) {
+						runtime.OpenCgroup(c.ID).Freeze(false)
+						if err := cs.Signal(c.ID, syscall.SIGKILL); err != nil && cs.MonitorAlive(c.ID) {
+							return err
+						}
+						if err := cs.WaitExit(ctx, c.ID); err != nil {
+							return err
+						}
+					}
+					if st, err := cs.State(c.ID); err == nil && (st.Status == runtime.StatusRunning || st.Status == runtime.StatusPaused) {
+						return fmt.Errorf("cannot remove container %s: it is %s: stop it first, or use rm -f", c.ID[:12], st.Status)
+					}
+					return a.removeContainer(ctx, c, *vols)
+				})
+			}
+		}}
+}
+
+func logsVerb() *verb {
+	return &verb{name: "logs", args: "CONTAINER", summary: "Show a container's output", minArgs: 1, maxArgs: 1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			follow := fs.BoolP("follow", "f", false, "keep printing output until the container stops")
+			tail := fs.String("tail", "all", "number of lines from the end to show")
+			timestamps := fs.BoolP("timestamps", "t", false, "show timestamps")
+			return func(ctx context.Context, a *app, args []string) error {
+				cs, c, err := a.containerArg(args[0])
+				if err != nil {
+					return err
+				}
+				n := -1
+				if *tail != "all" {
+					if _, err := fmt.Sscan(*tail, &n); err != nil || n < 0 {
+						return &usageError{msg: fmt.Sprintf("invalid --tail %q: want a number or all", *tail)}
+					}
+				}
+				print := func(e runtime.LogEntry) {
+					w := a.stdout
+					if e.Stream == "stderr" {
+						w = a.stderr
+					}
+					if *timestamps {
+						fmt.Fprintf(w, "%s %s", e.Time.Format(time.RFC3339Nano), e.Log)
+					} else {
+						io.WriteString(w, e.Log)
+					}
+				}
+				entries, err := cs.ReadLogs(c.ID)
+				if err != nil {
+					return err
+				}
+				if n >= 0 && n < len(entries) {
+					entries = entries[len(entries)-n:]
+				}
+				seen := 0
+				if all, err := cs.ReadLogs(c.ID); err == nil {
+					seen = len(all)
+				}
+				for _, e := range entries {
+					print(e)
+				}
+				if !*follow {
+					return nil
+				}
+				for {
+					alive := cs.MonitorAlive(c.ID)
+					all, err := cs.ReadLogs(c.ID)
+					if err != nil {
+						return err
+					}
+					for _, e := range all[min(seen, len(all)):] {
+						print(e)
+					}
+					seen = len(all)
+					if !alive {
+						return nil
+					}
+					select {
+					case <-ctx.Done():
+						return nil
+					case <-time.After(100 * time.Millisecond):
+					}
+				}
+			}
+		}}
+}
+
+func waitVerb() *verb {
+	return &verb{name: "wait", args: "CONTAINER [CONTAINER...]", summary: "Wait for containers to stop and print their exit codes", minArgs: 1, maxArgs: -1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			return func(ctx context.Context, a *app, args []string) error {
+				var errs []error
+				for _, ref := range args {
+					cs, c, err := a.containerArg(ref)
+					if err == nil {
+						err = cs.WaitExit(ctx, c.ID)
+					}
+					var st runtime.State
+					if err == nil {
+						st, err = cs.State(c.ID)
+					}
+					if err != nil {
+						errs = append(errs, err)
+						continue
+					}
+					fmt.Fprintln(a.stdout, st.ExitCode)
+				}
+				return errors.Join(errs...)
+			}
+		}}
+}
+
+func renameVerb() *verb {
+	return &verb{name: "rename", args: "CONTAINER NEW_NAME", summary: "Rename a container", minArgs: 2, maxArgs: 2,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			return func(ctx context.Context, a *app, args []string) error {
+				cs, c, err := a.containerArg(args[0])
+				if err != nil {
+					return err
+				}
+				return cs.Rename(ctx, c, args[1])
+			}
+		}}
+}
+
+func pauseVerb(pause bool) *verb {
+	name, summary := "pause", "Freeze every process of containers (cgroup freezer)"
+	if !pause {
+		name, summary = "unpause", "Resume paused containers"
+	}
+	return &verb{name: name, args: "CONTAINER [CONTAINER...]", summary: summary, minArgs: 1, maxArgs: -1,
+		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			return func(ctx context.Context, a *app, args []string) error {
+				return a.eachContainer(args, func(cs *runtime.Store, c *runtime.Container) error {
+					st, err := cs.State(c.ID)
+					if err != nil {
+						return err
+					}
+					want, from := runtime.StatusPaused, runtime.StatusRunning
+					if !pause {
+						want, from = from, want
+					}
+					if st.Status != from {
+						return fmt.Errorf("container %s is %s, not %s", c.ID[:12], st.Status, from)
+					}
+					if err := runtime.OpenCgroup(c.ID).Freeze(pause); err != nil {
+						return err
+					}
+					st.Status = want
+					return cs.SetState(c.ID, st)
+				})
+			}
+		}}
+}
+
+// containerInspection is what inspect shows of a container.
+type containerInspection struct {
+	*runtime.Container
+	State runtime.State `json:"state"`
+}
+
+// inspectContainer returns the container ref names, if it names one.
+func (a *app) inspectContainer(ref string) (any, bool) {
+	cs, c, err := a.containerArg(ref)
+	if err != nil {
+		return nil, false
+	}
+	st, err := cs.State(c.ID)
+	if err != nil {
+		return nil, false
+	}
+	return containerInspection{Container: c, State: st}, true
+}
+
+func volumeVerb() *verb {
+	return &verb{name: "volume", args: "create|ls|inspect|rm|prune ...", summary: "Manage volumes", minArgs: 1, maxArgs: -1, raw: true,
+		flags: func(*pflag.FlagSet) func(context.Context, *app, []string) error {
+			return func(ctx context.Context, a *app, args []string) error {
+				if len(args) == 0 {
+					return &exitError{code: exitUsage, err: errors.New("usage: strata volume create|ls|inspect|rm|prune")}
+				}
+				fs := pflag.NewFlagSet("strata volume "+args[0], pflag.ContinueOnError)
+				fs.SetOutput(io.Discard)
+				quiet := fs.BoolP("quiet", "q", false, "ls: print only names")
+				force := fs.BoolP("force", "f", false, "rm: no error for a missing volume; prune: no prompt")
+				all := fs.BoolP("all", "a", false, "prune: named volumes too, not only anonymous ones")
+				if err := fs.Parse(args[1:]); err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				vs, err := volumes.Open(a.root)
+				if err != nil {
+					return err
+				}
+				rest := fs.Args()
+				switch args[0] {
+				case "create":
+					if len(rest) > 1 {
+						return &exitError{code: exitUsage, err: errors.New("usage: strata volume create [NAME]")}
+					}
+					name := ""
+					if len(rest) == 1 {
+						name = rest[0]
+					}
+					v, _, err := vs.Create(ctx, name, false)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintln(a.stdout, v.Name)
+				case "ls":
+					list, err := vs.List()
+					if err != nil {
+						return err
+					}
+					tw := tabwriter.NewWriter(a.stdout, 0, 0, 3, ' ', 0)
+					if !*quiet {
+						fmt.Fprintln(tw, "DRIVER\tVOLUME NAME")
+					}
+					for _, v := range list {
+						if *quiet {
+							fmt.Fprintln(a.stdout, v.Name)
+						} else {
+							fmt.Fprintf(tw, "%s\t%s\n", v.Driver, v.Name)
+						}
+					}
+					return tw.Flush()
+				case "inspect":
+					var out []*volumes.Volume
+					var errs []error
+					for _, n := range rest {
+						v, err := vs.Get(n)
+						if err != nil {
+							errs = append(errs, err)
+							continue
+						}
+						out = append(out, v)
+					}
+					b, _ := json.MarshalIndent(out, "", "    ")
+					fmt.Fprintln(a.stdout, string(b))
+					return errors.Join(errs...)
+				case "rm":
+					var errs []error
+					for _, n := range rest {
+						err := vs.Remove(ctx, n, a.volumeUsers)
+						if err != nil && !(*force && errors.As(err, new(*volumes.NotFoundError))) {
+							errs = append(errs, err)
+							continue
+						}
+						fmt.Fprintln(a.stdout, n)
+					}
+					return errors.Join(errs...)
+				case "prune":
+					names, freed, err := vs.Prune(ctx, *all, a.volumeUsers)
+					if len(names) > 0 {
+						fmt.Fprintln(a.stdout, "Deleted Volumes:")
+						for _, n := range names {
+							fmt.Fprintln(a.stdout, n)
+						}
+						fmt.Fprintln(a.stdout)
+					}
+					fmt.Fprintf(a.stdout, "Total reclaimed space: %s\n", humanSize(freed))
+					return err
+				default:
+					return &exitError{code: exitUsage, err: fmt.Errorf("unknown volume command %q: want create, ls, inspect, rm or prune", args[0])}
+				}
+				return nil
+			}
+		}}
+}

@@ -1,0 +1,311 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/stratafs/strata/internal/testenv"
+	"github.com/stratafs/strata/internal/testimage"
+	"github.com/stratafs/strata/internal/testregistry"
+)
+
+// runImage pushes Debian's busybox-static as an image whose config sets
+// what docker run must honour: env, working directory, user, volumes.
+func runImage(t *testing.T) (root, ref string) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	testenv.RequireBinary(t, testimage.BusyboxPath)
+	reg := testregistry.Start(t, testregistry.Options{})
+	img, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cf.Config
+	cfg.Env = []string{"PATH=/bin:/usr/bin", "FROM_IMAGE=yes"}
+	cfg.WorkingDir = "/srv/app"
+	cfg.Cmd = []string{"sh", "-c", "echo default command"}
+	cfg.Volumes = map[string]struct{}{"/cache": {}}
+	img, err = mutate.Config(img, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref = reg.Ref("demo/run:v1")
+	if err := testimage.Push(context.Background(), ref, img); err != nil {
+		t.Fatal(err)
+	}
+	root = t.TempDir()
+	mustStrata(t, root, "pull", "-q", ref)
+	t.Cleanup(func() { cleanupContainers(t, root) })
+	return root, ref
+}
+
+// cleanupContainers removes what a failed test left running.
+func cleanupContainers(t *testing.T, root string) {
+	ids := strings.Fields(strata(t, root, "ps", "-a", "-q").stdout)
+	for _, id := range ids {
+		strata(t, root, "rm", "-f", id)
+	}
+}
+
+func TestRunExitCodes(t *testing.T) {
+	root, ref := runImage(t)
+	for _, c := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{ref, "true"}, 0, ""},
+		{[]string{ref, "sh", "-c", "exit 3"}, 3, ""},
+		{[]string{ref, "no-such-command"}, 127, "executable file not found"},
+		{[]string{ref, "/no/such/file"}, 127, "no such file"},
+		{[]string{ref, "/etc/passwd"}, 126, "permission denied"},
+		{[]string{"-u", "nobody-here", ref, "true"}, 125, "unable to find user nobody-here"},
+		{[]string{"-u", "0:no-group", ref, "true"}, 125, "unable to find group no-group"},
+		{[]string{"--pull", "never", ref + "-missing", "true"}, 125, "missing"},
+		{[]string{"UPPER/Case::bad", "true"}, 125, "UPPER/Case::bad"},
+		{[]string{"-v", "data:/data:bogus", ref, "true"}, 125, `unknown option "bogus"`},
+		{[]string{"-v", "data:relative", ref, "true"}, 125, "must be absolute"},
+		{[]string{"--mount", "type=bind,src=/no/such/dir,dst=/x", ref, "true"}, 125, "/no/such/dir"},
+		{[]string{"--network", "bridge", ref, "true"}, 125, "invalid --network"},
+		{[]string{"--cap-add", "NOT_A_CAP", ref, "true"}, 125, "unknown capability"},
+	} {
+		r := strata(t, root, append([]string{"run", "--rm"}, c.args...)...)
+		if r.code != c.code || !strings.Contains(r.stderr, c.msg) {
+			t.Errorf("run %v: exit %d (want %d), stderr %q (want %q)", c.args, r.code, c.code, r.stderr, c.msg)
+		}
+	}
+	// Nothing half-made: no containers, no mounts, no volumes.
+	if out := mustStrata(t, root, "ps", "-a", "-q"); out != "" {
+		t.Errorf("failed runs left containers: %s", out)
+	}
+	if out := mustStrata(t, root, "volume", "ls", "-q"); out != "" {
+		t.Errorf("failed runs left volumes: %s", out)
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), root) {
+		t.Errorf("failed runs left mounts under %s", root)
+	}
+}
+
+func TestRunWhatAContainerGets(t *testing.T) {
+	root, ref := runImage(t)
+	hostDir := t.TempDir() // on the host, not to be seen inside
+	script := `echo pid=$$; echo host=$(hostname); echo cwd=$PWD; echo env=$FROM_IMAGE,$EXTRA; id -u; ` +
+		`grep -c . /proc/timer_list 2>/dev/null || echo masked; grep CapEff /proc/self/status; ` +
+		`cat /proc/mounts; echo sys=$(touch /sys/x 2>&1 | grep -c Read-only); ls /dev`
+	out := mustStrata(t, root, "run", "--rm", "-h", "box", "-e", "EXTRA=1", ref, "sh", "-c", script)
+	for _, want := range []string{"pid=1\n", "host=box\n", "cwd=/srv/app\n", "env=yes,1\n", "\n0\n",
+		"CapEff:\t00000000a80425fb\n", "sys=1\n", "null\n", "urandom\n", "pts\n", "shm\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("container output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, hostDir) || strings.Contains(out, "/tmp") {
+		t.Errorf("host mounts visible in the container:\n%s", out)
+	}
+	if strings.Contains(out, "timer_list") && !strings.Contains(out, "masked") && !strings.Contains(out, "\n0\n") {
+		t.Errorf("/proc/timer_list not masked:\n%s", out)
+	}
+	// A user from the container's passwd, without capabilities.
+	out = mustStrata(t, root, "run", "--rm", "-u", "nobody", ref, "sh", "-c", "id; grep CapEff /proc/self/status")
+	if !strings.Contains(out, "uid=65534(nobody)") || !strings.Contains(out, "CapEff:\t0000000000000000") {
+		t.Errorf("-u nobody: %s", out)
+	}
+	// The image's command, and --entrypoint.
+	if out := mustStrata(t, root, "run", "--rm", ref); out != "default command\n" {
+		t.Errorf("image command: %q", out)
+	}
+	if out := mustStrata(t, root, "run", "--rm", "--entrypoint", "echo", ref, "a", "b"); out != "a b\n" {
+		t.Errorf("--entrypoint: %q", out)
+	}
+	if r := strata(t, root, "run", "--rm", "--read-only", ref, "touch", "/x"); r.code == 0 || !strings.Contains(r.stderr, "Read-only") {
+		t.Errorf("--read-only: exit %d %s", r.code, r.stderr)
+	}
+}
+
+func TestContainerLayerGoesWithRm(t *testing.T) {
+	root, ref := runImage(t)
+	mustStrata(t, root, "run", "--name", "c1", ref, "sh", "-c", "echo mine > /etc/motd; rm -f /bin/true")
+	// The same container keeps its changes across starts.
+	if out := mustStrata(t, root, "start", "-a", "c1"); out != "" {
+		t.Errorf("start -a output: %q", out)
+	}
+	r := strata(t, root, "run", "--rm", ref, "sh", "-c", "cat /etc/motd; ls /bin/true")
+	if strings.Contains(r.stdout, "mine") || r.code != 0 {
+		t.Errorf("a new container sees another's changes: %q %s", r.stdout, r.stderr)
+	}
+	id := strings.TrimSpace(mustStrata(t, root, "ps", "-a", "-q"))
+	if _, err := os.Stat(filepath.Join(root, "containers")); err != nil {
+		t.Fatal(err)
+	}
+	mustStrata(t, root, "rm", "c1")
+	if ents, _ := os.ReadDir(filepath.Join(root, "containers")); len(ents) > 1 { // .lock
+		t.Errorf("container %s left files after rm: %v", id, ents)
+	}
+	if r := strata(t, root, "rm", "c1"); r.code == 0 || !strings.Contains(r.stderr, "no such container") {
+		t.Errorf("rm twice: exit %d %s", r.code, r.stderr)
+	}
+}
+
+func TestDetachedLogsStopKill(t *testing.T) {
+	root, ref := runImage(t)
+	// sh as PID 1 ignores SIGTERM: stop must fall back to SIGKILL.
+	id := strings.TrimSpace(mustStrata(t, root, "run", "-d", "--name", "ticker", ref, "sh", "-c", "echo started; echo oops >&2; while :; do sleep 0.1; done"))
+	if len(id) != 64 {
+		t.Fatalf("run -d printed %q", id)
+	}
+	if r := strata(t, root, "run", "-d", "--name", "ticker", ref, "true"); r.code != 125 || !strings.Contains(r.stderr, "already in use") {
+		t.Errorf("second container named ticker: exit %d %s", r.code, r.stderr)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(strata(t, root, "logs", "ticker").stdout, "started") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	logs := strata(t, root, "logs", "-t", "ticker")
+	if !strings.Contains(logs.stdout, "started\n") || !strings.Contains(logs.stderr, "oops\n") {
+		t.Errorf("logs: stdout %q stderr %q", logs.stdout, logs.stderr)
+	}
+	if !strings.Contains(mustStrata(t, root, "ps"), "ticker") {
+		t.Error("ps does not list the running container")
+	}
+	if r := strata(t, root, "rm", "ticker"); r.code == 0 || !strings.Contains(r.stderr, "running") {
+		t.Errorf("rm of a running container: exit %d %s", r.code, r.stderr)
+	}
+	mustStrata(t, root, "stop", "-t", "1", "ticker")
+	if out := mustStrata(t, root, "wait", "ticker"); out != "137\n" {
+		t.Errorf("exit code after stop timed out: %q, want 137", out)
+	}
+	if out := mustStrata(t, root, "ps", "-a"); !strings.Contains(out, "Exited (137)") {
+		t.Errorf("ps -a: %s", out)
+	}
+	// A signal the process handles ends it with its own code.
+	mustStrata(t, root, "run", "-d", "--name", "trapper", ref, "sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.1; done")
+	mustStrata(t, root, "kill", "-s", "TERM", "trapper")
+	if out := mustStrata(t, root, "wait", "trapper"); out != "7\n" {
+		t.Errorf("exit code after kill -s TERM: %q, want 7", out)
+	}
+	if r := strata(t, root, "kill", "trapper"); r.code == 0 || !strings.Contains(r.stderr, "not running") {
+		t.Errorf("kill of a stopped container: exit %d %s", r.code, r.stderr)
+	}
+	mustStrata(t, root, "rename", "trapper", "renamed")
+	mustStrata(t, root, "rm", "renamed", "ticker")
+}
+
+func TestMonitorKilled(t *testing.T) {
+	root, ref := runImage(t)
+	id := strings.TrimSpace(mustStrata(t, root, "run", "-d", ref, "sleep", "1000"))
+	pid := monitorPID(t, id)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if out := mustStrata(t, root, "ps", "-a"); !strings.Contains(out, "Exited (137)") {
+		t.Errorf("ps after the monitor was killed: %s", out)
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), id) {
+		t.Error("the dead monitor's mount is still there")
+	}
+	mustStrata(t, root, "rm", id)
+}
+
+// monitorPID finds the detached monitor of a container.
+func monitorPID(t *testing.T, id string) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), "monitor\x00"+id) {
+			var pid int
+			if _, err := fmt.Sscan(e.Name(), &pid); err == nil {
+				return pid
+			}
+		}
+	}
+	t.Fatalf("no monitor for %s", id)
+	return 0
+}
+
+func TestVolumes(t *testing.T) {
+	root, ref := runImage(t)
+	// A new named volume gets the image's content at its path, then keeps
+	// what containers write.
+	mustStrata(t, root, "run", "--rm", "-v", "etcvol:/etc", ref, "sh", "-c", "echo kept > /etc/new")
+	out := mustStrata(t, root, "run", "--rm", "-v", "etcvol:/etc", ref, "sh", "-c", "cat /etc/new; grep -c root /etc/passwd")
+	if out != "kept\n1\n" {
+		t.Errorf("named volume: %q", out)
+	}
+	if r := strata(t, root, "run", "--rm", "-v", "etcvol:/etc:ro", ref, "touch", "/etc/x"); r.code == 0 || !strings.Contains(r.stderr, "Read-only") {
+		t.Errorf("read-only volume: exit %d %s", r.code, r.stderr)
+	}
+	// volume-nocopy leaves a new volume empty.
+	if out := mustStrata(t, root, "run", "--rm", "--mount", "type=volume,src=empty,dst=/etc,volume-nocopy", ref, "ls", "-A", "/etc"); out != "" {
+		t.Errorf("volume-nocopy: %q", out)
+	}
+	// In use: refused.
+	mustStrata(t, root, "create", "--name", "user", "-v", "etcvol:/etc", ref, "true")
+	if r := strata(t, root, "volume", "rm", "etcvol"); r.code == 0 || !strings.Contains(r.stderr, "in use") {
+		t.Errorf("volume rm of a used volume: exit %d %s", r.code, r.stderr)
+	}
+	mustStrata(t, root, "rm", "-v", "user")
+	// Anonymous volumes (the image's /cache, and -v /path) go with rm -v
+	// and --rm; named ones stay.
+	mustStrata(t, root, "run", "--name", "anon", "-v", "/scratch", ref, "sh", "-c", "touch /cache/x /scratch/y")
+	vols := strings.Fields(mustStrata(t, root, "volume", "ls", "-q"))
+	if len(vols) != 4 {
+		t.Errorf("volumes: %v, want etcvol, empty and two anonymous", vols)
+	}
+	mustStrata(t, root, "rm", "-v", "anon")
+	vols = strings.Fields(mustStrata(t, root, "volume", "ls", "-q"))
+	if strings.Join(vols, " ") != "empty etcvol" {
+		t.Errorf("after rm -v: %v", vols)
+	}
+	mustStrata(t, root, "run", "--rm", ref, "true")
+	if got := strings.Fields(mustStrata(t, root, "volume", "ls", "-q")); len(got) != 2 {
+		t.Errorf("run --rm left anonymous volumes: %v", got)
+	}
+	// Host paths: bind, read-only bind, and --tmpfs.
+	host := t.TempDir()
+	mustStrata(t, root, "run", "--rm", "-v", host+":/host", ref, "sh", "-c", "echo from-container > /host/f")
+	if b, _ := os.ReadFile(filepath.Join(host, "f")); string(b) != "from-container\n" {
+		t.Errorf("bind mount: %q", b)
+	}
+	if r := strata(t, root, "run", "--rm", "--mount", "type=bind,src="+host+",dst=/host,readonly", ref, "rm", "/host/f"); r.code == 0 {
+		t.Error("wrote through a read-only bind")
+	}
+	out = mustStrata(t, root, "run", "--rm", "--tmpfs", "/run/t:size=1m,mode=1777", ref, "sh", "-c", "stat -c %a /run/t; df /run/t | tail -1")
+	if !strings.HasPrefix(out, "1777\n") || !strings.Contains(out, "tmpfs") {
+		t.Errorf("--tmpfs: %q", out)
+	}
+	for _, v := range []string{"etcvol", "empty"} {
+		mustStrata(t, root, "volume", "rm", v)
+	}
+}
+
+func TestMemoryLimit(t *testing.T) {
+	root, ref := runImage(t)
+	r := strata(t, root, "run", "--name", "hog", "-m", "16m", ref, "sh", "-c", "head -c 200m /dev/zero | tail > /dev/null")
+	if r.code != 137 {
+		t.Errorf("a process over --memory: exit %d, want 137 (killed)\n%s", r.code, r.stderr)
+	}
+	if out := mustStrata(t, root, "inspect", "hog"); !strings.Contains(out, `"oomKilled": true`) {
+		t.Errorf("inspect does not say OOM-killed:\n%s", out)
+	}
+	if out := mustStrata(t, root, "run", "--rm", "-m", "64m", ref, "sh", "-c", "head -c 8m /dev/zero | tail | wc -c"); strings.TrimSpace(out) != "8388608" {
+		t.Errorf("a process under --memory: %q", out)
+	}
+	mustStrata(t, root, "rm", "hog")
+}

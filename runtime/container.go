@@ -1,0 +1,408 @@
+package runtime
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/fsutil"
+)
+
+// Container is one container's configuration, fixed when it is created.
+type Container struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Created time.Time `json:"created"`
+	// Image is the reference as the user gave it; ImageID the config
+	// digest; ImageManifest the manifest digest the store pins.
+	Image         string    `json:"image"`
+	ImageID       string    `json:"imageID"`
+	ImageManifest string    `json:"imageManifest"`
+	Spec          Spec      `json:"spec"`
+	Resources     Resources `json:"resources"`
+	// StopSignal is the image's (default SIGTERM); StopTimeout seconds
+	// before SIGKILL.
+	StopSignal  string `json:"stopSignal,omitempty"`
+	StopTimeout int    `json:"stopTimeout"`
+	AutoRemove  bool   `json:"autoRemove,omitempty"`
+	Interactive bool   `json:"interactive,omitempty"`
+	// Volumes are the volumes the container mounts: named ones outlive
+	// it, anonymous ones go with `rm -v` and `run --rm`.
+	Volumes []VolumeRef `json:"volumes,omitempty"`
+}
+
+// VolumeRef names a volume a container uses.
+type VolumeRef struct {
+	Name        string `json:"name"`
+	Destination string `json:"destination"`
+	Anonymous   bool   `json:"anonymous,omitempty"`
+}
+
+// The states of a container.
+const (
+	StatusCreated = "created"
+	StatusRunning = "running"
+	StatusPaused  = "paused"
+	StatusExited  = "exited"
+)
+
+// State is what a container is doing; the monitor owns it while it lives.
+type State struct {
+	Status     string    `json:"status"`
+	Pid        int       `json:"pid,omitempty"`
+	ExitCode   int       `json:"exitCode"`
+	StartedAt  time.Time `json:"startedAt,omitzero"`
+	FinishedAt time.Time `json:"finishedAt,omitzero"`
+	OOMKilled  bool      `json:"oomKilled,omitempty"`
+	Error      string    `json:"error,omitempty"`
+}
+
+// Store keeps containers under <root>/containers/<id>/: config.json,
+// state.json, image (the manifest digest, read by the image store), the
+// container layer (upper/, work/), the rootfs mount point, the files the
+// container is given (hostname, hosts, resolv.conf) and container.log.
+type Store struct {
+	dir string
+}
+
+// OpenStore opens (making it) the container store under root.
+func OpenStore(root string) (*Store, error) {
+	dir := filepath.Join(root, "containers")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("container store: %w", err)
+	}
+	return &Store{dir: dir}, nil
+}
+
+// Dir is a container's directory.
+func (s *Store) Dir(id string) string { return filepath.Join(s.dir, id) }
+
+// NotFoundError is a container reference that names no container.
+type NotFoundError struct{ Ref string }
+
+func (e *NotFoundError) Error() string { return "no such container: " + e.Ref }
+
+var validName = regexp.MustCompile(`^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+
+func (s *Store) lock(ctx context.Context) (*fsutil.FileLock, error) {
+	return fsutil.Lock(ctx, filepath.Join(s.dir, ".lock"))
+}
+
+// Create records a new container: it gets an ID, and a generated name
+// when it has none; names are unique.
+func (s *Store) Create(ctx context.Context, c *Container) error {
+	l, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	all, err := s.list()
+	if err != nil {
+		return err
+	}
+	taken := map[string]string{}
+	for _, o := range all {
+		taken[o.Name] = o.ID
+	}
+	if c.Name != "" {
+		if !validName.MatchString(c.Name) {
+			return fmt.Errorf("invalid container name %q: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed", c.Name)
+		}
+		c.Name = strings.TrimPrefix(c.Name, "/")
+		if id, ok := taken[c.Name]; ok {
+			return fmt.Errorf("the container name %q is already in use by container %s: remove or rename that container to reuse the name", c.Name, id[:12])
+		}
+	} else {
+		for c.Name == "" || taken[c.Name] != "" {
+			c.Name = randomName()
+		}
+	}
+	var b [32]byte
+	rand.Read(b[:])
+	c.ID = hex.EncodeToString(b[:])
+	c.Created = time.Now().UTC()
+	if c.Spec.Hostname == "" {
+		c.Spec.Hostname = c.ID[:12]
+	}
+	dir := s.Dir(c.ID)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return fmt.Errorf("create container: %w", err)
+	}
+	if err := s.writeConfig(c); err != nil {
+		os.RemoveAll(dir)
+		return err
+	}
+	if err := s.SetState(c.ID, State{Status: StatusCreated}); err != nil {
+		os.RemoveAll(dir)
+		return err
+	}
+	if err := fsutil.WriteFileAtomic(filepath.Join(dir, "image"), []byte(c.ImageManifest+"\n"), 0o600); err != nil {
+		os.RemoveAll(dir)
+		return err
+	}
+	return nil
+}
+
+func (s *Store) writeConfig(c *Container) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(filepath.Join(s.Dir(c.ID), "config.json"), b, 0o600)
+}
+
+func (s *Store) load(id string) (*Container, error) {
+	b, err := os.ReadFile(filepath.Join(s.Dir(id), "config.json"))
+	if err != nil {
+		return nil, err
+	}
+	var c Container
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("container %s: config: %w", id, err)
+	}
+	return &c, nil
+}
+
+func (s *Store) list() ([]*Container, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Container
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		c, err := s.load(e.Name())
+		if err != nil {
+			continue // being created or removed
+		}
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out, nil
+}
+
+// List returns every container, newest first.
+func (s *Store) List() ([]*Container, error) { return s.list() }
+
+// Get finds a container by ID, name or unique ID prefix.
+func (s *Store) Get(ref string) (*Container, error) {
+	all, err := s.list()
+	if err != nil {
+		return nil, err
+	}
+	ref = strings.TrimPrefix(ref, "/")
+	for _, c := range all {
+		if c.ID == ref || c.Name == ref {
+			return c, nil
+		}
+	}
+	var found *Container
+	for _, c := range all {
+		if ref != "" && strings.HasPrefix(c.ID, ref) {
+			if found != nil {
+				return nil, fmt.Errorf("multiple containers match %q: use more of the ID", ref)
+			}
+			found = c
+		}
+	}
+	if found == nil {
+		return nil, &NotFoundError{Ref: ref}
+	}
+	return found, nil
+}
+
+// Rename gives a container a new, unused name.
+func (s *Store) Rename(ctx context.Context, c *Container, name string) error {
+	l, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	name = strings.TrimPrefix(name, "/")
+	if !validName.MatchString(name) {
+		return fmt.Errorf("invalid container name %q: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed", name)
+	}
+	all, err := s.list()
+	if err != nil {
+		return err
+	}
+	for _, o := range all {
+		if o.Name == name && o.ID != c.ID {
+			return fmt.Errorf("the container name %q is already in use by container %s", name, o.ID[:12])
+		}
+	}
+	c.Name = name
+	return s.writeConfig(c)
+}
+
+// SetState records a container's state.
+func (s *Store) SetState(id string, st State) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(filepath.Join(s.Dir(id), "state.json"), b, 0o600)
+}
+
+// monitorLock is held by the process that serves a container for as long
+// as it lives, so a dead monitor is known even after PID reuse.
+func (s *Store) monitorLock(id string) string { return filepath.Join(s.Dir(id), "monitor.lock") }
+
+// MonitorAlive tells whether a monitor serves the container now.
+func (s *Store) MonitorAlive(id string) bool {
+	l, ok := fsutil.TryLock(s.monitorLock(id))
+	if ok {
+		l.Unlock()
+	}
+	return !ok
+}
+
+// State returns a container's state. A container recorded running whose
+// monitor is gone (killed) is cleaned up here: its processes killed, its
+// mount detached, and it is marked exited.
+func (s *Store) State(id string) (State, error) {
+	st, err := s.readState(id)
+	if err != nil {
+		return st, err
+	}
+	if (st.Status == StatusRunning || st.Status == StatusPaused) && !s.MonitorAlive(id) {
+		l, ok := fsutil.TryLock(s.monitorLock(id))
+		if !ok {
+			return s.readState(id) // a monitor just started
+		}
+		defer l.Unlock()
+		if st, err = s.readState(id); err != nil || (st.Status != StatusRunning && st.Status != StatusPaused) {
+			return st, err
+		}
+		s.reap(id, st.Pid)
+		st.Status, st.ExitCode, st.FinishedAt = StatusExited, 137, time.Now().UTC()
+		st.Error = "the container's monitor died"
+		st.Pid = 0
+		if err := s.SetState(id, st); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+// reap kills what is left of a container whose monitor died and frees its
+// mount and cgroups.
+func (s *Store) reap(id string, pid int) {
+	cg := OpenCgroup(id)
+	cg.Freeze(false)
+	if pid > 0 && sameContainer(pid, id) {
+		unix.Kill(pid, unix.SIGKILL)
+	}
+	unix.Unmount(filepath.Join(s.Dir(id), "rootfs"), unix.MNT_DETACH)
+	cg.Remove()
+}
+
+// sameContainer tells whether pid is still the container's init: its
+// cgroup names the container.
+func sameContainer(pid int, id string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	return err == nil && strings.Contains(string(b), "/strata/"+id)
+}
+
+func (s *Store) readState(id string) (State, error) {
+	var st State
+	b, err := os.ReadFile(filepath.Join(s.Dir(id), "state.json"))
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("container %s: state: %w", id, err)
+	}
+	return st, nil
+}
+
+// Remove deletes a container that is not running, with its container
+// layer and logs.
+func (s *Store) Remove(ctx context.Context, c *Container) error {
+	l, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	if s.MonitorAlive(c.ID) {
+		return fmt.Errorf("container %s is running: stop it first, or use rm -f", c.ID[:12])
+	}
+	dir := s.Dir(c.ID)
+	unix.Unmount(filepath.Join(dir, "rootfs"), unix.MNT_DETACH)
+	// Rename first, so a half-removed container never lists.
+	gone := filepath.Join(s.dir, ".rm-"+c.ID)
+	if err := os.Rename(dir, gone); err != nil {
+		return fmt.Errorf("remove container %s: %w", c.ID[:12], err)
+	}
+	return os.RemoveAll(gone)
+}
+
+// WaitExit waits until the container's monitor is gone, or ctx is done.
+func (s *Store) WaitExit(ctx context.Context, id string) error {
+	f, err := os.OpenFile(s.monitorLock(id), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	done := make(chan error, 1)
+	go func() {
+		for {
+			err := unix.Flock(int(f.Fd()), unix.LOCK_SH)
+			if !errors.Is(err, unix.EINTR) {
+				done <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-done:
+		unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		return err
+	case <-ctx.Done():
+		f.Close() // ends the flock wait with EBADF
+		return ctx.Err()
+	}
+}
+
+// Signal sends sig to a running container's first process.
+func (s *Store) Signal(id string, sig syscall.Signal) error {
+	st, err := s.State(id)
+	if err != nil {
+		return err
+	}
+	if st.Status != StatusRunning && st.Status != StatusPaused {
+		return fmt.Errorf("container %s is not running", id[:12])
+	}
+	if err := unix.Kill(st.Pid, sig); err != nil {
+		return fmt.Errorf("signal container %s: %w", id[:12], err)
+	}
+	return nil
+}
+
+var (
+	nameLeft  = []string{"brave", "calm", "eager", "fond", "gifted", "happy", "jolly", "keen", "lucid", "merry", "nifty", "quirky", "serene", "sharp", "vivid", "wise", "zen", "bold", "cool", "dreamy"}
+	nameRight = []string{"babbage", "curie", "darwin", "euclid", "fermi", "gauss", "hopper", "kepler", "lovelace", "meitner", "noether", "pascal", "ritchie", "shannon", "thompson", "turing", "wozniak", "yalow", "hamilton", "knuth"}
+)
+
+func randomName() string {
+	pick := func(l []string) string {
+		n, _ := rand.Int(rand.Reader, big.NewInt(int64(len(l))))
+		return l[n.Int64()]
+	}
+	return pick(nameLeft) + "_" + pick(nameRight)
+}

@@ -1,0 +1,271 @@
+package runtime
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	goruntime "runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The descriptors the init process is given besides stdio.
+const (
+	specFd   = 3 // the Spec as JSON; EOF once the monitor has placed the process in its cgroups
+	statusFd = 4 // close-on-exec: EOF means the command started, a JSON InitError means it did not
+)
+
+// InitError is why the container's command could not be started, with the
+// exit code docker gives for it: 127 not found, 126 not executable, 125
+// anything else.
+type InitError struct {
+	Code int    `json:"code"`
+	Msg  string `json:"msg"`
+}
+
+func (e *InitError) Error() string { return e.Msg }
+
+// Init turns the process it runs in, PID 1 of fresh namespaces, into the
+// container's command. It is what the hidden `strata init` verb runs: the
+// monitor re-executes the strata binary with the namespace clone flags, so
+// no Go code runs between fork and exec in the multithreaded monitor. It
+// returns only on failure, having reported it to the monitor.
+func Init() int {
+	// Capabilities and the bounding set are per thread; the command is
+	// exec'd from this one.
+	goruntime.LockOSThread()
+	status := os.NewFile(statusFd, "status")
+	err := initContainer()
+	var ie *InitError
+	if !errors.As(err, &ie) {
+		ie = &InitError{Code: 125, Msg: err.Error()}
+	}
+	if status != nil {
+		json.NewEncoder(status).Encode(ie)
+	}
+	return ie.Code
+}
+
+func initContainer() error {
+	in := os.NewFile(specFd, "spec")
+	if in == nil {
+		return errors.New("init: no spec (strata init is started by strata run)")
+	}
+	var spec Spec
+	if err := json.NewDecoder(in).Decode(&spec); err != nil {
+		return fmt.Errorf("init: read spec: %w", err)
+	}
+	// The monitor closes the pipe once the process is in its cgroups.
+	io.Copy(io.Discard, in)
+	in.Close()
+
+	unix.Umask(0)
+	// A cgroup namespace rooted at the container's own cgroups, for this
+	// thread and so for the command.
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+		return fmt.Errorf("init: cgroup namespace: %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("init: make mounts private: %w", err)
+	}
+	if err := setupRootfs(&spec); err != nil {
+		return err
+	}
+	if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
+		return fmt.Errorf("init: hostname: %w", err)
+	}
+	if spec.Network == "none" {
+		if err := loopbackUp(); err != nil {
+			return fmt.Errorf("init: bring up lo: %w", err)
+		}
+	}
+	if err := pivotRoot(spec.Rootfs); err != nil {
+		return err
+	}
+	// The working directory is made before the root may turn read-only.
+	cwd := spec.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
+	if err := os.MkdirAll(cwd, 0o755); err != nil {
+		return fmt.Errorf("init: working directory %s: %w", cwd, err)
+	}
+	if !spec.Privileged {
+		if err := maskPaths(); err != nil {
+			return err
+		}
+	}
+	if spec.ReadonlyRootfs {
+		if err := remountReadOnly("/"); err != nil {
+			return fmt.Errorf("init: read-only root: %w", err)
+		}
+	}
+	unix.Umask(0o022)
+
+	u, err := resolveUser(spec.User)
+	if err != nil {
+		return err
+	}
+	env := containerEnv(spec.Env, spec.Hostname, u.home)
+	if err := os.Chdir(cwd); err != nil {
+		return fmt.Errorf("init: working directory %s: %w", cwd, err)
+	}
+	if len(spec.Args) == 0 {
+		return &InitError{Code: 125, Msg: "no command specified"}
+	}
+	bin, err := lookPath(spec.Args[0], envValue(env, "PATH"))
+	if err != nil {
+		return err
+	}
+	if err := setIdentity(u, spec.Capabilities); err != nil {
+		return err
+	}
+	if err := closeOnExecFrom(3); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	err = unix.Exec(bin, spec.Args, env)
+	return execError(spec.Args[0], err)
+}
+
+// execError classifies a failed exec as docker does.
+func execError(name string, err error) *InitError {
+	code := 126
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+		code = 127
+	}
+	return &InitError{Code: code, Msg: fmt.Sprintf("exec %q: %v", name, err)}
+}
+
+// lookPath finds a command on the container's PATH.
+func lookPath(name, pathEnv string) (string, error) {
+	if strings.Contains(name, "/") {
+		if _, err := os.Stat(name); err != nil {
+			return "", execError(name, err)
+		}
+		return name, nil
+	}
+	for _, dir := range strings.Split(pathEnv, ":") {
+		if dir == "" {
+			dir = "."
+		}
+		p := dir + "/" + name
+		fi, err := os.Stat(p)
+		if err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", &InitError{Code: 127, Msg: fmt.Sprintf("exec %q: executable file not found in $PATH", name)}
+}
+
+func envValue(env []string, key string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(env[i], key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// DefaultPath is the PATH a container gets when its image sets none.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// containerEnv adds what docker always sets: PATH, HOSTNAME and HOME.
+func containerEnv(env []string, hostname, home string) []string {
+	out := slices.Clone(env)
+	if envValue(out, "PATH") == "" && !slices.ContainsFunc(out, func(s string) bool { return strings.HasPrefix(s, "PATH=") }) {
+		out = append([]string{"PATH=" + DefaultPath}, out...)
+	}
+	if !slices.ContainsFunc(out, func(s string) bool { return strings.HasPrefix(s, "HOSTNAME=") }) {
+		out = append(out, "HOSTNAME="+hostname)
+	}
+	if !slices.ContainsFunc(out, func(s string) bool { return strings.HasPrefix(s, "HOME=") }) {
+		out = append(out, "HOME="+home)
+	}
+	return out
+}
+
+// closeOnExecFrom marks every descriptor from lowest on close-on-exec, so
+// nothing of strata's reaches the command (CVE-2024-21626).
+func closeOnExecFrom(lowest int) error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("list descriptors: %w", err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < lowest {
+			continue
+		}
+		unix.CloseOnExec(fd)
+	}
+	return nil
+}
+
+// setIdentity drops the capabilities not kept from this thread's
+// bounding set, switches to the user, and sets the capabilities the
+// command starts with: all of keep for root, none for another user (the
+// kernel clears them at exec, as for any non-root process).
+func setIdentity(u *execUser, keep []string) error {
+	var mask [2]uint32
+	for _, c := range keep {
+		n, ok := capNames[strings.TrimPrefix(c, "CAP_")]
+		if !ok {
+			return fmt.Errorf("init: unknown capability %q", c)
+		}
+		mask[n/32] |= 1 << (n % 32)
+	}
+	for c := 0; c <= unix.CAP_LAST_CAP; c++ {
+		if mask[c/32]&(1<<(c%32)) != 0 {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("init: drop capability %d: %w", c, err)
+		}
+	}
+	if err := unix.Prctl(unix.PR_SET_KEEPCAPS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("init: keepcaps: %w", err)
+	}
+	if err := syscall.Setgroups(u.groups); err != nil {
+		return fmt.Errorf("init: setgroups: %w", err)
+	}
+	if err := syscall.Setgid(u.gid); err != nil {
+		return fmt.Errorf("init: setgid %d: %w", u.gid, err)
+	}
+	if err := syscall.Setuid(u.uid); err != nil {
+		return fmt.Errorf("init: setuid %d: %w", u.uid, err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	data := [2]unix.CapUserData{
+		{Effective: mask[0], Permitted: mask[0]},
+		{Effective: mask[1], Permitted: mask[1]},
+	}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("init: set capabilities: %w", err)
+	}
+	unix.Prctl(unix.PR_SET_KEEPCAPS, 0, 0, 0, 0)
+	unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+	return nil
+}
+
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}

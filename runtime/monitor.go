@@ -1,0 +1,303 @@
+package runtime
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/fsutil"
+)
+
+// RootfsMounter mounts a container's root filesystem: its image's layers
+// under the container layer in upper (with work beside it), at dir. The
+// runtime does not know where images come from.
+type RootfsMounter interface {
+	MountRootfs(ctx context.Context, c *Container, dir, upper, work string) (unmount func() error, err error)
+}
+
+// RunOptions are how a monitor connects a container to its caller.
+type RunOptions struct {
+	// Stdin is the container's standard input; nil is /dev/null.
+	Stdin *os.File
+	// Stdout and Stderr get the container's output besides its log; nil
+	// for the log only (detached).
+	Stdout, Stderr io.Writer
+	// Started is called once the command runs.
+	Started func()
+	// Signals are forwarded to the container's first process.
+	Signals <-chan os.Signal
+}
+
+// ErrRunning is returned when a container already has a monitor.
+var ErrRunning = errors.New("container is already running")
+
+// Run is the monitor: it mounts the container's root filesystem, starts
+// its command, logs its output, forwards signals, and when the command
+// ends records its exit code and unmounts. It holds the container's
+// monitor lock for as long as it lives. The exit code is docker's: the
+// command's own, 128+N on signal N, 126/127 when it cannot be run, 125
+// when strata failed.
+func (s *Store) Run(ctx context.Context, c *Container, m RootfsMounter, o RunOptions) (int, error) {
+	lock, ok := fsutil.TryLock(s.monitorLock(c.ID))
+	if !ok {
+		return 125, fmt.Errorf("container %s: %w", c.ID[:12], ErrRunning)
+	}
+	defer lock.Unlock()
+	st, err := s.readState(c.ID)
+	if err != nil {
+		return 125, err
+	}
+	code, err := s.run(ctx, c, m, o)
+	st.Status, st.Pid, st.ExitCode, st.FinishedAt, st.Error = StatusExited, 0, code, time.Now().UTC(), ""
+	if err != nil {
+		st.Error = err.Error()
+	}
+	if st.StartedAt.IsZero() {
+		st.StartedAt = st.FinishedAt
+	}
+	if latest, rerr := s.readState(c.ID); rerr == nil {
+		st.StartedAt, st.OOMKilled = latest.StartedAt, latest.OOMKilled
+	}
+	if serr := s.SetState(c.ID, st); serr != nil && err == nil {
+		err = serr
+	}
+	return code, err
+}
+
+func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOptions) (int, error) {
+	dir := s.Dir(c.ID)
+	rootfs, upper, work := filepath.Join(dir, "rootfs"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	for _, d := range []string{rootfs, upper, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return 125, err
+		}
+	}
+	unmount, err := m.MountRootfs(ctx, c, rootfs, upper, work)
+	if err != nil {
+		return 125, err
+	}
+	defer unmount()
+
+	spec := c.Spec
+	spec.Rootfs = rootfs
+	files, err := writeEtcFiles(dir, spec.Hostname, spec.Network)
+	if err != nil {
+		return 125, err
+	}
+	spec.Files = append(files, spec.Files...)
+	for _, mnt := range spec.Mounts {
+		if mnt.CopyUp {
+			if err := copyUp(rootfs, mnt); err != nil {
+				return 125, err
+			}
+		}
+	}
+
+	cg, err := NewCgroup(c.ID, c.Resources)
+	if err != nil {
+		return 125, err
+	}
+	defer cg.Remove()
+
+	logw, err := openLog(filepath.Join(dir, "container.log"))
+	if err != nil {
+		return 125, err
+	}
+	defer logw.Close()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return 125, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return 125, err
+	}
+	var copying sync.WaitGroup
+	copying.Add(2)
+	go func() { defer copying.Done(); logw.copy(outR, "stdout", o.Stdout) }()
+	go func() { defer copying.Done(); logw.copy(errR, "stderr", o.Stderr) }()
+
+	p, err := StartProcess(&spec, Stdio{Stdin: o.Stdin, Stdout: outW, Stderr: errW}, cg.Add)
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		copying.Wait()
+		var ie *InitError
+		if errors.As(err, &ie) {
+			return ie.Code, err
+		}
+		return 125, err
+	}
+	if err := s.SetState(c.ID, State{Status: StatusRunning, Pid: p.Pid, StartedAt: time.Now().UTC()}); err != nil {
+		p.Signal(syscall.SIGKILL)
+		p.Wait()
+		return 125, err
+	}
+	if o.Started != nil {
+		o.Started()
+	}
+	stopForward := make(chan struct{})
+	if o.Signals != nil {
+		go func() {
+			for {
+				select {
+				case sig := <-o.Signals:
+					if s, ok := sig.(syscall.Signal); ok {
+						p.Signal(s)
+					}
+				case <-stopForward:
+					return
+				}
+			}
+		}()
+	}
+	code, err := p.Wait()
+	close(stopForward)
+	copying.Wait()
+	if cg.OOMKilled() {
+		if st, rerr := s.readState(c.ID); rerr == nil {
+			st.OOMKilled = true
+			s.SetState(c.ID, st)
+		}
+	}
+	return code, err
+}
+
+// writeEtcFiles writes the hostname, hosts and resolv.conf the container
+// gets, and returns them as the mounts that put them in place.
+func writeEtcFiles(dir, hostname, network string) ([]Mount, error) {
+	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+	if network == "host" {
+		if b, err := os.ReadFile("/etc/hosts"); err == nil {
+			hosts = string(b)
+		}
+		if h, err := os.Hostname(); err == nil {
+			hostname = h
+		}
+	} else {
+		hosts += "127.0.0.1\t" + hostname + "\n"
+	}
+	resolv, _ := os.ReadFile("/etc/resolv.conf")
+	files := []struct{ name, data string }{
+		{"hostname", hostname + "\n"},
+		{"hosts", hosts},
+		{"resolv.conf", string(resolv)},
+	}
+	var out []Mount
+	for _, f := range files {
+		p := filepath.Join(dir, f.name)
+		if err := os.WriteFile(p, []byte(f.data), 0o644); err != nil {
+			return nil, err
+		}
+		out = append(out, Mount{Type: "bind", Source: p, Destination: "/etc/" + f.name})
+	}
+	return out, nil
+}
+
+// LogEntry is one line of a container's output, in docker's json-file
+// format.
+type LogEntry struct {
+	Log    string    `json:"log"`
+	Stream string    `json:"stream"`
+	Time   time.Time `json:"time"`
+}
+
+type logWriter struct {
+	mu sync.Mutex
+	f  *os.File
+	w  *bufio.Writer
+}
+
+func openLog(p string) (*logWriter, error) {
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	return &logWriter{f: f, w: bufio.NewWriter(f)}, nil
+}
+
+// copy logs r line by line as stream, and copies it to also when set.
+func (l *logWriter) copy(r *os.File, stream string, also io.Writer) {
+	defer r.Close()
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadString('\n')
+		if line != "" {
+			if also != nil {
+				io.WriteString(also, line)
+			}
+			b, _ := json.Marshal(LogEntry{Log: line, Stream: stream, Time: time.Now().UTC()})
+			l.mu.Lock()
+			l.w.Write(append(b, '\n'))
+			// Flushed per line so `logs -f` sees output as it comes.
+			l.w.Flush()
+			l.mu.Unlock()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (l *logWriter) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.w.Flush()
+	return l.f.Close()
+}
+
+// ReadLogs returns a container's log entries.
+func (s *Store) ReadLogs(id string) ([]LogEntry, error) {
+	f, err := os.Open(filepath.Join(s.Dir(id), "container.log"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []LogEntry
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<26)
+	for sc.Scan() {
+		var e LogEntry
+		if json.Unmarshal(sc.Bytes(), &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, sc.Err()
+}
+
+// LogPath is the file a container's output is logged to.
+func (s *Store) LogPath(id string) string { return filepath.Join(s.Dir(id), "container.log") }
+
+// ParseSignal reads a signal by name (KILL, SIGKILL) or number.
+func ParseSignal(s string) (syscall.Signal, error) {
+	u := strings.TrimPrefix(strings.ToUpper(s), "SIG")
+	for n := syscall.Signal(1); n < 65; n++ {
+		name := strings.TrimPrefix(strings.ToUpper(unixSignalName(n)), "SIG")
+		if name != "" && name == u {
+			return n, nil
+		}
+	}
+	var n int
+	if _, err := fmt.Sscan(s, &n); err == nil && n > 0 && n < 65 {
+		return syscall.Signal(n), nil
+	}
+	return 0, fmt.Errorf("invalid signal %q", s)
+}
+
+func unixSignalName(s syscall.Signal) string { return unix.SignalName(s) }

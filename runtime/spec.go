@@ -1,0 +1,164 @@
+package runtime
+
+import (
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Spec is everything the container's first process needs: the monitor
+// hands it to the init process over a pipe.
+type Spec struct {
+	// Rootfs is the host path of the mounted root filesystem.
+	Rootfs string   `json:"rootfs"`
+	Args   []string `json:"args"`
+	Env    []string `json:"env"`
+	// Cwd is created when missing, as Docker does for WorkingDir.
+	Cwd string `json:"cwd"`
+	// User is "", NAME, UID, or either with ":GROUP|GID", resolved through
+	// the container's own /etc/passwd and /etc/group.
+	User     string `json:"user,omitempty"`
+	Hostname string `json:"hostname"`
+	// Network is "none" (own namespace, lo up) or "host".
+	Network        string  `json:"network"`
+	ReadonlyRootfs bool    `json:"readonlyRootfs,omitempty"`
+	Mounts         []Mount `json:"mounts,omitempty"`
+	// Capabilities is the full set the process keeps, as "CAP_NAME".
+	Capabilities []string `json:"capabilities"`
+	Privileged   bool     `json:"privileged,omitempty"`
+	// Init runs a reaping init as PID 1 with the command as its child.
+	Init bool `json:"init,omitempty"`
+	// Tty: the process gets the terminal at descriptors 0-2 as its
+	// controlling terminal.
+	Tty bool `json:"tty,omitempty"`
+	// Files are written over paths of the container (hostname, hosts,
+	// resolv.conf): host path → container path, bind-mounted.
+	Files []Mount `json:"files,omitempty"`
+}
+
+// Mount is one mount into the container.
+type Mount struct {
+	// Type is "bind" or "tmpfs".
+	Type        string `json:"type"`
+	Source      string `json:"source,omitempty"`
+	Destination string `json:"destination"`
+	ReadOnly    bool   `json:"readOnly,omitempty"`
+	// Data is tmpfs's options (size=…,mode=…).
+	Data string `json:"data,omitempty"`
+	// CopyUp fills an empty volume with the image's content at
+	// Destination before it is mounted, as docker does.
+	CopyUp bool `json:"copyUp,omitempty"`
+}
+
+// DefaultCapabilities is Docker's default set.
+func DefaultCapabilities() []string {
+	return []string{
+		"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+		"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+		"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+	}
+}
+
+// capNames maps capability names to numbers (linux/capability.h).
+var capNames = map[string]int{
+	"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4,
+	"KILL": 5, "SETGID": 6, "SETUID": 7, "SETPCAP": 8, "LINUX_IMMUTABLE": 9,
+	"NET_BIND_SERVICE": 10, "NET_BROADCAST": 11, "NET_ADMIN": 12, "NET_RAW": 13,
+	"IPC_LOCK": 14, "IPC_OWNER": 15, "SYS_MODULE": 16, "SYS_RAWIO": 17,
+	"SYS_CHROOT": 18, "SYS_PTRACE": 19, "SYS_PACCT": 20, "SYS_ADMIN": 21,
+	"SYS_BOOT": 22, "SYS_NICE": 23, "SYS_RESOURCE": 24, "SYS_TIME": 25,
+	"SYS_TTY_CONFIG": 26, "MKNOD": 27, "LEASE": 28, "AUDIT_WRITE": 29,
+	"AUDIT_CONTROL": 30, "SETFCAP": 31, "MAC_OVERRIDE": 32, "MAC_ADMIN": 33,
+	"SYSLOG": 34, "WAKE_ALARM": 35, "BLOCK_SUSPEND": 36, "AUDIT_READ": 37,
+	"PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
+}
+
+// AllCapabilities is every capability this kernel knows, for --privileged.
+func AllCapabilities() []string {
+	var out []string
+	for n, v := range capNames {
+		if v <= unix.CAP_LAST_CAP {
+			out = append(out, "CAP_"+n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Capabilities applies --cap-add and --cap-drop (names with or without
+// CAP_, any case, "ALL") to base, as docker does: drop first, then add.
+func Capabilities(base, add, drop []string) ([]string, error) {
+	norm := func(list []string) ([]string, bool, error) {
+		var out []string
+		all := false
+		for _, c := range list {
+			c = strings.ToUpper(strings.TrimSpace(c))
+			if c == "ALL" {
+				all = true
+				continue
+			}
+			c = strings.TrimPrefix(c, "CAP_")
+			if _, ok := capNames[c]; !ok {
+				return nil, false, fmt.Errorf("unknown capability %q", c)
+			}
+			out = append(out, "CAP_"+c)
+		}
+		return out, all, nil
+	}
+	adds, addAll, err := norm(add)
+	if err != nil {
+		return nil, err
+	}
+	drops, dropAll, err := norm(drop)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	if !dropAll {
+		for _, c := range base {
+			if !slices.Contains(drops, c) {
+				out = append(out, c)
+			}
+		}
+	}
+	if addAll {
+		return AllCapabilities(), nil
+	}
+	for _, c := range adds {
+		if !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// MaskedPaths are hidden from a container that is not privileged (Docker's
+// list): files by /dev/null, directories by an empty read-only tmpfs.
+func MaskedPaths() []string {
+	return []string{
+		"/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+		"/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
+		"/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+	}
+}
+
+// ReadonlyPaths are made read-only in a container that is not privileged.
+func ReadonlyPaths() []string {
+	return []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
+}
+
+// CheckDestination refuses container paths that are not absolute or that
+// name the root.
+func CheckDestination(p string) error {
+	if !path.IsAbs(p) {
+		return fmt.Errorf("invalid mount path %q: must be absolute", p)
+	}
+	if path.Clean(p) == "/" {
+		return fmt.Errorf("invalid mount path %q: cannot mount over the root", p)
+	}
+	return nil
+}
