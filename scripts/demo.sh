@@ -22,6 +22,13 @@ set -x
 ./bin/strata pull "$addr/demo/busybox:latest"
 ./bin/strata images
 ./bin/strata unpack "$addr/demo/busybox:latest" "$root/rootfs"
+if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
+	# A container on the union filesystem, in its own namespaces.
+	./bin/strata run --rm -v demo-data:/data "$addr/demo/busybox:latest" \
+		sh -c 'echo "hello from $(hostname), PID $$ of $(ls /proc | grep -c "^[0-9]") processes"; id; echo kept > /data/note'
+	./bin/strata run --rm -v demo-data:/data:ro "$addr/demo/busybox:latest" cat /data/note
+	./bin/strata volume rm demo-data
+fi
 set +x
 echo "== flattened rootfs:"
 ls -la "$root/rootfs" "$root/rootfs/etc" | head -40
