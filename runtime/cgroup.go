@@ -29,6 +29,9 @@ type Cgroup struct {
 
 const cgroupRoot = "/sys/fs/cgroup"
 
+// v1Controllers are the v1 controllers strata puts a container in.
+func v1Controllers() []string { return []string{"memory", "cpu", "pids", "freezer"} }
+
 // NewCgroup makes the cgroups of container id, under "strata/", with the
 // limits set.
 func NewCgroup(id string, r Resources) (*Cgroup, error) {
@@ -37,7 +40,7 @@ func NewCgroup(id string, r Resources) (*Cgroup, error) {
 
 func newCgroupAt(root, id string, r Resources) (*Cgroup, error) {
 	c := &Cgroup{limit: r}
-	if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {
+	if isCgroup2(root) {
 		if err := c.makeV2(root, id); err != nil {
 			c.Remove()
 			return nil, err
@@ -99,7 +102,7 @@ func (c *Cgroup) makeV2(root, id string) error {
 
 func (c *Cgroup) makeV1(root, id string) error {
 	c.dirs = map[string]string{}
-	for _, ctl := range []string{"memory", "cpu", "pids", "freezer"} {
+	for _, ctl := range v1Controllers() {
 		base := filepath.Join(root, ctl)
 		if _, err := os.Stat(filepath.Join(base, "cgroup.procs")); err != nil {
 			continue // controller not mounted
@@ -231,12 +234,12 @@ func (c *Cgroup) Remove() {
 // unpause from another process.
 func OpenCgroup(id string) *Cgroup {
 	c := &Cgroup{}
-	if _, err := os.Stat(filepath.Join(cgroupRoot, "cgroup.controllers")); err == nil {
+	if isCgroup2(cgroupRoot) {
 		c.v2 = filepath.Join(cgroupRoot, "strata", id)
 		return c
 	}
 	c.dirs = map[string]string{}
-	for _, ctl := range []string{"memory", "cpu", "pids", "freezer"} {
+	for _, ctl := range v1Controllers() {
 		d := filepath.Join(cgroupRoot, ctl, "strata", id)
 		if _, err := os.Stat(d); err == nil {
 			c.dirs[ctl] = d

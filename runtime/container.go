@@ -109,7 +109,7 @@ func (s *Store) Create(ctx context.Context, c *Container) error {
 		return err
 	}
 	defer l.Unlock()
-	all, err := s.list()
+	all, err := s.List()
 	if err != nil {
 		return err
 	}
@@ -176,7 +176,8 @@ func (s *Store) load(id string) (*Container, error) {
 	return &c, nil
 }
 
-func (s *Store) list() ([]*Container, error) {
+// List returns every container, newest first.
+func (s *Store) List() ([]*Container, error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, err
@@ -196,12 +197,9 @@ func (s *Store) list() ([]*Container, error) {
 	return out, nil
 }
 
-// List returns every container, newest first.
-func (s *Store) List() ([]*Container, error) { return s.list() }
-
 // Get finds a container by ID, name or unique ID prefix.
 func (s *Store) Get(ref string) (*Container, error) {
-	all, err := s.list()
+	all, err := s.List()
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +235,7 @@ func (s *Store) Rename(ctx context.Context, c *Container, name string) error {
 	if !validName.MatchString(name) {
 		return fmt.Errorf("invalid container name %q: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed", name)
 	}
-	all, err := s.list()
+	all, err := s.List()
 	if err != nil {
 		return err
 	}

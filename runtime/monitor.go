@@ -54,20 +54,15 @@ func (s *Store) Run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		return 125, fmt.Errorf("container %s: %w", c.ID[:12], ErrRunning)
 	}
 	defer lock.Unlock()
-	st, err := s.readState(c.ID)
-	if err != nil {
+	if _, err := s.readState(c.ID); err != nil {
 		return 125, err
 	}
 	code, err := s.run(ctx, c, m, o)
+	// Finish the state run recorded: its StartedAt and OOMKilled stand.
+	st, _ := s.readState(c.ID)
 	st.Status, st.Pid, st.ExitCode, st.FinishedAt, st.Error = StatusExited, 0, code, time.Now().UTC(), ""
 	if err != nil {
 		st.Error = err.Error()
-	}
-	if st.StartedAt.IsZero() {
-		st.StartedAt = st.FinishedAt
-	}
-	if latest, rerr := s.readState(c.ID); rerr == nil {
-		st.StartedAt, st.OOMKilled = latest.StartedAt, latest.OOMKilled
 	}
 	if serr := s.SetState(c.ID, st); serr != nil && err == nil {
 		err = serr
@@ -288,7 +283,7 @@ func (s *Store) LogPath(id string) string { return filepath.Join(s.Dir(id), "con
 func ParseSignal(s string) (syscall.Signal, error) {
 	u := strings.TrimPrefix(strings.ToUpper(s), "SIG")
 	for n := syscall.Signal(1); n < 65; n++ {
-		name := strings.TrimPrefix(strings.ToUpper(unixSignalName(n)), "SIG")
+		name := strings.TrimPrefix(strings.ToUpper(unix.SignalName(n)), "SIG")
 		if name != "" && name == u {
 			return n, nil
 		}
@@ -299,5 +294,3 @@ func ParseSignal(s string) (syscall.Signal, error) {
 	}
 	return 0, fmt.Errorf("invalid signal %q", s)
 }
-
-func unixSignalName(s syscall.Signal) string { return unix.SignalName(s) }

@@ -175,7 +175,7 @@ func setupRootfs(spec *Spec) error {
 			return fmt.Errorf("init: %w", err)
 		}
 	}
-	if isCgroup2("/sys/fs/cgroup") {
+	if isCgroup2(cgroupRoot) {
 		flags := uintptr(nsd | unix.MS_NOEXEC | unix.MS_RELATIME)
 		if !spec.Privileged {
 			flags |= unix.MS_RDONLY

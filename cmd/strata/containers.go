@@ -15,13 +15,10 @@ import (
 	"strings"
 	"syscall"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
-	"github.com/stratafs/strata/fusefs"
 	"github.com/stratafs/strata/internal/daemon"
-	"github.com/stratafs/strata/layertree"
 	"github.com/stratafs/strata/lazypull"
 	"github.com/stratafs/strata/runtime"
 	"github.com/stratafs/strata/volumes"
@@ -104,18 +101,6 @@ func (a *app) imageFor(ctx context.Context, ref, pull, platform string) (*lazypu
 	return res.Image, nil
 }
 
-func (a *app) imageConfig(rec *lazypull.ImageRecord) (*v1.ConfigFile, error) {
-	b, err := a.store.Blob(rec.ConfigDigest)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := v1.ParseConfigFile(strings.NewReader(string(b)))
-	if err != nil {
-		return nil, fmt.Errorf("image config: %w", err)
-	}
-	return cfg, nil
-}
-
 // newContainer creates a container from the flags, the image and the
 // command line, as docker create does.
 func (a *app) newContainer(ctx context.Context, f *createFlags, image string, args []string) (*runtime.Container, error) {
@@ -168,7 +153,7 @@ func (a *app) newContainer(ctx context.Context, f *createFlags, image string, ar
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := a.imageConfig(rec)
+	cfg, err := a.store.Config(rec)
 	if err != nil {
 		return nil, err
 	}
@@ -223,12 +208,15 @@ func (a *app) newContainer(ctx context.Context, f *createFlags, image string, ar
 		return nil, err
 	}
 	var made []string // volumes made here, removed if creation fails
+	undo := func() {
+		for _, n := range made {
+			vs.Remove(ctx, n, func(string) []string { return nil })
+		}
+	}
 	for _, m := range specs {
 		mnt, ref, created, err := m.resolve(ctx, vs)
 		if err != nil {
-			for _, n := range made {
-				vs.Remove(ctx, n, func(string) []string { return nil })
-			}
+			undo()
 			return nil, err
 		}
 		if created {
@@ -244,9 +232,7 @@ func (a *app) newContainer(ctx context.Context, f *createFlags, image string, ar
 		return nil, err
 	}
 	if err := cs.Create(ctx, c); err != nil {
-		for _, n := range made {
-			vs.Remove(ctx, n, func(string) []string { return nil })
-		}
+		undo()
 		return nil, err
 	}
 	return c, nil
@@ -335,21 +321,9 @@ func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir
 	if err != nil {
 		return nil, err
 	}
-	dirs, err := s.LayerTrees(rec)
-	if err != nil {
-		return nil, err
-	}
-	layers, err := layertree.NewDirs(dirs...)
-	if err != nil {
-		return nil, err
-	}
-	u, err := fusefs.New(fusefs.Options{Layers: layers, UpperDir: upper, WorkDir: work, Logger: m.a.log})
-	if err != nil {
-		return nil, err
-	}
 	// A FUSE mount left by a monitor that was killed.
 	unix.Unmount(dir, unix.MNT_DETACH)
-	srv, err := fusefs.Mount(dir, u, fusefs.MountOptions{FsName: "strata:" + c.ID[:12], Container: true})
+	srv, err := m.a.mountImage(rec, dir, upper, work, "strata:"+c.ID[:12])
 	if err != nil {
 		return nil, err
 	}

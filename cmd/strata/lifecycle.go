@@ -201,6 +201,14 @@ func (a *app) stopContainer(ctx context.Context, cs *runtime.Store, c *runtime.C
 	if cs.WaitExit(wctx, c.ID) == nil {
 		return nil
 	}
+	return killContainer(ctx, cs, c)
+}
+
+// killContainer sends SIGKILL (thawing a paused container first) and
+// waits until the monitor has recorded the exit. A container that ended
+// meanwhile is no error.
+func killContainer(ctx context.Context, cs *runtime.Store, c *runtime.Container) error {
+	runtime.OpenCgroup(c.ID).Freeze(false)
 	if err := cs.Signal(c.ID, syscall.SIGKILL); err != nil && cs.MonitorAlive(c.ID) {
 		return err
 	}
@@ -248,11 +256,7 @@ func rmVerb() *verb {
 			return func(ctx context.Context, a *app, args []string) error {
 				return a.eachContainer(args, func(cs *runtime.Store, c *runtime.Container) error {
 					if *force && cs.MonitorAlive(c.ID) {
-						runtime.OpenCgroup(c.ID).Freeze(false)
-						if err := cs.Signal(c.ID, syscall.SIGKILL); err != nil && cs.MonitorAlive(c.ID) {
-							return err
-						}
-						if err := cs.WaitExit(ctx, c.ID); err != nil {
+						if err := killContainer(ctx, cs, c); err != nil {
 							return err
 						}
 					}
@@ -297,12 +301,9 @@ func logsVerb() *verb {
 				if err != nil {
 					return err
 				}
+				seen := len(entries)
 				if n >= 0 && n < len(entries) {
 					entries = entries[len(entries)-n:]
-				}
-				seen := 0
-				if all, err := cs.ReadLogs(c.ID); err == nil {
-					seen = len(all)
 				}
 				for _, e := range entries {
 					print(e)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
@@ -125,34 +126,40 @@ func (a *app) serveMount(image, dir, upper string, live func()) error {
 		return err
 	}
 	defer unpin()
-	dirs, err := s.LayerTrees(rec)
-	if err != nil {
-		return err
-	}
-	layers, err := layertree.NewDirs(dirs...)
-	if err != nil {
-		return err
-	}
-	opts := fusefs.Options{Layers: layers, Logger: a.log}
+	var upperDir, workDir string
 	switch upper {
 	case "ro":
 	case "fresh":
 		scratch := filepath.Join(s.Root(), "mounts", mountID(dir))
 		defer os.RemoveAll(scratch)
-		opts.UpperDir, opts.WorkDir = filepath.Join(scratch, "upper"), filepath.Join(scratch, "work")
+		upperDir, workDir = filepath.Join(scratch, "upper"), filepath.Join(scratch, "work")
 	default:
-		opts.UpperDir, opts.WorkDir = upper, upper+".work"
+		upperDir, workDir = upper, upper+".work"
 	}
-	u, err := fusefs.New(opts)
-	if err != nil {
-		return err
-	}
-	srv, err := fusefs.Mount(dir, u, fusefs.MountOptions{FsName: "strata:" + lazypull.ShortID(rec.ConfigDigest), Container: true})
+	srv, err := a.mountImage(rec, dir, upperDir, workDir, "strata:"+lazypull.ShortID(rec.ConfigDigest))
 	if err != nil {
 		return err
 	}
 	daemon.Serve(srv, live)
 	return nil
+}
+
+// mountImage mounts an image's layers under upper (none: read-only) at
+// dir as a container root, served by this process.
+func (a *app) mountImage(rec *lazypull.ImageRecord, dir, upper, work, fsName string) (*fuse.Server, error) {
+	dirs, err := a.store.LayerTrees(rec)
+	if err != nil {
+		return nil, err
+	}
+	layers, err := layertree.NewDirs(dirs...)
+	if err != nil {
+		return nil, err
+	}
+	u, err := fusefs.New(fusefs.Options{Layers: layers, UpperDir: upper, WorkDir: work, Logger: a.log})
+	if err != nil {
+		return nil, err
+	}
+	return fusefs.Mount(dir, u, fusefs.MountOptions{FsName: fsName, Container: true})
 }
 
 func umountVerb() *verb {
