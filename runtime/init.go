@@ -17,8 +17,11 @@ import (
 
 // The descriptors the init process is given besides stdio.
 const (
-	specFd   = 3 // the Spec as JSON; EOF once the monitor has placed the process in its cgroups
-	statusFd = 4 // close-on-exec: EOF means the command started, a JSON InitError means it did not
+	specFd    = 3 // the Spec as JSON; EOF once the monitor has placed the process in its cgroups
+	statusFd  = 4 // close-on-exec: EOF means the command started, a JSON InitError means it did not
+	selfFd    = 5 // the sealed copy of strata the init runs from
+	consoleFd = 6 // with Spec.Tty: a socket to send the terminal's master side over
+	joinFd    = 7 // with Spec.Join: a pidfd of the container's first process
 )
 
 // InitError is why the container's command could not be started, with the
@@ -31,17 +34,22 @@ type InitError struct {
 
 func (e *InitError) Error() string { return e.Msg }
 
-// Init turns the process it runs in, PID 1 of fresh namespaces, into the
-// container's command. It is what the hidden `strata init` verb runs: the
-// monitor re-executes the strata binary with the namespace clone flags, so
-// no Go code runs between fork and exec in the multithreaded monitor. It
-// returns only on failure, having reported it to the monitor.
+// Init turns the process it runs in into the container's command. It is
+// what the hidden `strata init` verb runs: the monitor re-executes strata
+// with the namespace clone flags, so no Go code runs between fork and
+// exec in the multithreaded monitor. As PID 1 of fresh namespaces it sets
+// them up; started by exec (Spec.Join) it joins a running container's.
+// It returns only on failure, having reported it to its starter, or, as
+// a reaping init (Spec.Init), with the command's exit code.
 func Init() int {
-	// Capabilities and the bounding set are per thread; the command is
-	// exec'd from this one.
+	// Capabilities, the bounding set and joined namespaces are per thread;
+	// the command is started from this one.
 	goruntime.LockOSThread()
 	status := os.NewFile(statusFd, "status")
-	err := initContainer()
+	code, err := initContainer(status)
+	if err == nil {
+		return code
+	}
 	var ie *InitError
 	if !errors.As(err, &ie) {
 		ie = &InitError{Code: 125, Msg: err.Error()}
@@ -52,19 +60,31 @@ func Init() int {
 	return ie.Code
 }
 
-func initContainer() error {
+func initContainer(status *os.File) (int, error) {
 	in := os.NewFile(specFd, "spec")
 	if in == nil {
-		return errors.New("init: no spec (strata init is started by strata run)")
+		return 0, errors.New("init: no spec (strata init is started by strata run)")
 	}
 	var spec Spec
 	if err := json.NewDecoder(in).Decode(&spec); err != nil {
-		return fmt.Errorf("init: read spec: %w", err)
+		return 0, fmt.Errorf("init: read spec: %w", err)
 	}
-	// The monitor closes the pipe once the process is in its cgroups.
+	// The starter closes the pipe once the process is in its cgroups.
 	io.Copy(io.Discard, in)
 	in.Close()
+	setup := setupContainer
+	if spec.Join {
+		setup = joinContainer
+	}
+	if err := setup(&spec); err != nil {
+		return 0, err
+	}
+	return startCommand(&spec, status)
+}
 
+// setupContainer makes the container's world as PID 1 of its new
+// namespaces: its root filesystem with mounts, hostname and network.
+func setupContainer(spec *Spec) error {
 	unix.Umask(0)
 	// A cgroup namespace rooted at the container's own cgroups, for this
 	// thread and so for the command.
@@ -74,7 +94,7 @@ func initContainer() error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("init: make mounts private: %w", err)
 	}
-	if err := setupRootfs(&spec); err != nil {
+	if err := setupRootfs(spec); err != nil {
 		return err
 	}
 	if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
@@ -89,12 +109,8 @@ func initContainer() error {
 		return err
 	}
 	// The working directory is made before the root may turn read-only.
-	cwd := spec.Cwd
-	if cwd == "" {
-		cwd = "/"
-	}
-	if err := os.MkdirAll(cwd, 0o755); err != nil {
-		return fmt.Errorf("init: working directory %s: %w", cwd, err)
+	if err := os.MkdirAll(orDefault(spec.Cwd, "/"), 0o755); err != nil {
+		return fmt.Errorf("init: working directory %s: %w", spec.Cwd, err)
 	}
 	if !spec.Privileged {
 		if err := maskPaths(); err != nil {
@@ -107,30 +123,60 @@ func initContainer() error {
 		}
 	}
 	unix.Umask(0o022)
+	return nil
+}
 
+// joinContainer enters the namespaces of a running container, whose PID
+// namespace the starter has already put this process in.
+func joinContainer(*Spec) error {
+	// Joining a mount namespace takes a thread that shares its root and
+	// working directory with no other: this locked one, which the
+	// command is started from.
+	if err := unix.Unshare(unix.CLONE_FS); err != nil {
+		return fmt.Errorf("exec: unshare filesystem attributes: %w", err)
+	}
+	ns := unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWNET | unix.CLONE_NEWCGROUP
+	if err := unix.Setns(joinFd, ns); err != nil {
+		return fmt.Errorf("exec: join the container's namespaces: %w", err)
+	}
+	return nil
+}
+
+// startCommand runs the command in the container: exec'd in place, or as
+// the child of a reaping init (Spec.Init).
+func startCommand(spec *Spec, status *os.File) (int, error) {
 	u, err := resolveUser(spec.User)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	env := containerEnv(spec.Env, spec.Hostname, u.home)
+	cwd := orDefault(spec.Cwd, "/")
 	if err := os.Chdir(cwd); err != nil {
-		return fmt.Errorf("init: working directory %s: %w", cwd, err)
+		return 0, &InitError{Code: 126, Msg: fmt.Sprintf("working directory %s: %v", cwd, err)}
 	}
 	if len(spec.Args) == 0 {
-		return &InitError{Code: 125, Msg: "no command specified"}
+		return 0, &InitError{Code: 125, Msg: "no command specified"}
 	}
 	bin, err := lookPath(spec.Args[0], envValue(env, "PATH"))
 	if err != nil {
-		return err
+		return 0, err
+	}
+	if spec.Tty {
+		if err := setupTerminal(consoleFd, u.uid, spec.ConsoleSize); err != nil {
+			return 0, err
+		}
 	}
 	if err := setIdentity(u, spec.Capabilities); err != nil {
-		return err
+		return 0, err
 	}
 	if err := closeOnExecFrom(3); err != nil {
-		return fmt.Errorf("init: %w", err)
+		return 0, fmt.Errorf("init: %w", err)
+	}
+	if spec.Init {
+		return reap(bin, spec.Args, env, spec.Tty, status)
 	}
 	err = unix.Exec(bin, spec.Args, env)
-	return execError(spec.Args[0], err)
+	return 0, execError(spec.Args[0], err)
 }
 
 // execError classifies a failed exec as docker does.

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -30,6 +31,9 @@ type RootfsMounter interface {
 type RunOptions struct {
 	// Stdin is the container's standard input; nil is /dev/null.
 	Stdin *os.File
+	// Terminal is the caller's terminal, whose size a container with a
+	// terminal of its own (Spec.Tty) follows; nil when detached.
+	Terminal *os.File
 	// Stdout and Stderr get the container's output besides its log; nil
 	// for the log only (detached).
 	Stdout, Stderr io.Writer
@@ -125,7 +129,15 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 	go func() { defer copying.Done(); logw.copy(outR, "stdout", o.Stdout) }()
 	go func() { defer copying.Done(); logw.copy(errR, "stderr", o.Stderr) }()
 
-	p, err := StartProcess(&spec, Stdio{Stdin: o.Stdin, Stdout: outW, Stderr: errW}, cg.Add)
+	stdio := Stdio{Stdin: o.Stdin, Stdout: outW, Stderr: errW}
+	if spec.Tty {
+		// The terminal replaces all three; its output is logged as stdout.
+		stdio.Stdin = nil
+		if o.Terminal != nil {
+			spec.ConsoleSize = TerminalSize(o.Terminal)
+		}
+	}
+	p, err := StartProcess(&spec, stdio, cg.Add)
 	outW.Close()
 	errW.Close()
 	if err != nil {
@@ -135,6 +147,16 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 			return ie.Code, err
 		}
 		return 125, err
+	}
+	if p.Console != nil {
+		copying.Add(1)
+		go func() { defer copying.Done(); logw.copy(p.Console, "stdout", o.Stdout) }()
+		if o.Stdin != nil {
+			go io.Copy(p.Console, o.Stdin)
+		}
+		if o.Terminal != nil {
+			defer FollowTerminalSize(p.Console, o.Terminal)()
+		}
 	}
 	if err := s.SetState(c.ID, State{Status: StatusRunning, Pid: p.Pid, StartedAt: time.Now().UTC()}); err != nil {
 		p.Signal(syscall.SIGKILL)
@@ -224,27 +246,51 @@ func openLog(p string) (*logWriter, error) {
 	return &logWriter{f: f, w: bufio.NewWriter(f)}, nil
 }
 
-// copy logs r line by line as stream, and copies it to also when set.
+// copy passes what r gives on to also (when set) as it comes, and logs it
+// line by line as stream.
 func (l *logWriter) copy(r *os.File, stream string, also io.Writer) {
 	defer r.Close()
-	br := bufio.NewReaderSize(r, 64<<10)
+	buf := make([]byte, 32<<10)
+	var line []byte
 	for {
-		line, err := br.ReadString('\n')
-		if line != "" {
+		n, err := r.Read(buf)
+		if n > 0 {
 			if also != nil {
-				io.WriteString(also, line)
+				also.Write(buf[:n])
 			}
-			b, _ := json.Marshal(LogEntry{Log: line, Stream: stream, Time: time.Now().UTC()})
-			l.mu.Lock()
-			l.w.Write(append(b, '\n'))
-			// Flushed per line so `logs -f` sees output as it comes.
-			l.w.Flush()
-			l.mu.Unlock()
+			line = append(line, buf[:n]...)
+			rest := line
+			for {
+				i := bytes.IndexByte(rest, '\n')
+				// Docker splits long lines in 16 KiB entries.
+				if i < 0 && len(rest) >= 16<<10 {
+					i = 16<<10 - 1
+				}
+				if i < 0 {
+					break
+				}
+				l.entry(rest[:i+1], stream)
+				rest = rest[i+1:]
+			}
+			line = append(line[:0], rest...)
 		}
 		if err != nil {
+			// A terminal's master side ends with EIO once the process is gone.
+			if len(line) > 0 {
+				l.entry(line, stream)
+			}
 			return
 		}
 	}
+}
+
+func (l *logWriter) entry(b []byte, stream string) {
+	e, _ := json.Marshal(LogEntry{Log: string(b), Stream: stream, Time: time.Now().UTC()})
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.w.Write(append(e, '\n'))
+	// Flushed per line so `logs -f` sees output as it comes.
+	l.w.Flush()
 }
 
 func (l *logWriter) Close() error {

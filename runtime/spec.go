@@ -31,12 +31,23 @@ type Spec struct {
 	Privileged   bool     `json:"privileged,omitempty"`
 	// Init runs a reaping init as PID 1 with the command as its child.
 	Init bool `json:"init,omitempty"`
-	// Tty: the process gets the terminal at descriptors 0-2 as its
-	// controlling terminal.
+	// Tty gives the process a terminal of the container's own /dev/pts as
+	// descriptors 0-2 and controlling terminal.
 	Tty bool `json:"tty,omitempty"`
+	// ConsoleSize is the terminal's size at start, when known.
+	ConsoleSize *ConsoleSize `json:"consoleSize,omitempty"`
+	// Join starts the process in the namespaces of a running container
+	// (exec) instead of setting up new ones.
+	Join bool `json:"join,omitempty"`
 	// Files are written over paths of the container (hostname, hosts,
 	// resolv.conf): host path → container path, bind-mounted.
 	Files []Mount `json:"files,omitempty"`
+}
+
+// ConsoleSize is a terminal's size in characters.
+type ConsoleSize struct {
+	Height uint16 `json:"height"`
+	Width  uint16 `json:"width"`
 }
 
 // Mount is one mount into the container.

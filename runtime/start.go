@@ -7,31 +7,59 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	goruntime "runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
 // Stdio is what the container's process gets as descriptors 0, 1 and 2;
-// nil is /dev/null.
+// nil is /dev/null. With a terminal (Spec.Tty) they are ignored: the
+// process gets the terminal, and Process.Console is its other side.
 type Stdio struct {
 	Stdin, Stdout, Stderr *os.File
 }
 
-// Process is a started container process, PID 1 of its namespaces.
+// Process is a started container process: PID 1 of its namespaces, or a
+// process started in them by exec.
 type Process struct {
 	cmd *exec.Cmd
 	// Pid is the process's ID in strata's PID namespace.
 	Pid int
+	// Console is the master side of the process's terminal (Spec.Tty).
+	Console *os.File
 }
 
-// StartProcess starts the container's first process: the running binary
-// re-executed as `strata init` in new mount, PID, UTS, IPC and cgroup
-// namespaces (and network, unless spec.Network is "host"). place is called
-// with its PID before it does anything, to put it in its cgroups. It
-// returns once the command runs, or with an *InitError when it could not
-// be started.
+// StartProcess starts the container's first process: strata's own binary,
+// from a sealed copy, run as `strata init` in new mount, PID, UTS, IPC
+// and cgroup namespaces (and network, unless spec.Network is "host").
+// place is called with its PID before it does anything, to put it in its
+// cgroups. It returns once the command runs, or with an *InitError when
+// it could not be started.
 func StartProcess(spec *Spec, stdio Stdio, place func(pid int) error) (*Process, error) {
+	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC)
+	if spec.Network != "host" {
+		flags |= unix.CLONE_NEWNET
+	}
+	s := *spec
+	s.Join = false
+	return start(&s, stdio, place, flags, nil)
+}
+
+// execProcess starts a process in the namespaces of a running container,
+// whose first process pidfd refers to.
+func execProcess(pidfd *os.File, spec *Spec, stdio Stdio, place func(pid int) error) (*Process, error) {
+	s := *spec
+	s.Join = true
+	return start(&s, stdio, place, 0, pidfd)
+}
+
+func start(spec *Spec, stdio Stdio, place func(pid int) error, cloneFlags uintptr, join *os.File) (*Process, error) {
+	self, err := sealedSelf()
+	if err != nil {
+		return nil, err
+	}
+	defer self.Close()
 	specR, specW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -44,24 +72,33 @@ func StartProcess(spec *Spec, stdio Stdio, place func(pid int) error) (*Process,
 	}
 	defer statusR.Close()
 	defer statusW.Close()
-
-	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC)
-	if spec.Network != "host" {
-		flags |= unix.CLONE_NEWNET
+	var consoleHere, consoleThere *os.File
+	if spec.Tty {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("console socket: %w", err)
+		}
+		consoleHere, consoleThere = os.NewFile(uintptr(fds[0]), "console"), os.NewFile(uintptr(fds[1]), "console")
+		defer consoleHere.Close()
+		defer consoleThere.Close()
 	}
+
+	extra := make([]*os.File, joinFd-specFd+1)
+	extra[specFd-3], extra[statusFd-3], extra[selfFd-3], extra[consoleFd-3], extra[joinFd-3] = specR, statusW, self, consoleThere, join
 	cmd := &exec.Cmd{
-		Path:       "/proc/self/exe",
+		Path:       fdPath(selfFd),
 		Args:       []string{"strata", "init"},
 		Env:        []string{},
-		ExtraFiles: []*os.File{specR, statusW},
+		ExtraFiles: extra,
 		SysProcAttr: &syscall.SysProcAttr{
-			Cloneflags: flags,
-			// The container dies with its monitor, which serves its rootfs.
-			Pdeathsig: syscall.SIGKILL,
-			Setsid:    true,
-			Setctty:   spec.Tty,
-			Ctty:      0,
+			Cloneflags: cloneFlags,
+			// A session of its own, so a terminal can be its controlling one.
+			Setsid: true,
 		},
+	}
+	if join == nil {
+		// The container dies with its monitor, which serves its rootfs.
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
 	// Assigned one by one: a nil *os.File must stay a nil io.Reader.
 	if stdio.Stdin != nil {
@@ -73,11 +110,14 @@ func StartProcess(spec *Spec, stdio Stdio, place func(pid int) error) (*Process,
 	if stdio.Stderr != nil {
 		cmd.Stderr = stdio.Stderr
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startIn(cmd, join); err != nil {
 		return nil, fmt.Errorf("start container init: %w", err)
 	}
 	specR.Close()
 	statusW.Close()
+	if consoleThere != nil {
+		consoleThere.Close()
+	}
 	p := &Process{cmd: cmd, Pid: cmd.Process.Pid}
 	fail := func(err error) (*Process, error) {
 		cmd.Process.Kill()
@@ -105,10 +145,59 @@ func StartProcess(spec *Spec, stdio Stdio, place func(pid int) error) (*Process,
 		cmd.Wait()
 		return nil, &ie
 	}
+	if consoleHere != nil {
+		// Sent before the command was exec'd, so it is waiting here.
+		if p.Console, err = receiveFd(consoleHere); err != nil {
+			return fail(fmt.Errorf("receive the container's terminal: %w", err))
+		}
+	}
 	return p, nil
 }
 
-// Signal sends sig to the container's first process.
+// startIn starts cmd; with join, in the PID namespace of the process the
+// pidfd join refers to. Only children enter a PID namespace, so the
+// thread that forks joins it first; that thread is then unfit for other
+// goroutines and is left locked, so that it ends with this one.
+func startIn(cmd *exec.Cmd, join *os.File) error {
+	if join == nil {
+		return cmd.Start()
+	}
+	done := make(chan error, 1)
+	go func() {
+		goruntime.LockOSThread()
+		if err := unix.Setns(int(join.Fd()), unix.CLONE_NEWPID); err != nil {
+			done <- fmt.Errorf("join the container's PID namespace: %w", err)
+			return
+		}
+		done <- cmd.Start()
+	}()
+	return <-done
+}
+
+// receiveFd takes one descriptor sent over a unix socket.
+func receiveFd(sock *os.File) (*os.File, error) {
+	buf, oob := make([]byte, 1), make([]byte, unix.CmsgSpace(4))
+	_, oobn, _, _, err := unix.Recvmsg(int(sock.Fd()), buf, oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		return nil, fmt.Errorf("no descriptor received (%v)", err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return nil, fmt.Errorf("no descriptor received (%v)", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "console"), nil
+}
+
+// sendFd sends one descriptor over a unix socket.
+func sendFd(sock int, fd int) error {
+	return unix.Sendmsg(sock, []byte{0}, unix.UnixRights(fd), nil, 0)
+}
+
+// Signal sends sig to the process.
 func (p *Process) Signal(sig syscall.Signal) error {
 	return p.cmd.Process.Signal(sig)
 }

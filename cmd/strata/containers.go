@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/internal/term"
 	"github.com/stratafs/strata/lazypull"
 	"github.com/stratafs/strata/runtime"
 	"github.com/stratafs/strata/volumes"
@@ -61,11 +62,11 @@ func (f *createFlags) register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.capAdd, "cap-add", nil, "add a Linux capability")
 	fs.StringArrayVar(&f.capDrop, "cap-drop", nil, "drop a Linux capability")
 	fs.BoolVarP(&f.interactive, "interactive", "i", false, "keep standard input open")
-	fs.BoolVarP(&f.tty, "tty", "t", false, "allocate a terminal (not yet supported)")
+	fs.BoolVarP(&f.tty, "tty", "t", false, "allocate a terminal")
 	fs.BoolVar(&f.rm, "rm", false, "remove the container (and its anonymous volumes) when it exits")
 	fs.BoolVar(&f.readOnly, "read-only", false, "mount the container's root filesystem read-only")
 	fs.BoolVar(&f.privileged, "privileged", false, "give the container all capabilities, the host's devices, no masked paths")
-	fs.BoolVar(&f.init, "init", false, "run a reaping init as PID 1 (not yet supported)")
+	fs.BoolVar(&f.init, "init", false, "run a reaping init as PID 1, the command its child")
 }
 
 // imageFor finds the image, pulling it as --pull says.
@@ -104,12 +105,6 @@ func (a *app) imageFor(ctx context.Context, ref, pull, platform string) (*lazypu
 // newContainer creates a container from the flags, the image and the
 // command line, as docker create does.
 func (a *app) newContainer(ctx context.Context, f *createFlags, image string, args []string) (*runtime.Container, error) {
-	if f.tty {
-		return nil, &usageError{msg: "-t/--tty: terminals are not supported yet"}
-	}
-	if f.init {
-		return nil, &usageError{msg: "--init: not supported yet"}
-	}
 	if f.network != "none" && f.network != "host" {
 		return nil, &usageError{msg: fmt.Sprintf("invalid --network %q: want none or host", f.network)}
 	}
@@ -198,7 +193,7 @@ func (a *app) newContainer(ctx context.Context, f *createFlags, image string, ar
 		Spec: runtime.Spec{
 			Args: argv, Env: append(slices.Clone(ic.Env), env...), Cwd: workdir, User: user,
 			Hostname: f.hostname, Network: f.network, ReadonlyRootfs: f.readOnly,
-			Capabilities: caps, Privileged: f.privileged,
+			Capabilities: caps, Privileged: f.privileged, Tty: f.tty, Init: f.init,
 		},
 		Resources: res, StopSignal: stopSignal, StopTimeout: f.stopTimeout,
 		AutoRemove: f.rm, Interactive: f.interactive,
@@ -405,6 +400,16 @@ func (a *app) runForeground(ctx context.Context, c *runtime.Container, interacti
 	o := runtime.RunOptions{Stdout: a.stdout, Stderr: a.stderr, Signals: sigs}
 	if interactive {
 		o.Stdin = os.Stdin
+	}
+	if c.Spec.Tty && term.IsTerminal(os.Stdin.Fd()) {
+		o.Terminal = os.Stdin
+		if interactive {
+			restore, err := term.MakeRaw(os.Stdin.Fd())
+			if err != nil {
+				return runError(fmt.Errorf("terminal: raw mode: %w", err))
+			}
+			defer restore()
+		}
 	}
 	// Signals go to the container, not to this context.
 	code, err := cs.Run(context.WithoutCancel(ctx), c, storeMounter{a}, o)

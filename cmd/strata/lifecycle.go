@@ -111,6 +111,7 @@ func psVerb() *verb {
 			all := fs.BoolP("all", "a", false, "show all containers (default: running ones)")
 			quiet := fs.BoolP("quiet", "q", false, "print only container IDs")
 			format := fs.String("format", "", "json: one JSON object per line")
+			noTrunc := fs.Bool("no-trunc", false, "do not truncate IDs and commands")
 			return func(ctx context.Context, a *app, _ []string) error {
 				if *format != "" && *format != "json" {
 					return &usageError{msg: fmt.Sprintf("unsupported --format %q: want json", *format)}
@@ -135,8 +136,11 @@ func psVerb() *verb {
 					if !*all && st.Status != runtime.StatusRunning && st.Status != runtime.StatusPaused {
 						continue
 					}
-					row := psRow{ID: c.ID[:12], Image: c.Image, Command: quoteCommand(c.Spec.Args),
+					row := psRow{ID: c.ID[:12], Image: c.Image, Command: quoteCommand(c.Spec.Args, *noTrunc),
 						Created: c.Created.Format(time.RFC3339), Status: statusText(st), State: st.Status, Names: c.Name}
+					if *noTrunc {
+						row.ID = c.ID
+					}
 					switch {
 					case *quiet:
 						fmt.Fprintln(a.stdout, row.ID)
@@ -152,9 +156,9 @@ func psVerb() *verb {
 		}}
 }
 
-func quoteCommand(args []string) string {
+func quoteCommand(args []string, full bool) string {
 	s := strings.Join(args, " ")
-	if len(s) > 20 {
+	if len(s) > 20 && !full {
 		s = s[:19] + "…"
 	}
 	return `"` + s + `"`

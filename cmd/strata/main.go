@@ -86,7 +86,7 @@ func verbs() []*verb {
 	return []*verb{
 		pullVerb(), imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(),
 		mountVerb(), mountServerVerb(), umountVerb(),
-		runVerb(), createVerb(), startVerb(), psVerb(), stopVerb(), killVerb(), rmVerb(), logsVerb(),
+		runVerb(), execVerb(), createVerb(), startVerb(), psVerb(), stopVerb(), killVerb(), rmVerb(), logsVerb(),
 		waitVerb(), renameVerb(), pauseVerb(true), pauseVerb(false), volumeVerb(), monitorVerb(), initVerb(),
 	}
 }
