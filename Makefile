@@ -10,7 +10,7 @@ BIN     := bin
 # union peers; podman (with runc, which copes with hybrid cgroups) runs
 # containers on strata-overlay.
 TEST_DEPS  := busybox-static skopeo umoci fuse3 fuse-overlayfs ca-certificates podman runc
-BENCH_DEPS := $(TEST_DEPS) debootstrap
+BENCH_DEPS := $(TEST_DEPS) debootstrap crun
 # Packages with goroutines of their own; the race detector runs on them.
 RACE_PKGS  := ./lazypull/... ./whiteout/... ./fusefs/... ./layertree/... ./internal/... ./runtime/... ./volumes/...
 

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -69,27 +70,45 @@ func initContainer(status *os.File) (int, error) {
 	if err := json.NewDecoder(in).Decode(&spec); err != nil {
 		return 0, fmt.Errorf("init: read spec: %w", err)
 	}
-	// The starter closes the pipe once the process is in its cgroups.
-	io.Copy(io.Discard, in)
-	in.Close()
+	// The starter closes the pipe once the process is in its cgroups; on
+	// v1 that move waits for an RCU grace period, so the container is set
+	// up meanwhile, and only the command must wait.
+	placed := sync.OnceFunc(func() {
+		io.Copy(io.Discard, in)
+		in.Close()
+	})
+	enterCgroup := sync.OnceValue(func() error {
+		placed()
+		if spec.Join {
+			return nil // joined with the container's other namespaces
+		}
+		// A cgroup namespace rooted at the container's own cgroups, for
+		// this thread and so for the command.
+		if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+			return fmt.Errorf("init: cgroup namespace: %w", err)
+		}
+		return nil
+	})
 	setup := setupContainer
 	if spec.Join {
 		setup = joinContainer
 	}
-	if err := setup(&spec); err != nil {
+	if err := setup(&spec, enterCgroup); err != nil {
 		return 0, err
 	}
-	return startCommand(&spec, status)
+	return startCommand(&spec, status, enterCgroup)
 }
 
 // setupContainer makes the container's world as PID 1 of its new
 // namespaces: its root filesystem with mounts, hostname and network.
-func setupContainer(spec *Spec) error {
+func setupContainer(spec *Spec, enterCgroup func() error) error {
 	unix.Umask(0)
-	// A cgroup namespace rooted at the container's own cgroups, for this
-	// thread and so for the command.
-	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
-		return fmt.Errorf("init: cgroup namespace: %w", err)
+	// The cgroup2 filesystem the container gets shows the namespace of
+	// the process that mounts it.
+	if isCgroup2(cgroupRoot) {
+		if err := enterCgroup(); err != nil {
+			return err
+		}
 	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("init: make mounts private: %w", err)
@@ -128,7 +147,7 @@ func setupContainer(spec *Spec) error {
 
 // joinContainer enters the namespaces of a running container, whose PID
 // namespace the starter has already put this process in.
-func joinContainer(*Spec) error {
+func joinContainer(*Spec, func() error) error {
 	// Joining a mount namespace takes a thread that shares its root and
 	// working directory with no other: this locked one, which the
 	// command is started from.
@@ -144,7 +163,7 @@ func joinContainer(*Spec) error {
 
 // startCommand runs the command in the container: exec'd in place, or as
 // the child of a reaping init (Spec.Init).
-func startCommand(spec *Spec, status *os.File) (int, error) {
+func startCommand(spec *Spec, status *os.File, enterCgroup func() error) (int, error) {
 	u, err := resolveUser(spec.User)
 	if err != nil {
 		return 0, err
@@ -165,6 +184,9 @@ func startCommand(spec *Spec, status *os.File) (int, error) {
 		if err := setupTerminal(consoleFd, u.uid, spec.ConsoleSize); err != nil {
 			return 0, err
 		}
+	}
+	if err := enterCgroup(); err != nil {
+		return 0, err
 	}
 	if err := setIdentity(u, spec.Capabilities); err != nil {
 		return 0, err

@@ -7,14 +7,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sealedSelf returns a sealed in-memory copy of the running binary.
+// SealedSelf returns a sealed in-memory copy of the running binary.
 //
 // Whatever strata runs inside a container (its init, the helper of exec)
 // is executed from this copy, never from the binary on the host: a
 // process in the container can reach the executable of any process it
 // sees through /proc/PID/exe, and could otherwise write into the host's
 // strata binary (CVE-2019-5736). The seals make the copy unwritable.
-func sealedSelf() (*os.File, error) {
+func SealedSelf() (*os.File, error) {
 	self, err := os.Open("/proc/self/exe")
 	if err != nil {
 		return nil, fmt.Errorf("open own binary: %w", err)
@@ -47,4 +47,20 @@ func sealedSelf() (*os.File, error) {
 		return fail(fmt.Errorf("seal: %w", err))
 	}
 	return mem, nil
+}
+
+// sealedSelfAsync makes the sealed copy in the background; the function
+// it returns waits for it.
+func sealedSelfAsync() func() (*os.File, error) {
+	done := make(chan struct{})
+	var f *os.File
+	var err error
+	go func() {
+		f, err = SealedSelf()
+		close(done)
+	}()
+	return func() (*os.File, error) {
+		<-done
+		return f, err
+	}
 }

@@ -31,35 +31,35 @@ type Process struct {
 }
 
 // StartProcess starts the container's first process: strata's own binary,
-// from a sealed copy, run as `strata init` in new mount, PID, UTS, IPC
+// from self, its sealed copy (SealedSelf), run as `strata init` in new mount, PID, UTS, IPC
 // and cgroup namespaces (and network, unless spec.Network is "host").
 // place is called with its PID before it does anything, to put it in its
 // cgroups. It returns once the command runs, or with an *InitError when
 // it could not be started.
-func StartProcess(spec *Spec, stdio Stdio, place func(pid int) error) (*Process, error) {
+func StartProcess(spec *Spec, stdio Stdio, self *os.File, place func(pid int) error) (*Process, error) {
 	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC)
 	if spec.Network != "host" {
 		flags |= unix.CLONE_NEWNET
 	}
 	s := *spec
 	s.Join = false
-	return start(&s, stdio, place, flags, nil)
+	return start(&s, stdio, self, place, flags, nil)
 }
 
 // execProcess starts a process in the namespaces of a running container,
 // whose first process pidfd refers to.
 func execProcess(pidfd *os.File, spec *Spec, stdio Stdio, place func(pid int) error) (*Process, error) {
-	s := *spec
-	s.Join = true
-	return start(&s, stdio, place, 0, pidfd)
-}
-
-func start(spec *Spec, stdio Stdio, place func(pid int) error, cloneFlags uintptr, join *os.File) (*Process, error) {
-	self, err := sealedSelf()
+	self, err := SealedSelf()
 	if err != nil {
 		return nil, err
 	}
 	defer self.Close()
+	s := *spec
+	s.Join = true
+	return start(&s, stdio, self, place, 0, pidfd)
+}
+
+func start(spec *Spec, stdio Stdio, self *os.File, place func(pid int) error, cloneFlags uintptr, join *os.File) (*Process, error) {
 	specR, specW, err := os.Pipe()
 	if err != nil {
 		return nil, err

@@ -34,7 +34,7 @@ func run() int {
 	bigSize := fs.Int64("big-size", 1<<30, "union: size of the large file in bytes")
 	overlayBin := fs.String("strata-overlay", "", "union: the strata-overlay binary to measure (default: beside this binary)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: strata bench [OPTIONS] SCENARIO\n\nScenarios:\n  pull   full pull of a multi-layer image: strata vs skopeo copy + umoci unpack\n  union  the union filesystem: strata vs kernel overlayfs, fuse-overlayfs and a native directory\n\nOptions:\n")
+		fmt.Fprintf(fs.Output(), "Usage: strata bench [OPTIONS] SCENARIO\n\nScenarios:\n  pull   full pull of a multi-layer image: strata vs skopeo copy + umoci unpack\n  union  the union filesystem: strata vs kernel overlayfs, fuse-overlayfs and a native directory\n  start  warm container start: strata run vs crun and runc on a bundle, and podman\n\nOptions:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -43,7 +43,7 @@ func run() int {
 		}
 		return 125
 	}
-	if fs.NArg() != 1 || (fs.Arg(0) != "pull" && fs.Arg(0) != "union") {
+	if fs.NArg() != 1 || (fs.Arg(0) != "pull" && fs.Arg(0) != "union" && fs.Arg(0) != "start") {
 		fs.Usage()
 		return 125
 	}
@@ -61,6 +61,16 @@ func run() int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if fs.Arg(0) == "start" {
+		rep, err := bench.Start(ctx, bench.StartOptions{Strata: *strataBin, Runs: *runs, WorkDir: *workDir, Log: log})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "strata bench start: %v\n", err)
+			return 1
+		}
+		rep.Command = "strata bench " + strings.Join(os.Args[1:], " ")
+		fmt.Print(rep.Markdown())
+		return 0
+	}
 	if fs.Arg(0) == "union" {
 		// The Debian image's layers, built by the pull scenario or here.
 		if err := bench.BuildDebian(ctx, *workDir); err != nil {

@@ -346,6 +346,7 @@ func runVerb() *verb {
 			f.register(fs)
 			detach := fs.BoolP("detach", "d", false, "run in the background and print the container ID")
 			return func(ctx context.Context, a *app, args []string) error {
+				runtime.WarmMigration()
 				f.entrypointSet = fs.Changed("entrypoint")
 				c, err := a.newContainer(ctx, &f, args[0], args[1:])
 				if err != nil {
