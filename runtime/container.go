@@ -307,6 +307,7 @@ func (s *Store) reap(id string, pid int) {
 		unix.Kill(pid, unix.SIGKILL)
 	}
 	unix.Unmount(filepath.Join(s.Dir(id), "rootfs"), unix.MNT_DETACH)
+	detachAll(s.Dir(id))
 	cg.Remove()
 }
 
@@ -342,6 +343,7 @@ func (s *Store) Remove(ctx context.Context, c *Container) error {
 	}
 	dir := s.Dir(c.ID)
 	unix.Unmount(filepath.Join(dir, "rootfs"), unix.MNT_DETACH)
+	detachAll(dir)
 	// Rename first, so a half-removed container never lists.
 	gone := filepath.Join(s.dir, ".rm-"+c.ID)
 	if err := os.Rename(dir, gone); err != nil {

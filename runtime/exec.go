@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,5 +41,7 @@ func (s *Store) Exec(c *Container, spec *Spec, stdio Stdio) (*Process, error) {
 	if !sameContainer(st.Pid, c.ID) {
 		return nil, fmt.Errorf("container %s %w", c.ID[:12], ErrNotRunning)
 	}
-	return execProcess(pidfd, spec, stdio, OpenCgroup(c.ID).Add)
+	// Each exec its own path, for execs at once.
+	self := filepath.Join(s.Dir(c.ID), "exec-"+strconv.Itoa(os.Getpid()))
+	return execProcess(pidfd, spec, stdio, self, OpenCgroup(c.ID).Add)
 }

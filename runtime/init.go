@@ -20,9 +20,8 @@ import (
 const (
 	specFd    = 3 // the Spec as JSON; EOF once the monitor has placed the process in its cgroups
 	statusFd  = 4 // close-on-exec: EOF means the command started, a JSON InitError means it did not
-	selfFd    = 5 // the sealed copy of strata the init runs from
-	consoleFd = 6 // with Spec.Tty: a socket to send the terminal's master side over
-	joinFd    = 7 // with Spec.Join: a pidfd of the container's first process
+	consoleFd = 5 // with Spec.Tty: a socket to send the terminal's master side over
+	joinFd    = 6 // with Spec.Join: a pidfd of the container's first process
 )
 
 // InitError is why the container's command could not be started, with the

@@ -76,14 +76,6 @@ func (s *Store) Run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 
 func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOptions) (int, error) {
 	WarmMigration()
-	// The copy of strata the container's init runs from is made while the
-	// root filesystem mounts.
-	sealed := sealedSelfAsync()
-	defer func() {
-		if f, _ := sealed(); f != nil {
-			f.Close()
-		}
-	}()
 	dir := s.Dir(c.ID)
 	rootfs, upper, work := filepath.Join(dir, "rootfs"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
 	for _, d := range []string{rootfs, upper, work} {
@@ -146,14 +138,7 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 			spec.ConsoleSize = TerminalSize(o.Terminal)
 		}
 	}
-	bin, err := sealed()
-	if err != nil {
-		outW.Close()
-		errW.Close()
-		copying.Wait()
-		return 125, err
-	}
-	p, err := StartProcess(&spec, stdio, bin, cg.Add)
+	p, err := StartProcess(&spec, stdio, filepath.Join(dir, "init"), cg.Add)
 	outW.Close()
 	errW.Close()
 	if err != nil {

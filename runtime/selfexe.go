@@ -3,64 +3,54 @@ package runtime
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
 
-// SealedSelf returns a sealed in-memory copy of the running binary.
+// readOnlySelf makes the running binary executable at path through a
+// read-only bind mount; release detaches the mount and removes path.
 //
 // Whatever strata runs inside a container (its init, the helper of exec)
-// is executed from this copy, never from the binary on the host: a
+// is executed from such a mount, never from the binary's own path: a
 // process in the container can reach the executable of any process it
 // sees through /proc/PID/exe, and could otherwise write into the host's
-// strata binary (CVE-2019-5736). The seals make the copy unwritable.
-func SealedSelf() (*os.File, error) {
-	self, err := os.Open("/proc/self/exe")
+// strata binary (CVE-2019-5736). Through the read-only mount, which the
+// process keeps alive once detached and which no container can remount,
+// every write fails with EROFS. runc protects itself the same way; a
+// sealed in-memory copy, the other known way, costs copying the binary
+// on every start.
+func readOnlySelf(path string) (release func(), err error) {
+	detach(path) // left by a strata killed at this point
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_CLOEXEC, 0o500)
 	if err != nil {
-		return nil, fmt.Errorf("open own binary: %w", err)
+		return nil, fmt.Errorf("read-only strata binary: %w", err)
 	}
-	defer self.Close()
-	fi, err := self.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("stat own binary: %w", err)
+	f.Close()
+	release = func() { detach(path) }
+	if err := unix.Mount("/proc/self/exe", path, "", unix.MS_BIND, ""); err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("read-only strata binary: bind mount: %w", err)
 	}
-	fd, err := unix.MemfdCreate("strata", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
-	if err != nil {
-		return nil, fmt.Errorf("memfd for own binary: %w", err)
+	flags := uintptr(unix.MS_REMOUNT | unix.MS_BIND | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV)
+	if err := unix.Mount("", path, "", flags, ""); err != nil {
+		release()
+		return nil, fmt.Errorf("read-only strata binary: remount: %w", err)
 	}
-	mem := os.NewFile(uintptr(fd), "strata-sealed")
-	fail := func(err error) (*os.File, error) {
-		mem.Close()
-		return nil, fmt.Errorf("copy own binary: %w", err)
-	}
-	for off := int64(0); off < fi.Size(); {
-		n, err := unix.Sendfile(fd, int(self.Fd()), &off, int(fi.Size()-off))
-		if err != nil {
-			return fail(err)
-		}
-		if n == 0 {
-			return fail(fmt.Errorf("short copy at %d of %d bytes", off, fi.Size()))
-		}
-	}
-	seals := unix.F_SEAL_SEAL | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_WRITE
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals); err != nil {
-		return fail(fmt.Errorf("seal: %w", err))
-	}
-	return mem, nil
+	return release, nil
 }
 
-// sealedSelfAsync makes the sealed copy in the background; the function
-// it returns waits for it.
-func sealedSelfAsync() func() (*os.File, error) {
-	done := make(chan struct{})
-	var f *os.File
-	var err error
-	go func() {
-		f, err = SealedSelf()
-		close(done)
-	}()
-	return func() (*os.File, error) {
-		<-done
-		return f, err
+// detach unmounts and removes a read-only binary at path, if any.
+func detach(path string) {
+	unix.Unmount(path, unix.MNT_DETACH)
+	os.Remove(path)
+}
+
+// detachAll removes what a strata killed while starting a process left in
+// a container's directory.
+func detachAll(dir string) {
+	execs, _ := filepath.Glob(filepath.Join(dir, "exec-*"))
+	for _, p := range append(execs, filepath.Join(dir, "init")) {
+		detach(p)
 	}
 }

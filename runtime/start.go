@@ -31,12 +31,13 @@ type Process struct {
 }
 
 // StartProcess starts the container's first process: strata's own binary,
-// from self, its sealed copy (SealedSelf), run as `strata init` in new mount, PID, UTS, IPC
-// and cgroup namespaces (and network, unless spec.Network is "host").
+// bind-mounted read-only at self (a path in the container's directory),
+// run as `strata init` in new mount, PID, UTS, IPC and cgroup namespaces
+// (and network, unless spec.Network is "host").
 // place is called with its PID before it does anything, to put it in its
 // cgroups. It returns once the command runs, or with an *InitError when
 // it could not be started.
-func StartProcess(spec *Spec, stdio Stdio, self *os.File, place func(pid int) error) (*Process, error) {
+func StartProcess(spec *Spec, stdio Stdio, self string, place func(pid int) error) (*Process, error) {
 	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC)
 	if spec.Network != "host" {
 		flags |= unix.CLONE_NEWNET
@@ -48,18 +49,18 @@ func StartProcess(spec *Spec, stdio Stdio, self *os.File, place func(pid int) er
 
 // execProcess starts a process in the namespaces of a running container,
 // whose first process pidfd refers to.
-func execProcess(pidfd *os.File, spec *Spec, stdio Stdio, place func(pid int) error) (*Process, error) {
-	self, err := SealedSelf()
-	if err != nil {
-		return nil, err
-	}
-	defer self.Close()
+func execProcess(pidfd *os.File, spec *Spec, stdio Stdio, self string, place func(pid int) error) (*Process, error) {
 	s := *spec
 	s.Join = true
 	return start(&s, stdio, self, place, 0, pidfd)
 }
 
-func start(spec *Spec, stdio Stdio, self *os.File, place func(pid int) error, cloneFlags uintptr, join *os.File) (*Process, error) {
+func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, cloneFlags uintptr, join *os.File) (*Process, error) {
+	release, err := readOnlySelf(self)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	specR, specW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -84,9 +85,9 @@ func start(spec *Spec, stdio Stdio, self *os.File, place func(pid int) error, cl
 	}
 
 	extra := make([]*os.File, joinFd-specFd+1)
-	extra[specFd-3], extra[statusFd-3], extra[selfFd-3], extra[consoleFd-3], extra[joinFd-3] = specR, statusW, self, consoleThere, join
+	extra[specFd-3], extra[statusFd-3], extra[consoleFd-3], extra[joinFd-3] = specR, statusW, consoleThere, join
 	cmd := &exec.Cmd{
-		Path:       fdPath(selfFd),
+		Path:       self,
 		Args:       []string{"strata", "init"},
 		Env:        []string{},
 		ExtraFiles: extra,

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,21 +140,36 @@ func TestInit(t *testing.T) {
 	// Signals reach the command through init.
 	mustStrata(t, root, "run", "-d", "--init", "--name", "trap", ref, "sh", "-c", "trap 'exit 9' TERM; while :; do sleep 0.1; done")
 	id := strings.TrimSpace(mustStrata(t, root, "ps", "-q", "--no-trunc"))
-	// Init runs from a sealed copy of strata: nothing in the container can
-	// write the host's binary through /proc/1/exe (CVE-2019-5736).
+	// Init runs from a read-only mount of strata: nothing in the
+	// container can write the host's binary through /proc/1/exe
+	// (CVE-2019-5736), even once init has ended and the binary is no
+	// longer busy.
 	pid := findInit(t, root, id)
-	if exe, _ := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "exe")); !strings.Contains(exe, "memfd:strata") {
-		t.Errorf("init's executable is %q, not the sealed copy", exe)
+	exe, err := os.Open(filepath.Join("/proc", strconv.Itoa(pid), "exe"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if f, err := os.OpenFile(filepath.Join("/proc", strconv.Itoa(pid), "exe"), os.O_WRONLY, 0); err == nil {
-		f.Close()
-		t.Error("init's executable opens for writing")
+	defer exe.Close()
+	if f, err := os.OpenFile(filepath.Join("/proc", strconv.Itoa(pid), "exe"), os.O_WRONLY, 0); !errors.Is(err, syscall.EROFS) && !errors.Is(err, syscall.ETXTBSY) {
+		if err == nil {
+			f.Close()
+		}
+		t.Errorf("opening init's executable for writing: %v, want EROFS or ETXTBSY", err)
 	}
 	mustStrata(t, root, "stop", "-t", "5", "trap")
 	if out := mustStrata(t, root, "wait", "trap"); out != "9\n" {
 		t.Errorf("stop through --init: exit %q, want the trap's 9", out)
 	}
 	mustStrata(t, root, "rm", "trap")
+	if f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", exe.Fd()), os.O_WRONLY, 0); !errors.Is(err, syscall.EROFS) {
+		if err == nil {
+			f.Close()
+		}
+		t.Errorf("reopening init's executable for writing after it ended: %v, want EROFS", err)
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), root) {
+		t.Errorf("mounts left under %s", root)
+	}
 }
 
 // findInit is the host PID of a running container's first process.
