@@ -301,26 +301,37 @@ func (l *logWriter) Close() error {
 	return l.f.Close()
 }
 
-// ReadLogs returns a container's log entries.
-func (s *Store) ReadLogs(id string) ([]LogEntry, error) {
+// ReadLogs returns a container's log entries from byte offset on, and
+// the offset after the last whole entry read, where the next call goes on.
+func (s *Store) ReadLogs(id string, offset int64) ([]LogEntry, int64, error) {
 	f, err := os.Open(filepath.Join(s.Dir(id), "container.log"))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return nil, offset, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, offset, err
 	}
 	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return nil, offset, err
+	}
 	var out []LogEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<26)
-	for sc.Scan() {
+	br := bufio.NewReaderSize(f, 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if err != nil {
+			// A line being written is read whole next time.
+			if err == io.EOF {
+				err = nil
+			}
+			return out, offset, err
+		}
+		offset += int64(len(line))
 		var e LogEntry
-		if json.Unmarshal(sc.Bytes(), &e) == nil {
+		if json.Unmarshal(line, &e) == nil {
 			out = append(out, e)
 		}
 	}
-	return out, sc.Err()
 }
 
 // LogPath is the file a container's output is logged to.

@@ -28,6 +28,12 @@ if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
 		sh -c 'echo "hello from $(hostname), PID $$ of $(ls /proc | grep -c "^[0-9]") processes"; id; echo kept > /data/note'
 	./bin/strata run --rm -v demo-data:/data:ro "$addr/demo/busybox:latest" cat /data/note
 	./bin/strata volume rm demo-data
+	# A detached container, a command run inside it, its log.
+	./bin/strata run -d --init --name demo-box "$addr/demo/busybox:latest" sh -c 'echo up; while :; do sleep 1; done'
+	./bin/strata exec demo-box ps
+	./bin/strata ps
+	./bin/strata logs demo-box
+	./bin/strata rm -f demo-box
 fi
 set +x
 echo "== flattened rootfs:"

@@ -167,9 +167,9 @@ func quoteCommand(args []string, full bool) string {
 func statusText(st runtime.State) string {
 	switch st.Status {
 	case runtime.StatusRunning:
-		return "Up " + strings.TrimSuffix(humanAgo(st.StartedAt), " ago")
+		return "Up " + humanDuration(time.Since(st.StartedAt))
 	case runtime.StatusPaused:
-		return "Up " + strings.TrimSuffix(humanAgo(st.StartedAt), " ago") + " (Paused)"
+		return "Up " + humanDuration(time.Since(st.StartedAt)) + " (Paused)"
 	case runtime.StatusExited:
 		return fmt.Sprintf("Exited (%d) %s", st.ExitCode, humanAgo(st.FinishedAt))
 	}
@@ -301,11 +301,10 @@ func logsVerb() *verb {
 						io.WriteString(w, e.Log)
 					}
 				}
-				entries, err := cs.ReadLogs(c.ID)
+				entries, offset, err := cs.ReadLogs(c.ID, 0)
 				if err != nil {
 					return err
 				}
-				seen := len(entries)
 				if n >= 0 && n < len(entries) {
 					entries = entries[len(entries)-n:]
 				}
@@ -317,14 +316,14 @@ func logsVerb() *verb {
 				}
 				for {
 					alive := cs.MonitorAlive(c.ID)
-					all, err := cs.ReadLogs(c.ID)
+					more, next, err := cs.ReadLogs(c.ID, offset)
 					if err != nil {
 						return err
 					}
-					for _, e := range all[min(seen, len(all)):] {
+					for _, e := range more {
 						print(e)
 					}
-					seen = len(all)
+					offset = next
 					if !alive {
 						return nil
 					}
