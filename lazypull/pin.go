@@ -56,21 +56,3 @@ func (s *Store) pinsOf(rec *ImageRecord) int {
 	}
 	return n
 }
-
-// LayerTrees are the directories of an image's layers, top first, as a
-// union stacks them.
-func (s *Store) LayerTrees(rec *ImageRecord) ([]string, error) {
-	out := make([]string, 0, len(rec.Layers))
-	for i := len(rec.Layers) - 1; i >= 0; i-- {
-		l := rec.Layers[i]
-		if !s.HasLayer(l.DiffID) {
-			return nil, fmt.Errorf("layer %s of image %s is missing from the store (pull the image again)", l.DiffID, shortID(rec.ConfigDigest))
-		}
-		d, err := s.LayerTree(l.DiffID)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, nil
-}

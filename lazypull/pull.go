@@ -41,7 +41,10 @@ type Options struct {
 	Keychain  authn.Keychain
 	Transport http.RoundTripper
 	// Jobs is how many layers download at once (default 3, as dockerd).
-	Jobs     int
+	Jobs int
+	// Lazy pulls eStargz layers (those with a TOC digest annotation)
+	// without their body: only the TOC; files are fetched when read.
+	Lazy     bool
 	Retry    Retry
 	Progress Progress
 	Logger   *slog.Logger
@@ -76,9 +79,10 @@ type ProgressEvent struct {
 
 // Puller pulls images into a Store.
 type Puller struct {
-	store *Store
-	opts  Options
-	log   *slog.Logger
+	store  *Store
+	opts   Options
+	log    *slog.Logger
+	remote *Remote
 }
 
 // NewPuller returns a Puller writing to store.
@@ -90,7 +94,7 @@ func NewPuller(store *Store, opts Options) *Puller {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Puller{store: store, opts: opts, log: log}
+	return &Puller{store: store, opts: opts, log: log, remote: NewRemote(opts)}
 }
 
 // PullResult says what a pull did.
@@ -205,6 +209,9 @@ func (p *Puller) pullFrom(ctx context.Context, ref Reference, src source, platfo
 	layers := make([]LayerRecord, len(mi.manifest.Layers))
 	for i, l := range mi.manifest.Layers {
 		layers[i] = LayerRecord{Digest: l.Digest.String(), DiffID: mi.config.RootFS.DiffIDs[i].String(), MediaType: string(l.MediaType), Size: l.Size}
+		if d := l.Annotations[TOCDigestAnnotation]; d != "" && lazyMediaType(string(l.MediaType)) {
+			layers[i].TOCDigest = d
+		}
 	}
 	for attempt := 0; ; attempt++ {
 		fetched, n, err := p.fetchLayers(ctx, src, layers)
@@ -458,17 +465,31 @@ func (p *Puller) fetchLayer(ctx context.Context, src source, l *LayerRecord) (in
 		return 0, false, err
 	}
 	defer lock.Unlock()
+	lazy := p.opts.Lazy && l.TOCDigest != ""
 	if p.store.HasLayer(l.DiffID) {
-		if rec, err := p.store.Layer(l.DiffID); err == nil {
-			l.UnpackedSize = rec.UnpackedSize
+		rec, err := p.store.Layer(l.DiffID)
+		// A lazy layer stays unless a full one is asked for.
+		if err == nil && (!rec.Lazy || lazy) {
+			l.UnpackedSize, l.Lazy, l.Source, l.TOCOffset = rec.UnpackedSize, rec.Lazy, rec.Source, rec.TOCOffset
+			p.progress(ProgressEvent{Kind: EventLayerExists, Layer: l.Digest, Total: l.Size})
+			return 0, false, nil
 		}
-		p.progress(ProgressEvent{Kind: EventLayerExists, Layer: l.Digest, Total: l.Size})
-		return 0, false, nil
+		if err == nil {
+			if err := p.store.removeLayer(l.DiffID); err != nil {
+				return 0, false, err
+			}
+		}
 	}
 	var total int64
 	err = p.opts.Retry.do(ctx, "layer "+l.Digest, p.log.Debug, func() error {
 		p.progress(ProgressEvent{Kind: EventLayerStart, Layer: l.Digest, Total: l.Size})
-		n, err := p.downloadLayer(ctx, src, l)
+		var n int64
+		var err error
+		if lazy {
+			n, err = p.pullLazy(ctx, src, l)
+		} else {
+			n, err = p.downloadLayer(ctx, src, l)
+		}
 		total += n
 		if err != nil && retryable(err) {
 			p.progress(ProgressEvent{Kind: EventLayerRetry, Layer: l.Digest, Err: err})

@@ -57,6 +57,14 @@ type LayerRecord struct {
 	MediaType    string `json:"mediaType"`
 	Size         int64  `json:"size"`
 	UnpackedSize int64  `json:"unpackedSize,omitempty"`
+	// TOCDigest is the eStargz TOC digest the manifest annotates the
+	// layer with; such layers are pulled lazily (Options.Lazy).
+	TOCDigest string `json:"tocDigest,omitempty"`
+	// Lazy layers keep only their TOC (the blob from TOCOffset on); the
+	// files' bytes are fetched from the repository Source when read.
+	Lazy      bool   `json:"lazy,omitempty"`
+	Source    string `json:"source,omitempty"`
+	TOCOffset int64  `json:"tocOffset,omitempty"`
 }
 
 type storeIndex struct {
@@ -593,4 +601,18 @@ func equalJSON(a, b any) bool {
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return bytes.Equal(x, y)
+}
+
+// removeLayer deletes a stored layer, to replace it; the caller holds its
+// lock. Mounts of it keep what they loaded.
+func (s *Store) removeLayer(diffID string) error {
+	dir, err := s.LayerDir(diffID)
+	if err != nil {
+		return err
+	}
+	trash := filepath.Join(filepath.Dir(dir), ".tmp-"+filepath.Base(dir)+"-replaced")
+	if err := os.Rename(dir, trash); err != nil {
+		return fmt.Errorf("replace layer %s: %w", diffID, err)
+	}
+	return removeAll(trash)
 }

@@ -33,6 +33,9 @@ func (s *Store) Unpack(ctx context.Context, rec *ImageRecord, dir string) error 
 		if !s.HasLayer(l.DiffID) {
 			return fmt.Errorf("layer %s of image %s is missing from the store (pull the image again)", l.DiffID, shortID(rec.ConfigDigest))
 		}
+		if stored, err := s.Layer(l.DiffID); err == nil && stored.Lazy {
+			return fmt.Errorf("layer %s of image %s was pulled lazily (eStargz): pull it with --lazy=false to unpack it", l.DiffID, shortID(rec.ConfigDigest))
+		}
 		if err := flattenLayer(ctx, tree, dir); err != nil {
 			return fmt.Errorf("unpack layer %s: %w", l.DiffID, err)
 		}

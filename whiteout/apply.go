@@ -153,9 +153,9 @@ func (a *applier) close() {
 	unix.Close(a.root)
 }
 
-// cleanName validates a tar name and returns it relative to the root
+// CleanName validates a tar name and returns it relative to the root
 // ("" for the root itself).
-func cleanName(name string) (string, error) {
+func CleanName(name string) (string, error) {
 	if name == "" {
 		return "", unsafeEntry(name, "empty name")
 	}
@@ -182,7 +182,7 @@ func (a *applier) entry(hdr *tar.Header, tr io.Reader) error {
 	case tar.TypeXGlobalHeader, tar.TypeGNULongName, tar.TypeGNULongLink:
 		return nil
 	}
-	name, err := cleanName(hdr.Name)
+	name, err := CleanName(hdr.Name)
 	if err != nil {
 		return err
 	}
@@ -532,7 +532,7 @@ func (a *applier) opaque(entry string, pfd int, parent string) error {
 }
 
 func (a *applier) hardlink(hdr *tar.Header, pfd int, base, name string) error {
-	target, err := cleanName(hdr.Linkname)
+	target, err := CleanName(hdr.Linkname)
 	if err != nil || target == "" {
 		return unsafeEntry(hdr.Name, "hardlink target %q is outside the layer", hdr.Linkname)
 	}

@@ -33,7 +33,7 @@ type createFlags struct {
 	name, workdir, user, entrypoint, hostname, network, pull, platform string
 	memory, stopSignal                                                 string
 	env, envFiles, volumes, mounts, tmpfs, capAdd, capDrop             []string
-	interactive, tty, rm, readOnly, privileged, init                   bool
+	interactive, tty, rm, readOnly, privileged, init, lazy             bool
 	cpus                                                               float64
 	pidsLimit                                                          int64
 	stopTimeout                                                        int
@@ -67,10 +67,11 @@ func (f *createFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.readOnly, "read-only", false, "mount the container's root filesystem read-only")
 	fs.BoolVar(&f.privileged, "privileged", false, "give the container all capabilities, the host's devices, no masked paths")
 	fs.BoolVar(&f.init, "init", false, "run a reaping init as PID 1, the command its child")
+	fs.BoolVar(&f.lazy, "lazy", true, "pull eStargz layers lazily (false: whole)")
 }
 
 // imageFor finds the image, pulling it as --pull says.
-func (a *app) imageFor(ctx context.Context, ref, pull, platform string) (*lazypull.ImageRecord, error) {
+func (a *app) imageFor(ctx context.Context, ref, pull, platform string, lazy bool) (*lazypull.ImageRecord, error) {
 	s, err := a.Store()
 	if err != nil {
 		return nil, err
@@ -91,6 +92,7 @@ func (a *app) imageFor(ctx context.Context, ref, pull, platform string) (*lazypu
 	if oerr != nil {
 		return nil, oerr
 	}
+	opts.Lazy = lazy
 	if _, perr := lazypull.ParseReference(ref, opts.Insecure...); perr != nil {
 		return nil, perr
 	}
@@ -144,7 +146,7 @@ func (a *app) newContainer(ctx context.Context, f *createFlags, image string, ar
 	if err != nil {
 		return nil, err
 	}
-	rec, err := a.imageFor(ctx, image, f.pull, f.platform)
+	rec, err := a.imageFor(ctx, image, f.pull, f.platform, f.lazy)
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,7 @@ import (
 // pullOptions builds the puller settings from the global flags and
 // <root>/config.json: flag mirrors are tried before configured ones.
 func (a *app) pullOptions(platform string, progress lazypull.Progress) (lazypull.Options, error) {
-	o := lazypull.Options{Platform: platform, Progress: progress, Logger: a.log,
+	o := lazypull.Options{Platform: platform, Progress: progress, Logger: a.log, Lazy: true,
 		Insecure: append(append([]string{}, a.insecure...), a.config.InsecureRegistries...)}
 	for _, m := range append(append([]string{}, a.mirrors...), a.config.Mirrors...) {
 		mm, err := lazypull.ParseMirror(m)
@@ -39,6 +39,7 @@ func pullVerb() *verb {
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
 			platform := fs.String("platform", "", "pull the image for this platform (os/arch[/variant]); default the host's")
 			quiet := fs.BoolP("quiet", "q", false, "print only the image ID")
+			lazy := fs.Bool("lazy", true, "pull eStargz layers lazily: their TOC now, files' bytes when read (false: whole)")
 			return func(ctx context.Context, a *app, args []string) error {
 				s, err := a.Store()
 				if err != nil {
@@ -52,6 +53,7 @@ func pullVerb() *verb {
 				if err != nil {
 					return err
 				}
+				opts.Lazy = *lazy
 				if _, err := lazypull.ParseReference(args[0], opts.Insecure...); err != nil {
 					return err
 				}

@@ -18,7 +18,6 @@ import (
 
 	"github.com/stratafs/strata/fusefs"
 	"github.com/stratafs/strata/internal/daemon"
-	"github.com/stratafs/strata/layertree"
 	"github.com/stratafs/strata/lazypull"
 )
 
@@ -147,11 +146,11 @@ func (a *app) serveMount(image, dir, upper string, live func()) error {
 // mountImage mounts an image's layers under upper (none: read-only) at
 // dir as a container root, served by this process.
 func (a *app) mountImage(rec *lazypull.ImageRecord, dir, upper, work, fsName string) (*fuse.Server, error) {
-	dirs, err := a.store.LayerTrees(rec)
+	opts, err := a.pullOptions("", nil)
 	if err != nil {
 		return nil, err
 	}
-	layers, err := layertree.NewDirs(dirs...)
+	layers, err := a.store.Trees(rec, lazypull.NewRemote(opts))
 	if err != nil {
 		return nil, err
 	}

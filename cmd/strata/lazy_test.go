@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stratafs/strata/internal/testenv"
+	"github.com/stratafs/strata/internal/testimage"
+	"github.com/stratafs/strata/internal/testregistry"
+	"github.com/stratafs/strata/lazypull"
+)
+
+// TestLazyRun runs a container from an eStargz image pulled lazily: the
+// pull fetches the TOC only, the container's reads fetch the rest, and a
+// registry serving wrong bytes gives the container EIO, never them.
+func TestLazyRun(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	testenv.RequireBinary(t, testimage.BusyboxPath)
+	var blobBytes atomic.Int64
+	var corrupt atomic.Bool
+	reg := testregistry.Start(t, testregistry.Options{Middleware: func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/blobs/sha256:") && r.Header.Get("Range") != "" {
+				cw := &countingWriter{ResponseWriter: w, n: &blobBytes, corrupt: corrupt.Load()}
+				next.ServeHTTP(cw, r)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}})
+	img, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eimg, err := lazypull.EstargzImage(img, lazypull.ConvertOptions{ChunkSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Ref("lazy/busybox:v1")
+	if err := testimage.Push(context.Background(), ref, eimg); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := eimg.Layers()
+	size, _ := layers[0].Size()
+
+	root := t.TempDir()
+	t.Cleanup(func() { cleanupContainers(t, root) })
+	mustStrata(t, root, "pull", "-q", ref)
+	if n := blobBytes.Load(); n > size/4 {
+		t.Errorf("lazy pull fetched %d of the layer's %d bytes", n, size)
+	}
+	out := mustStrata(t, root, "run", "--rm", ref, "sh", "-c", "echo hello from a lazy layer; ls /bin | grep -c .")
+	if !strings.HasPrefix(out, "hello from a lazy layer\n") {
+		t.Errorf("lazy container output: %q", out)
+	}
+	if n := blobBytes.Load(); n > size+size/10 {
+		t.Errorf("running the container fetched %d bytes of a %d-byte layer", n, size)
+	}
+
+	// Wrong bytes from the registry: the container's read fails with EIO.
+	root2 := t.TempDir()
+	t.Cleanup(func() { cleanupContainers(t, root2) })
+	mustStrata(t, root2, "pull", "-q", ref)
+	corrupt.Store(true)
+	r := strata(t, root2, "run", "--rm", ref, "true")
+	t.Logf("run over corrupted chunks: exit %d: %s", r.code, r.stderr)
+	if r.code == 0 {
+		t.Errorf("a container ran from corrupted chunks: %s", r.stderr)
+	}
+	corrupt.Store(false)
+	if out := mustStrata(t, root2, "run", "--rm", ref, "echo", "recovered"); out != "recovered\n" {
+		t.Errorf("after the registry mended: %q", out)
+	}
+}
+
+// countingWriter counts the body bytes of a response and, to corrupt
+// it, flips one.
+type countingWriter struct {
+	http.ResponseWriter
+	n       *atomic.Int64
+	corrupt bool
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	c.n.Add(int64(len(b)))
+	if c.corrupt && len(b) > 100 {
+		b = append([]byte(nil), b...)
+		b[len(b)/2] ^= 0xff
+	}
+	return c.ResponseWriter.Write(b)
+}

@@ -1,0 +1,172 @@
+package lazypull
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// Remote reads parts of blobs from registries with HTTP Range requests,
+// for lazy layers: one authenticated transport per repository, which
+// renews its token when the registry says it expired.
+type Remote struct {
+	opts Options
+	log  *slog.Logger
+
+	mu         sync.Mutex
+	transports map[string]http.RoundTripper
+	// Fetched counts blob bytes received.
+	Fetched atomic.Int64
+}
+
+// NewRemote returns a Remote configured as a Puller would be.
+func NewRemote(opts Options) *Remote {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Remote{opts: opts, log: log, transports: map[string]http.RoundTripper{}}
+}
+
+// repository parses a repository recorded in the store, reached over
+// plain HTTP when configured insecure (loopback always is).
+func (r *Remote) repository(repo string) (name.Repository, error) {
+	rp, err := name.NewRepository(repo)
+	if err != nil {
+		return rp, fmt.Errorf("repository %q: %w", repo, err)
+	}
+	for _, h := range r.opts.Insecure {
+		if h == rp.RegistryStr() {
+			return name.NewRepository(repo, name.Insecure)
+		}
+	}
+	return rp, nil
+}
+
+func (r *Remote) transport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t, ok := r.transports[repo.Name()]; ok {
+		return t, nil
+	}
+	kc := r.opts.Keychain
+	if kc == nil {
+		kc = authn.DefaultKeychain
+	}
+	auth, err := authn.Resolve(ctx, kc, repo)
+	if err != nil {
+		return nil, fmt.Errorf("credentials for %s: %w", repo, err)
+	}
+	base := r.opts.Transport
+	if base == nil {
+		base = remote.DefaultTransport
+	}
+	var t http.RoundTripper
+	err = r.opts.Retry.do(ctx, "registry "+repo.RegistryStr(), r.log.Debug, func() error {
+		var err error
+		t, err = transport.NewWithContext(ctx, repo.Registry, auth, base, []string{repo.Scope(transport.PullScope)})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.transports[repo.Name()] = t
+	return t, nil
+}
+
+// blob is one blob of a repository, read in ranges.
+type blob struct {
+	r      *Remote
+	repo   name.Repository
+	digest string
+	size   int64
+}
+
+func (r *Remote) blob(repo name.Repository, digest string, size int64) *blob {
+	return &blob{r: r, repo: repo, digest: digest, size: size}
+}
+
+// readRange returns the n bytes at off, retrying faults of the network
+// and the registry with backoff.
+func (b *blob) readRange(ctx context.Context, off, n int64) ([]byte, error) {
+	if off < 0 || n < 0 || off+n > b.size {
+		return nil, fmt.Errorf("blob %s: range %d+%d outside its %d bytes", b.digest, off, n, b.size)
+	}
+	var out []byte
+	err := b.r.opts.Retry.do(ctx, "blob "+b.digest, b.r.log.Debug, func() error {
+		var err error
+		out, err = b.get(ctx, off, n)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("blob %s bytes %d-%d: %w", b.digest, off, off+n-1, err)
+	}
+	return out, nil
+}
+
+func (b *blob) get(ctx context.Context, off, n int64) ([]byte, error) {
+	t, err := b.r.transport(ctx, b.repo)
+	if err != nil {
+		return nil, err
+	}
+	url := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", b.repo.Registry.Scheme(), b.repo.RegistryStr(), b.repo.RepositoryStr(), b.digest)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
+	req.Header.Set("User-Agent", "strata")
+	resp, err := (&http.Client{Transport: t}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if err := transport.CheckError(resp, http.StatusPartialContent, http.StatusOK); err != nil {
+		return nil, err
+	}
+	body := io.Reader(resp.Body)
+	if resp.StatusCode == http.StatusOK {
+		// The registry ignored the range: skip to it.
+		if _, err := io.CopyN(io.Discard, body, off); err != nil {
+			return nil, &truncatedError{Digest: b.digest, Got: 0, Want: off + n}
+		}
+	}
+	buf := make([]byte, n)
+	got, err := io.ReadFull(body, buf)
+	b.r.Fetched.Add(int64(got))
+	if err != nil {
+		return nil, &truncatedError{Digest: b.digest, Got: int64(got), Want: n}
+	}
+	return buf, nil
+}
+
+// readerAt serves ReadAt from the blob, for readers that want one.
+type readerAt struct {
+	ctx context.Context
+	b   *blob
+}
+
+func (r readerAt) ReadAt(p []byte, off int64) (int, error) {
+	n := min(int64(len(p)), r.b.size-off)
+	if n <= 0 {
+		return 0, io.EOF
+	}
+	data, err := r.b.readRange(r.ctx, off, n)
+	if err != nil {
+		return 0, err
+	}
+	copy(p, data)
+	if int(n) < len(p) {
+		return int(n), io.EOF
+	}
+	return int(n), nil
+}

@@ -1,0 +1,121 @@
+package lazypull
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/stratafs/strata/internal/fsutil"
+)
+
+// chunkCache keeps the uncompressed chunks of lazy layers on disk, named
+// by their digest, so layers and images that share content share it. A
+// chunk is written whole to a temporary file and renamed into place only
+// after its digest was checked: a crash never leaves a partial chunk
+// under a chunk's name.
+type chunkCache struct {
+	dir string
+
+	mu      sync.Mutex
+	flights map[string]*flight
+}
+
+type flight struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+func newChunkCache(root string) (*chunkCache, error) {
+	dir := filepath.Join(root, "chunks", "sha256")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return &chunkCache{dir: dir, flights: map[string]*flight{}}, nil
+}
+
+func (c *chunkCache) path(digest string) (string, error) {
+	h, err := digestHex(digest)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(c.dir, h), nil
+}
+
+// readAt reads the chunk's bytes at off into p from the cache, fetching
+// the chunk first when it is missing. Concurrent readers of a missing
+// chunk wait for one fetch.
+func (c *chunkCache) readAt(ctx context.Context, digest string, p []byte, off int64, fetch func(context.Context) ([]byte, error)) (int, error) {
+	path, err := c.path(digest)
+	if err != nil {
+		return 0, err
+	}
+	if f, err := os.Open(path); err == nil {
+		defer f.Close()
+		n, err := f.ReadAt(p, off)
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		return n, err
+	}
+	data, err := c.fetchOnce(ctx, digest, path, fetch)
+	if err != nil {
+		return 0, err
+	}
+	if off >= int64(len(data)) {
+		return 0, nil
+	}
+	return copy(p, data[off:]), nil
+}
+
+func (c *chunkCache) fetchOnce(ctx context.Context, digest, path string, fetch func(context.Context) ([]byte, error)) ([]byte, error) {
+	c.mu.Lock()
+	if f, ok := c.flights[digest]; ok {
+		c.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.data, f.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	c.flights[digest] = f
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.flights, digest)
+		c.mu.Unlock()
+		close(f.done)
+	}()
+	f.data, f.err = fetch(ctx)
+	if f.err != nil {
+		return nil, f.err
+	}
+	sum := sha256.Sum256(f.data)
+	if got := "sha256:" + hex.EncodeToString(sum[:]); got != digest {
+		f.data, f.err = nil, &DigestMismatchError{What: "chunk", Want: digest, Got: got}
+		return nil, f.err
+	}
+	// A failure to cache is no failure to read.
+	fsutil.WriteFileAtomic(path, f.data, 0o600)
+	return f.data, nil
+}
+
+// has tells whether a chunk is cached.
+func (c *chunkCache) has(digest string) bool {
+	path, err := c.path(digest)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(path)
+	return err == nil
+}
+
+var errNoChunkDigest = fmt.Errorf("eStargz chunk without a digest")

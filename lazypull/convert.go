@@ -1,0 +1,125 @@
+package lazypull
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/gzip"
+)
+
+// ConvertOptions say how layers are rewritten as eStargz.
+type ConvertOptions struct {
+	// ChunkSize splits larger files in chunks fetched separately; 0 is
+	// estargz's default (4 MiB).
+	ChunkSize int
+	// Prioritized files go first in each layer, before the prefetch
+	// landmark; nil puts a landmark saying "prefetch nothing".
+	Prioritized []string
+}
+
+// EstargzLayer rewrites a layer as eStargz: the same files in a gzip tar
+// whose files are compressed in independently readable chunks, with a
+// table of contents at the end. It returns the layer and its TOC digest.
+func EstargzLayer(l v1.Layer, o ConvertOptions) (v1.Layer, string, error) {
+	rc, err := l.Uncompressed()
+	if err != nil {
+		return nil, "", err
+	}
+	tarBytes, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		return nil, "", err
+	}
+	opts := []estargz.Option{}
+	if o.ChunkSize > 0 {
+		opts = append(opts, estargz.WithChunkSize(o.ChunkSize))
+	}
+	if o.Prioritized != nil {
+		var missed []string
+		opts = append(opts, estargz.WithPrioritizedFiles(o.Prioritized), estargz.WithAllowPrioritizeNotFound(&missed))
+	}
+	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tarBytes), 0, int64(len(tarBytes))), opts...)
+	if err != nil {
+		return nil, "", fmt.Errorf("eStargz: %w", err)
+	}
+	defer blob.Close()
+	compressed, err := io.ReadAll(blob)
+	if err != nil {
+		return nil, "", fmt.Errorf("eStargz: %w", err)
+	}
+	diffID, err := v1.NewHash(blob.DiffID().String())
+	if err != nil {
+		return nil, "", err
+	}
+	return &memLayer{compressed: compressed, digest: sha256Hash(compressed), diffID: diffID}, blob.TOCDigest().String(), nil
+}
+
+// EstargzImage rewrites every layer of an image as eStargz, annotating
+// each with its TOC digest; the config is kept but for the diff IDs.
+func EstargzImage(img v1.Image, o ConvertOptions) (v1.Image, error) {
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	cfg = cfg.DeepCopy()
+	history := cfg.History
+	cfg.RootFS.DiffIDs, cfg.History = nil, nil
+	out, err := mutate.ConfigFile(empty.Image, cfg)
+	if err != nil {
+		return nil, err
+	}
+	out = mutate.MediaType(out, types.OCIManifestSchema1)
+	out = mutate.ConfigMediaType(out, types.OCIConfigJSON)
+	var nonEmpty []v1.History
+	for _, h := range history {
+		if !h.EmptyLayer {
+			nonEmpty = append(nonEmpty, h)
+		}
+	}
+	for i, l := range layers {
+		el, toc, err := EstargzLayer(l, o)
+		if err != nil {
+			return nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+		add := mutate.Addendum{Layer: el, Annotations: map[string]string{TOCDigestAnnotation: toc}}
+		if i < len(nonEmpty) {
+			add.History = nonEmpty[i]
+		}
+		if out, err = mutate.Append(out, add); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// memLayer is a gzip layer held in memory.
+type memLayer struct {
+	compressed     []byte
+	digest, diffID v1.Hash
+}
+
+func (l *memLayer) Digest() (v1.Hash, error) { return l.digest, nil }
+func (l *memLayer) DiffID() (v1.Hash, error) { return l.diffID, nil }
+func (l *memLayer) Compressed() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(l.compressed)), nil
+}
+func (l *memLayer) Uncompressed() (io.ReadCloser, error) {
+	return gzip.NewReader(bytes.NewReader(l.compressed))
+}
+func (l *memLayer) Size() (int64, error)                { return int64(len(l.compressed)), nil }
+func (l *memLayer) MediaType() (types.MediaType, error) { return types.OCILayer, nil }
+
+func sha256Hash(b []byte) v1.Hash {
+	h, _ := v1.NewHash(sha256Digest(b))
+	return h
+}

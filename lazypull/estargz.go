@@ -1,0 +1,149 @@
+package lazypull
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/stratafs/strata/internal/fsutil"
+	"github.com/stratafs/strata/whiteout"
+)
+
+// TOCDigestAnnotation is the layer annotation holding the digest of an
+// eStargz layer's table of contents.
+const TOCDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"
+
+// tocFile is where a lazy layer keeps the tail of its blob: the TOC and
+// the footer, from LayerRecord.TOCOffset to the end.
+const tocFile = "toc"
+
+// lazyMediaType tells whether a layer of this media type can be eStargz.
+func lazyMediaType(mt string) bool {
+	return mt == "application/vnd.oci.image.layer.v1.tar+gzip" || mt == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+}
+
+// pullLazy makes an eStargz layer present without its body: it fetches
+// the footer and the TOC (two Range requests), checks the TOC against the
+// digest the manifest gives and every entry for sanity, and stores the
+// TOC. The files' bytes are fetched when read.
+func (p *Puller) pullLazy(ctx context.Context, src source, l *LayerRecord) (int64, error) {
+	final, err := p.store.LayerDir(l.DiffID)
+	if err != nil {
+		return 0, err
+	}
+	b := p.remote.blob(src.repo, l.Digest, l.Size)
+	before := p.remote.Fetched.Load()
+	fetched := func() int64 { return p.remote.Fetched.Load() - before }
+	tocOffset, _, err := estargz.OpenFooter(io.NewSectionReader(readerAt{ctx, b}, 0, l.Size))
+	if err != nil {
+		return fetched(), fmt.Errorf("layer %s is annotated eStargz but its footer is not: %w", l.Digest, err)
+	}
+	if tocOffset <= 0 || tocOffset >= l.Size {
+		return fetched(), fmt.Errorf("layer %s: eStargz footer puts the TOC at %d, outside the %d-byte blob", l.Digest, tocOffset, l.Size)
+	}
+	tail, err := b.readRange(ctx, tocOffset, l.Size-tocOffset)
+	if err != nil {
+		return fetched(), err
+	}
+	_, unpacked, err := openTOC(tail, tocOffset, l.Size, l.TOCDigest)
+	if err != nil {
+		return fetched(), fmt.Errorf("layer %s: %w", l.Digest, err)
+	}
+	l.Lazy, l.Source, l.TOCOffset, l.UnpackedSize = true, src.repo.Name(), tocOffset, unpacked
+
+	tmp, err := os.MkdirTemp(filepath.Dir(final), ".tmp-"+filepath.Base(final)+"-")
+	if err != nil {
+		return fetched(), err
+	}
+	defer removeAll(tmp)
+	if err := fsutil.WriteFileAtomic(filepath.Join(tmp, tocFile), tail, 0o600); err != nil {
+		return fetched(), &localError{err}
+	}
+	meta, _ := json.MarshalIndent(l, "", "  ")
+	if err := fsutil.WriteFileAtomic(filepath.Join(tmp, "layer.json"), meta, 0o600); err != nil {
+		return fetched(), &localError{err}
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return fetched(), &localError{fmt.Errorf("store layer %s: %w", l.DiffID, err)}
+	}
+	return fetched(), fsutil.SyncDir(filepath.Dir(final))
+}
+
+// openTOC reads the TOC in a blob's tail (the bytes from tocOffset to
+// size), checks it against tocDigest and checks every entry: names a
+// layer tar may carry, data inside the blob before the TOC, a digest for
+// every chunk. It returns the reader and the layer's unpacked size.
+func openTOC(tail []byte, tocOffset, size int64, tocDigest string) (*estargz.Reader, int64, error) {
+	want, err := digest.Parse(tocDigest)
+	if err != nil {
+		return nil, 0, fmt.Errorf("TOC digest annotation %q: %w", tocDigest, err)
+	}
+	var gz estargz.GzipDecompressor
+	toc, got, err := gz.ParseTOC(bytes.NewReader(tail))
+	if err != nil {
+		return nil, 0, fmt.Errorf("eStargz TOC: %w", err)
+	}
+	if got != want {
+		return nil, 0, &DigestMismatchError{What: "eStargz TOC", Want: want.String(), Got: got.String()}
+	}
+	var unpacked int64
+	for _, e := range toc.Entries {
+		if e.Type != "chunk" {
+			if _, err := whiteout.CleanName(e.Name); err != nil && e.Name != "/" && e.Name != "./" {
+				return nil, 0, fmt.Errorf("eStargz TOC: %w", err)
+			}
+			if e.Type == "hardlink" {
+				if _, err := whiteout.CleanName(e.LinkName); err != nil {
+					return nil, 0, fmt.Errorf("eStargz TOC: hardlink %q: %w", e.Name, err)
+				}
+			}
+		}
+		switch e.Type {
+		case "dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk":
+		default:
+			return nil, 0, fmt.Errorf("eStargz TOC: entry %q has unknown type %q", e.Name, e.Type)
+		}
+		if e.Size < 0 || e.ChunkSize < 0 || e.ChunkOffset < 0 || e.InnerOffset < 0 || e.Offset < 0 {
+			return nil, 0, fmt.Errorf("eStargz TOC: entry %q has a negative size or offset", e.Name)
+		}
+		if (e.Type == "reg" && e.Size > 0 || e.Type == "chunk") && e.Offset >= tocOffset {
+			return nil, 0, fmt.Errorf("eStargz TOC: entry %q has data at offset %d, past the TOC at %d", e.Name, e.Offset, tocOffset)
+		}
+		if e.Type == "reg" {
+			unpacked += e.Size
+		}
+	}
+	r, err := estargz.Open(io.NewSectionReader(&tailReader{tail: tail, off: tocOffset}, 0, size), estargz.WithTOCOffset(tocOffset))
+	if err != nil {
+		return nil, 0, fmt.Errorf("eStargz TOC: %w", err)
+	}
+	if _, err := r.VerifyTOC(want); err != nil {
+		return nil, 0, fmt.Errorf("eStargz TOC: %w", err)
+	}
+	return r, unpacked, nil
+}
+
+// tailReader serves the blob's tail from memory; the rest of the blob is
+// never read through it.
+type tailReader struct {
+	tail []byte
+	off  int64
+}
+
+func (t *tailReader) ReadAt(p []byte, off int64) (int, error) {
+	if off < t.off {
+		return 0, fmt.Errorf("eStargz: read at %d before the TOC at %d", off, t.off)
+	}
+	n := copy(p, t.tail[min(off-t.off, int64(len(t.tail))):])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}

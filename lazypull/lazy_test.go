@@ -1,0 +1,289 @@
+package lazypull
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/stratafs/strata/internal/testenv"
+	"github.com/stratafs/strata/internal/testimage"
+	"github.com/stratafs/strata/internal/testregistry"
+	"github.com/stratafs/strata/layertree"
+)
+
+// blobTraffic records the blob bytes a registry serves.
+type blobTraffic struct {
+	mu     sync.Mutex
+	bytes  int64
+	ranges []string
+	// mangle, when set, rewrites ranged blob responses.
+	mangle atomic.Pointer[func([]byte) []byte]
+	down   atomic.Bool
+}
+
+func (bt *blobTraffic) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/blobs/sha256:") || r.Method != http.MethodGet {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if bt.down.Load() {
+			http.Error(w, "down for the test", http.StatusServiceUnavailable)
+			return
+		}
+		rec := &captureWriter{header: http.Header{}}
+		next.ServeHTTP(rec, r)
+		body := rec.body
+		if m := bt.mangle.Load(); m != nil && r.Header.Get("Range") != "" {
+			body = (*m)(body)
+		}
+		bt.mu.Lock()
+		bt.bytes += int64(len(body))
+		if rg := r.Header.Get("Range"); rg != "" {
+			bt.ranges = append(bt.ranges, rg)
+		}
+		bt.mu.Unlock()
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.status)
+		w.Write(body)
+	})
+}
+
+// served is the blob bytes served and the number of Range requests.
+func (bt *blobTraffic) served() (int64, int) {
+	bt.mu.Lock()
+	defer bt.mu.Unlock()
+	return bt.bytes, len(bt.ranges)
+}
+
+// pushEstargz pushes Debian's busybox as an eStargz image in 64 KiB
+// chunks and returns its reference, the original image, and the size of
+// its one layer's blob.
+func pushEstargz(t *testing.T, reg *testregistry.Registry, mutateImg func(v1.Image) v1.Image) (string, int64) {
+	t.Helper()
+	testenv.RequireBinary(t, testimage.BusyboxPath)
+	img, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eimg, err := EstargzImage(img, ConvertOptions{ChunkSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mutateImg != nil {
+		eimg = mutateImg(eimg)
+	}
+	ref := reg.Ref("lazy/busybox:v1")
+	if err := testimage.Push(context.Background(), ref, eimg); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := eimg.Layers()
+	size, _ := layers[0].Size()
+	return ref, size
+}
+
+func lazyTrees(t *testing.T, s *Store, rec *ImageRecord, o Options) []layertree.Tree {
+	t.Helper()
+	trees, err := s.Trees(rec, NewRemote(o))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return trees
+}
+
+func readFile(t *testing.T, tree layertree.Tree, p string) ([]byte, error) {
+	t.Helper()
+	e, err := tree.Stat(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := tree.Open(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, e.Size)
+	n, err := f.ReadAt(buf, 0)
+	if errors.Is(err, io.EOF) && int64(n) == e.Size {
+		err = nil
+	}
+	return buf[:n], err
+}
+
+func TestLazyPullFetchesOnlyTheTOC(t *testing.T) {
+	var bt blobTraffic
+	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
+	ref, blobSize := pushEstargz(t, reg, nil)
+	s := newStore(t)
+	res, err := NewPuller(s, Options{Lazy: true, Retry: fastRetry}).Pull(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := res.Image.Layers[0]
+	if !l.Lazy || l.TOCDigest == "" || l.UnpackedSize == 0 {
+		t.Fatalf("layer record: %+v", l)
+	}
+	pulled, requests := bt.served()
+	if pulled >= blobSize/4 || requests != 2 {
+		t.Errorf("lazy pull fetched %d of %d blob bytes in %d requests, want the footer and the TOC only", pulled, blobSize, requests)
+	}
+
+	trees := lazyTrees(t, s, res.Image, Options{Retry: fastRetry})
+	tree := trees[0]
+	ents, err := tree.ReadDir(context.Background(), "bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]layertree.Entry{}
+	for _, e := range ents {
+		names[e.Name] = e
+	}
+	if names["sh"].Type() != layertree.ModeSymlink && names["sh"].Type() != layertree.ModeRegular {
+		t.Errorf("bin/sh: %+v", names["sh"])
+	}
+	if _, err := tree.Stat(context.Background(), "stargz.index.json"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the TOC shows in the tree: %v", err)
+	}
+	want, err := os.ReadFile(testimage.BusyboxPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readFile(t, tree, "bin/busybox")
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("bin/busybox read lazily: %d bytes, %v; want the %d bytes of %s", len(got), err, len(want), testimage.BusyboxPath)
+	}
+	afterRead, _ := bt.served()
+	if afterRead-pulled > blobSize {
+		t.Errorf("reading one file fetched %d bytes, more than the whole %d-byte blob", afterRead-pulled, blobSize)
+	}
+	// Cached: a second mount reads it without the registry.
+	bt.down.Store(true)
+	again := lazyTrees(t, s, res.Image, Options{Retry: fastRetry})
+	if got, err := readFile(t, again[0], "bin/busybox"); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("cached read with the registry down: %d bytes, %v", len(got), err)
+	}
+}
+
+func TestLazyReadFaults(t *testing.T) {
+	var bt blobTraffic
+	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
+	ref, _ := pushEstargz(t, reg, nil)
+	s := newStore(t)
+	res, err := NewPuller(s, Options{Lazy: true, Retry: fastRetry}).Pull(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry})[0]
+
+	// Wrong bytes from the registry: EIO, nothing cached.
+	flip := func(b []byte) []byte { c := bytes.Clone(b); c[len(c)-20] ^= 0xff; return c }
+	bt.mangle.Store(&flip)
+	if _, err := readFile(t, tree, "bin/busybox"); !errors.Is(err, syscall.EIO) {
+		t.Errorf("read of corrupted chunks: %v, want EIO", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(s.Root(), "chunks", "sha256")); len(ents) > 0 {
+		t.Errorf("a corrupted chunk was cached: %d files", len(ents))
+	}
+	bt.mangle.Store(nil)
+
+	// The registry away: EIO after the retries; back: the same tree reads.
+	bt.down.Store(true)
+	if _, err := readFile(t, tree, "bin/busybox"); !errors.Is(err, syscall.EIO) {
+		t.Errorf("read with the registry down: %v, want EIO", err)
+	}
+	bt.down.Store(false)
+	want, _ := os.ReadFile(testimage.BusyboxPath)
+	if got, err := readFile(t, tree, "bin/busybox"); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("read once the registry is back: %d bytes, %v", len(got), err)
+	}
+}
+
+func TestLazyPullRefusesALyingTOC(t *testing.T) {
+	reg := testregistry.Start(t, testregistry.Options{})
+	ref, _ := pushEstargz(t, reg, func(img v1.Image) v1.Image {
+		out, err := replaceTOCDigest(img, "sha256:"+strings.Repeat("0", 64))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	})
+	_, err := NewPuller(newStore(t), Options{Lazy: true, Retry: fastRetry}).Pull(context.Background(), ref)
+	if err == nil || !strings.Contains(err.Error(), "eStargz TOC digest mismatch") {
+		t.Errorf("pull of a layer whose TOC does not match its annotation: %v", err)
+	}
+}
+
+// replaceTOCDigest rebuilds the image with another TOC digest annotation
+// on its layers.
+func replaceTOCDigest(img v1.Image, d string) (v1.Image, error) {
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cfg = cfg.DeepCopy()
+	cfg.RootFS.DiffIDs, cfg.History = nil, nil
+	out, err := mutate.ConfigFile(mutate.MediaType(empty.Image, types.OCIManifestSchema1), cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range layers {
+		if out, err = mutate.Append(out, mutate.Addendum{Layer: l, Annotations: map[string]string{TOCDigestAnnotation: d}}); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// TestChunkCacheRefusesWrongBytes: bytes that do not match the chunk's
+// digest (a TOC that lies about a chunk) are an error and never cached.
+func TestChunkCacheRefusesWrongBytes(t *testing.T) {
+	c, err := newChunkCache(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := []byte("the chunk's bytes")
+	d := sha256Digest(good)
+	buf := make([]byte, 5)
+	_, err = c.readAt(context.Background(), d, buf, 0, func(context.Context) ([]byte, error) { return []byte("other bytes here!"), nil })
+	var mm *DigestMismatchError
+	if !errors.As(err, &mm) || c.has(d) {
+		t.Fatalf("wrong bytes: %v, cached %v", err, c.has(d))
+	}
+	var fetches atomic.Int32
+	fetch := func(context.Context) ([]byte, error) { fetches.Add(1); return good, nil }
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b := make([]byte, 5)
+			if n, err := c.readAt(context.Background(), d, b, 4, fetch); err != nil || string(b[:n]) != "chunk" {
+				t.Errorf("read: %q %v", b[:n], err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := fetches.Load(); n != 1 {
+		t.Errorf("%d fetches for one chunk", n)
+	}
+}

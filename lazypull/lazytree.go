@@ -1,0 +1,312 @@
+package lazypull
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"syscall"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/klauspost/compress/gzip"
+	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/layertree"
+	"github.com/stratafs/strata/whiteout"
+)
+
+// lazyTree is a layer whose entries come from its eStargz TOC and whose
+// files' bytes are fetched from the registry chunk by chunk when read,
+// checked against the TOC's digests and kept in the chunk cache.
+type lazyTree struct {
+	r         *estargz.Reader
+	blob      *blob
+	tocOffset int64
+	cache     *chunkCache
+	log       *slog.Logger
+	// ino numbers the TOC's entries in a fixed order (hardlinks share
+	// one), so numbers are the same at every mount.
+	ino map[*estargz.TOCEntry]uint64
+}
+
+// openLazyTree opens a lazy layer from its stored TOC.
+func (s *Store) openLazyTree(l LayerRecord, remote *Remote, cache *chunkCache) (*lazyTree, error) {
+	dir, err := s.LayerDir(l.DiffID)
+	if err != nil {
+		return nil, err
+	}
+	tail, err := os.ReadFile(filepath.Join(dir, tocFile))
+	if err != nil {
+		return nil, fmt.Errorf("lazy layer %s: %w", l.DiffID, err)
+	}
+	r, _, err := openTOC(tail, l.TOCOffset, l.Size, l.TOCDigest)
+	if err != nil {
+		return nil, fmt.Errorf("lazy layer %s: %w", l.DiffID, err)
+	}
+	repo, err := remote.repository(l.Source)
+	if err != nil {
+		return nil, fmt.Errorf("lazy layer %s: %w", l.DiffID, err)
+	}
+	t := &lazyTree{r: r, blob: remote.blob(repo, l.Digest, l.Size), tocOffset: l.TOCOffset, cache: cache, log: remote.log,
+		ino: map[*estargz.TOCEntry]uint64{}}
+	root, ok := r.Lookup("")
+	if !ok {
+		return nil, fmt.Errorf("lazy layer %s: TOC has no root", l.DiffID)
+	}
+	t.number(root)
+	return t, nil
+}
+
+func (t *lazyTree) number(e *estargz.TOCEntry) {
+	if _, ok := t.ino[e]; ok {
+		return
+	}
+	t.ino[e] = uint64(len(t.ino) + 1)
+	var names []string
+	kids := map[string]*estargz.TOCEntry{}
+	e.ForeachChild(func(name string, c *estargz.TOCEntry) bool {
+		names = append(names, name)
+		kids[name] = c
+		return true
+	})
+	sort.Strings(names)
+	for _, n := range names {
+		t.number(kids[n])
+	}
+}
+
+func notExist(p string) error {
+	return &os.PathError{Op: "stat", Path: p, Err: syscall.ENOENT}
+}
+
+// estargzInternal names the files eStargz adds at a layer's root, which
+// are no part of the image's content.
+func estargzInternal(p string) bool {
+	switch p {
+	case estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark:
+		return true
+	}
+	return false
+}
+
+func (t *lazyTree) Stat(_ context.Context, p string) (layertree.Entry, error) {
+	if estargzInternal(p) {
+		return layertree.Entry{}, notExist(p)
+	}
+	e, ok := t.r.Lookup(p)
+	if ok {
+		return t.entry(path.Base("/"+p), e), nil
+	}
+	dir, name := path.Split(p)
+	if parent, ok := t.r.Lookup(path.Clean("/" + dir)[1:]); ok {
+		if _, wh := parent.LookupChild(whiteout.Prefix + name); wh {
+			return layertree.Entry{Name: name, Whiteout: true, Mode: layertree.ModeChar}, nil
+		}
+	}
+	return layertree.Entry{}, notExist(p)
+}
+
+func (t *lazyTree) ReadDir(_ context.Context, p string) ([]layertree.Entry, error) {
+	e, ok := t.r.Lookup(p)
+	if !ok {
+		return nil, notExist(p)
+	}
+	if e.Type != "dir" {
+		return nil, &os.PathError{Op: "readdir", Path: p, Err: syscall.ENOTDIR}
+	}
+	var out []layertree.Entry
+	e.ForeachChild(func(name string, c *estargz.TOCEntry) bool {
+		switch kind, target, err := whiteout.ClassifyName(name); {
+		case err != nil, kind == whiteout.Opaque, p == "" && estargzInternal(name):
+		case kind == whiteout.Whiteout:
+			out = append(out, layertree.Entry{Name: target, Whiteout: true, Mode: layertree.ModeChar})
+		default:
+			out = append(out, t.entry(name, c))
+		}
+		return true
+	})
+	return out, nil
+}
+
+func (t *lazyTree) entry(name string, e *estargz.TOCEntry) layertree.Entry {
+	out := layertree.Entry{
+		Name: name, Mode: typeBits(e.Type) | uint32(e.Mode)&0o7777, UID: uint32(e.UID), GID: uint32(e.GID),
+		Mtime: e.ModTime(), Nlink: uint32(max(e.NumLink, 1)), Ino: t.ino[e],
+	}
+	switch e.Type {
+	case "reg":
+		out.Size = e.Size
+	case "symlink":
+		out.Target, out.Size = e.LinkName, int64(len(e.LinkName))
+	case "char", "block":
+		out.Rdev = unix.Mkdev(uint32(e.DevMajor), uint32(e.DevMinor))
+	case "dir":
+		_, out.Opaque = e.LookupChild(whiteout.OpaqueMarker)
+		out.Opaque = out.Opaque || string(e.Xattrs["trusted.overlay.opaque"]) == "y"
+		// Parents the tar never listed (estargz makes them 0755 root,
+		// without a time): their attributes come from the layers below.
+		out.Implied = e.ModTime3339 == "" && name != "" && e.Mode == 0o755 && e.UID == 0 && e.GID == 0 && len(e.Xattrs) == 0
+	}
+	return out
+}
+
+func typeBits(t string) uint32 {
+	switch t {
+	case "dir":
+		return layertree.ModeDir
+	case "symlink":
+		return layertree.ModeSymlink
+	case "char":
+		return layertree.ModeChar
+	case "block":
+		return layertree.ModeBlock
+	case "fifo":
+		return layertree.ModeFIFO
+	}
+	return layertree.ModeRegular
+}
+
+func (t *lazyTree) Xattrs(_ context.Context, p string) (map[string][]byte, error) {
+	e, ok := t.r.Lookup(p)
+	if !ok {
+		return nil, notExist(p)
+	}
+	out := map[string][]byte{}
+	for k, v := range e.Xattrs {
+		if !layertree.Internal(k) {
+			out[k] = v
+		}
+	}
+	return out, nil
+}
+
+func (t *lazyTree) Open(_ context.Context, p string) (layertree.File, error) {
+	e, ok := t.r.Lookup(p)
+	if !ok {
+		return nil, notExist(p)
+	}
+	if e.Type != "reg" {
+		return nil, &os.PathError{Op: "open", Path: p, Err: syscall.EINVAL}
+	}
+	return &lazyFile{t: t, e: e}, nil
+}
+
+// lazyFile reads a file of a lazy layer.
+type lazyFile struct {
+	t *lazyTree
+	e *estargz.TOCEntry
+}
+
+func (f *lazyFile) Close() error { return nil }
+
+// ReadAt reads through the chunks the range covers. Any failure (the
+// registry unreachable after retries, a chunk whose bytes do not match
+// its digest) is EIO: never wrong bytes.
+func (f *lazyFile) ReadAt(p []byte, off int64) (int, error) {
+	ctx := context.Background()
+	n := 0
+	for n < len(p) && off < f.e.Size {
+		ce, ok := f.t.r.ChunkEntryForOffset(f.e.Name, off)
+		if !ok {
+			return n, f.fail(fmt.Errorf("no chunk at offset %d", off))
+		}
+		d := ce.ChunkDigest
+		if d == "" && ce.ChunkSize == f.e.Size {
+			d = f.e.Digest // a file of one chunk may carry only its own digest
+		}
+		if d == "" {
+			return n, f.fail(errNoChunkDigest)
+		}
+		want := min(int64(len(p)-n), ce.ChunkOffset+ce.ChunkSize-off)
+		got, err := f.t.cache.readAt(ctx, d, p[n:n+int(want)], off-ce.ChunkOffset, func(ctx context.Context) ([]byte, error) {
+			return f.t.fetchChunk(ctx, ce)
+		})
+		n += got
+		off += int64(got)
+		if err != nil {
+			return n, f.fail(err)
+		}
+		if int64(got) < want {
+			return n, f.fail(fmt.Errorf("short chunk at offset %d", off))
+		}
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (f *lazyFile) fail(err error) error {
+	f.t.log.Error("lazy read failed", "file", f.e.Name, "layer", f.t.blob.digest, "err", err)
+	return &os.PathError{Op: "read", Path: f.e.Name, Err: syscall.EIO}
+}
+
+// fetchChunk fetches one chunk's compressed bytes and decompresses them.
+func (t *lazyTree) fetchChunk(ctx context.Context, ce *estargz.TOCEntry) ([]byte, error) {
+	end := min(ce.NextOffset(), t.tocOffset)
+	if end <= ce.Offset {
+		return nil, fmt.Errorf("chunk at %d has no bytes before %d", ce.Offset, end)
+	}
+	raw, err := t.blob.readRange(ctx, ce.Offset, end-ce.Offset)
+	if err != nil {
+		return nil, err
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("chunk at %d: %w", ce.Offset, err)
+	}
+	defer zr.Close()
+	if _, err := io.CopyN(io.Discard, zr, ce.InnerOffset); err != nil {
+		return nil, fmt.Errorf("chunk at %d: %w", ce.Offset, err)
+	}
+	out := make([]byte, ce.ChunkSize)
+	if _, err := io.ReadFull(zr, out); err != nil {
+		return nil, fmt.Errorf("chunk at %d: %w", ce.Offset, err)
+	}
+	return out, nil
+}
+
+// Trees are an image's layer trees, top first: extracted layers as
+// directories, lazy ones read through remote and the chunk cache.
+func (s *Store) Trees(rec *ImageRecord, remote *Remote) ([]layertree.Tree, error) {
+	var cache *chunkCache
+	out := make([]layertree.Tree, 0, len(rec.Layers))
+	for i := len(rec.Layers) - 1; i >= 0; i-- {
+		l := rec.Layers[i]
+		if !s.HasLayer(l.DiffID) {
+			return nil, fmt.Errorf("layer %s of image %s is missing from the store (pull the image again)", l.DiffID, shortID(rec.ConfigDigest))
+		}
+		stored, err := s.Layer(l.DiffID)
+		if err != nil {
+			return nil, err
+		}
+		if !stored.Lazy {
+			d, err := s.LayerTree(l.DiffID)
+			if err != nil {
+				return nil, err
+			}
+			t, err := layertree.NewDir(d)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, t)
+			continue
+		}
+		if cache == nil {
+			if cache, err = newChunkCache(s.root); err != nil {
+				return nil, err
+			}
+		}
+		t, err := s.openLazyTree(stored, remote, cache)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
