@@ -89,6 +89,8 @@ type blob struct {
 	repo   name.Repository
 	digest string
 	size   int64
+	// fetched counts the bytes received for this blob.
+	fetched atomic.Int64
 }
 
 func (r *Remote) blob(repo name.Repository, digest string, size int64) *blob {
@@ -143,6 +145,7 @@ func (b *blob) get(ctx context.Context, off, n int64) ([]byte, error) {
 	buf := make([]byte, n)
 	got, err := io.ReadFull(body, buf)
 	b.r.Fetched.Add(int64(got))
+	b.fetched.Add(int64(got))
 	if err != nil {
 		return nil, &truncatedError{Digest: b.digest, Got: int64(got), Want: n}
 	}

@@ -2,13 +2,16 @@ package lazypull
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 )
@@ -122,4 +125,76 @@ func (l *memLayer) MediaType() (types.MediaType, error) { return types.OCILayer,
 func sha256Hash(b []byte) v1.Hash {
 	h, _ := v1.NewHash(sha256Digest(b))
 	return h
+}
+
+// ConvertResult says what Convert pushed.
+type ConvertResult struct {
+	Digest string // of the pushed manifest
+	Layers int
+	// Before and After are the images' compressed layer bytes.
+	Before, After int64
+}
+
+// Convert reads the image src from its registry (for this puller's
+// platform), rewrites its layers as eStargz and pushes it as dst.
+func (p *Puller) Convert(ctx context.Context, src, dst string, o ConvertOptions) (*ConvertResult, error) {
+	sref, err := ParseReference(src, p.opts.Insecure...)
+	if err != nil {
+		return nil, err
+	}
+	dref, err := ParseReference(dst, p.opts.Insecure...)
+	if err != nil {
+		return nil, err
+	}
+	if dref.Digest != "" {
+		return nil, fmt.Errorf("convert: the destination %s cannot name a digest: the converted image has a new one", dst)
+	}
+	platform, err := p.platform()
+	if err != nil {
+		return nil, err
+	}
+	var r name.Reference = sref.name.Tag(sref.Tag)
+	if sref.Digest != "" {
+		r = sref.name.Digest(sref.Digest)
+	}
+	var img v1.Image
+	err = p.opts.Retry.do(ctx, "image "+src, p.log.Debug, func() error {
+		var err error
+		img, err = remote.Image(r, append(p.remoteOptions(ctx), remote.WithPlatform(platform))...)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("convert: read %s: %w", src, err)
+	}
+	res := &ConvertResult{}
+	if layers, err := img.Layers(); err == nil {
+		res.Layers = len(layers)
+		for _, l := range layers {
+			n, _ := l.Size()
+			res.Before += n
+		}
+	}
+	out, err := EstargzImage(img, o)
+	if err != nil {
+		return nil, fmt.Errorf("convert %s: %w", src, err)
+	}
+	if layers, err := out.Layers(); err == nil {
+		for _, l := range layers {
+			n, _ := l.Size()
+			res.After += n
+		}
+	}
+	tag := dref.name.Tag(dref.Tag)
+	err = p.opts.Retry.do(ctx, "push "+dst, p.log.Debug, func() error {
+		return remote.Write(tag, out, p.remoteOptions(ctx)...)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("convert: push %s: %w", dst, err)
+	}
+	d, err := out.Digest()
+	if err != nil {
+		return nil, err
+	}
+	res.Digest = d.String()
+	return res, nil
 }

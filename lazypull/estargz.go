@@ -39,8 +39,7 @@ func (p *Puller) pullLazy(ctx context.Context, src source, l *LayerRecord) (int6
 		return 0, err
 	}
 	b := p.remote.blob(src.repo, l.Digest, l.Size)
-	before := p.remote.Fetched.Load()
-	fetched := func() int64 { return p.remote.Fetched.Load() - before }
+	fetched := b.fetched.Load
 	tocOffset, _, err := estargz.OpenFooter(io.NewSectionReader(readerAt{ctx, b}, 0, l.Size))
 	if err != nil {
 		return fetched(), fmt.Errorf("layer %s is annotated eStargz but its footer is not: %w", l.Digest, err)

@@ -67,6 +67,7 @@ const (
 	EventLayerDone
 	EventLayerExists // already in the store
 	EventLayerRetry  // a fault; the download starts over
+	EventLayerLazy   // pulled lazily: Done bytes (footer and TOC) fetched
 )
 
 // ProgressEvent is one step of a pull.
@@ -502,7 +503,11 @@ func (p *Puller) fetchLayer(ctx context.Context, src source, l *LayerRecord) (in
 		}
 		return total, true, fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
-	p.progress(ProgressEvent{Kind: EventLayerDone, Layer: l.Digest, Done: l.Size, Total: l.Size})
+	if l.Lazy {
+		p.progress(ProgressEvent{Kind: EventLayerLazy, Layer: l.Digest, Done: total, Total: l.Size})
+	} else {
+		p.progress(ProgressEvent{Kind: EventLayerDone, Layer: l.Digest, Done: l.Size, Total: l.Size})
+	}
 	return total, true, nil
 }
 

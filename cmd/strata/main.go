@@ -84,7 +84,7 @@ type verb struct {
 
 func verbs() []*verb {
 	return []*verb{
-		pullVerb(), imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(),
+		pullVerb(), convertVerb(), imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(),
 		mountVerb(), mountServerVerb(), umountVerb(),
 		runVerb(), execVerb(), createVerb(), startVerb(), psVerb(), stopVerb(), killVerb(), rmVerb(), logsVerb(),
 		waitVerb(), renameVerb(), pauseVerb(true), pauseVerb(false), volumeVerb(), monitorVerb(), initVerb(),

@@ -81,6 +81,8 @@ func (p *progress) Update(e lazypull.ProgressEvent) {
 		l.done = e.Done
 	case lazypull.EventLayerDone:
 		l.state, l.done, l.finished = "Pull complete", l.total, time.Now()
+	case lazypull.EventLayerLazy:
+		l.state, l.done, l.finished = "Pulled lazily", e.Done, time.Now()
 	case lazypull.EventLayerExists:
 		l.state = "Already exists"
 	case lazypull.EventLayerRetry:
@@ -90,6 +92,8 @@ func (p *progress) Update(e lazypull.ProgressEvent) {
 		switch l.state {
 		case "Pull complete":
 			fmt.Fprintf(p.w, "%s: Pull complete (%s in %s)\n", l.id, humanSize(l.total), l.finished.Sub(l.started).Round(time.Millisecond))
+		case "Pulled lazily":
+			fmt.Fprintf(p.w, "%s: Pulled lazily (eStargz TOC, %s of %s)\n", l.id, humanSize(l.done), humanSize(l.total))
 		case "Retrying":
 			fmt.Fprintf(p.w, "%s: Retrying after: %v\n", l.id, e.Err)
 		default:
@@ -158,16 +162,23 @@ func (p *progress) Finish() {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var bytes int64
-	n := 0
+	var bytes, lazyBytes int64
+	n, lazy := 0, 0
 	for _, l := range p.order {
-		if l.state == "Pull complete" {
+		switch l.state {
+		case "Pull complete":
 			bytes += l.total
 			n++
+		case "Pulled lazily":
+			lazyBytes += l.done
+			lazy++
 		}
 	}
+	el := time.Since(p.start)
 	if n > 0 {
-		el := time.Since(p.start)
 		fmt.Fprintf(p.w, "Fetched %d layer(s), %s in %s (%s/s)\n", n, humanSize(bytes), el.Round(time.Millisecond), humanSize(int64(float64(bytes)/el.Seconds())))
+	}
+	if lazy > 0 {
+		fmt.Fprintf(p.w, "Pulled %d eStargz layer(s) lazily: %s of tables of contents in %s; files are fetched when read\n", lazy, humanSize(lazyBytes), el.Round(time.Millisecond))
 	}
 }
