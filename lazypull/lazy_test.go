@@ -75,14 +75,14 @@ func (bt *blobTraffic) served() (int64, int) {
 // pushEstargz pushes Debian's busybox as an eStargz image in 64 KiB
 // chunks and returns its reference, the original image, and the size of
 // its one layer's blob.
-func pushEstargz(t *testing.T, reg *testregistry.Registry, mutateImg func(v1.Image) v1.Image) (string, int64) {
+func pushEstargz(t *testing.T, reg *testregistry.Registry, mutateImg func(v1.Image) v1.Image, prioritized ...string) (string, int64) {
 	t.Helper()
 	testenv.RequireBinary(t, testimage.BusyboxPath)
 	img, err := testimage.Busybox()
 	if err != nil {
 		t.Fatal(err)
 	}
-	eimg, err := EstargzImage(img, ConvertOptions{ChunkSize: 64 << 10})
+	eimg, err := EstargzImage(img, ConvertOptions{ChunkSize: 64 << 10, Prioritized: prioritized})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,5 +285,68 @@ func TestChunkCacheRefusesWrongBytes(t *testing.T) {
 	wg.Wait()
 	if n := fetches.Load(); n != 1 {
 		t.Errorf("%d fetches for one chunk", n)
+	}
+}
+
+// TestLazyPrefetchThenBackground: the files put before the prefetch
+// landmark arrive at mount in one request; then the whole layer arrives,
+// is checked against its digests, replaces the lazy one, and the mount
+// no longer needs the registry.
+func TestLazyPrefetchThenBackground(t *testing.T) {
+	testenv.RequireRoot(t) // the whole layer is extracted as a full pull does
+	var bt blobTraffic
+	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
+	ref, _ := pushEstargz(t, reg, nil, "bin/busybox")
+	s := newStore(t)
+	p := NewPuller(s, Options{Lazy: true, Retry: fastRetry})
+	res, err := p.Pull(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, before := bt.served()
+
+	trees, err := p.Trees(context.Background(), res.Image, TreeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lt := trees[0].(*lazyTree)
+	<-lt.prefetched
+	if _, n := bt.served(); n != before+1 {
+		t.Errorf("prefetch made %d requests, want one", n-before)
+	}
+	want, _ := os.ReadFile(testimage.BusyboxPath)
+	bt.down.Store(true)
+	if got, err := readFile(t, lt, "bin/busybox"); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("prefetched file with the registry down: %d bytes, %v", len(got), err)
+	}
+	bt.down.Store(false)
+
+	trees, err = p.Trees(context.Background(), res.Image, TreeOptions{Background: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lt = trees[0].(*lazyTree)
+	<-lt.completed
+	stored, err := s.Layer(res.Image.Layers[0].DiffID)
+	if err != nil || stored.Lazy {
+		t.Fatalf("after the background fetch the layer is %+v, %v", stored, err)
+	}
+	bt.down.Store(true)
+	if got, err := readFile(t, lt, "etc/os-release"); err != nil || !strings.Contains(string(got), "strata test busybox") {
+		t.Errorf("read from the completed layer with the registry down: %q, %v", got, err)
+	}
+	dir, _ := s.LayerTree(stored.DiffID)
+	if _, err := os.Stat(filepath.Join(dir, "stargz.index.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the completed layer shows eStargz's TOC file: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bin", "busybox")); err != nil {
+		t.Errorf("the completed layer lacks its files: %v", err)
+	}
+	again, err := p.Trees(context.Background(), res.Image, TreeOptions{Background: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := again[0].(*layertree.Dir); !ok {
+		t.Errorf("a new mount of the completed layer is %T, want an extracted directory", again[0])
 	}
 }

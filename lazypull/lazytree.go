@@ -1,7 +1,6 @@
 package lazypull
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,10 +9,10 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/klauspost/compress/gzip"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/layertree"
@@ -32,6 +31,11 @@ type lazyTree struct {
 	// ino numbers the TOC's entries in a fixed order (hardlinks share
 	// one), so numbers are the same at every mount.
 	ino map[*estargz.TOCEntry]uint64
+	rec LayerRecord
+	// extracted is the layer once fetched whole: files are read from it.
+	extracted atomic.Pointer[layertree.Dir]
+	// prefetched and completed close when that work is over.
+	prefetched, completed chan struct{}
 }
 
 // openLazyTree opens a lazy layer from its stored TOC.
@@ -53,7 +57,7 @@ func (s *Store) openLazyTree(l LayerRecord, remote *Remote, cache *chunkCache) (
 		return nil, fmt.Errorf("lazy layer %s: %w", l.DiffID, err)
 	}
 	t := &lazyTree{r: r, blob: remote.blob(repo, l.Digest, l.Size), tocOffset: l.TOCOffset, cache: cache, log: remote.log,
-		ino: map[*estargz.TOCEntry]uint64{}}
+		ino: map[*estargz.TOCEntry]uint64{}, rec: l, prefetched: make(chan struct{}), completed: make(chan struct{})}
 	root, ok := r.Lookup("")
 	if !ok {
 		return nil, fmt.Errorf("lazy layer %s: TOC has no root", l.DiffID)
@@ -185,7 +189,7 @@ func (t *lazyTree) Xattrs(_ context.Context, p string) (map[string][]byte, error
 	return out, nil
 }
 
-func (t *lazyTree) Open(_ context.Context, p string) (layertree.File, error) {
+func (t *lazyTree) Open(ctx context.Context, p string) (layertree.File, error) {
 	e, ok := t.r.Lookup(p)
 	if !ok {
 		return nil, notExist(p)
@@ -193,32 +197,57 @@ func (t *lazyTree) Open(_ context.Context, p string) (layertree.File, error) {
 	if e.Type != "reg" {
 		return nil, &os.PathError{Op: "open", Path: p, Err: syscall.EINVAL}
 	}
+	if d := t.extracted.Load(); d != nil {
+		// Whole now: read from the disk, but not handed to the kernel
+		// (passthrough): it refuses that for a file this mount already
+		// serves itself. The next mount passes it through.
+		f, err := d.Open(ctx, e.Name)
+		if err != nil {
+			return nil, err
+		}
+		return servedFile{f}, nil
+	}
 	return &lazyFile{t: t, e: e}, nil
 }
 
+// servedFile hides that a file is local, so the union serves its reads.
+type servedFile struct{ f layertree.File }
+
+func (s servedFile) ReadAt(p []byte, off int64) (int, error) { return s.f.ReadAt(p, off) }
+func (s servedFile) Close() error                            { return s.f.Close() }
+
 // lazyFile reads a file of a lazy layer.
 type lazyFile struct {
-	t *lazyTree
-	e *estargz.TOCEntry
+	t     *lazyTree
+	e     *estargz.TOCEntry
+	local localReader
 }
 
-func (f *lazyFile) Close() error { return nil }
+func (f *lazyFile) Close() error {
+	if f.local.f != nil {
+		return f.local.f.Close()
+	}
+	return nil
+}
 
 // ReadAt reads through the chunks the range covers. Any failure (the
 // registry unreachable after retries, a chunk whose bytes do not match
 // its digest) is EIO: never wrong bytes.
 func (f *lazyFile) ReadAt(p []byte, off int64) (int, error) {
 	ctx := context.Background()
+	if d := f.t.extracted.Load(); d != nil {
+		f.local.once.Do(func() { f.local.f, f.local.err = d.Open(ctx, f.e.Name) })
+		if f.local.err == nil {
+			return f.local.f.ReadAt(p, off)
+		}
+	}
 	n := 0
 	for n < len(p) && off < f.e.Size {
 		ce, ok := f.t.r.ChunkEntryForOffset(f.e.Name, off)
 		if !ok {
 			return n, f.fail(fmt.Errorf("no chunk at offset %d", off))
 		}
-		d := ce.ChunkDigest
-		if d == "" && ce.ChunkSize == f.e.Size {
-			d = f.e.Digest // a file of one chunk may carry only its own digest
-		}
+		d := chunkDigest(ce)
 		if d == "" {
 			return n, f.fail(errNoChunkDigest)
 		}
@@ -256,57 +285,53 @@ func (t *lazyTree) fetchChunk(ctx context.Context, ce *estargz.TOCEntry) ([]byte
 	if err != nil {
 		return nil, err
 	}
-	zr, err := gzip.NewReader(bytes.NewReader(raw))
-	if err != nil {
-		return nil, fmt.Errorf("chunk at %d: %w", ce.Offset, err)
-	}
-	defer zr.Close()
-	if _, err := io.CopyN(io.Discard, zr, ce.InnerOffset); err != nil {
-		return nil, fmt.Errorf("chunk at %d: %w", ce.Offset, err)
-	}
-	out := make([]byte, ce.ChunkSize)
-	if _, err := io.ReadFull(zr, out); err != nil {
-		return nil, fmt.Errorf("chunk at %d: %w", ce.Offset, err)
-	}
-	return out, nil
+	return decompressChunk(raw, ce)
 }
 
 // Trees are an image's layer trees, top first: extracted layers as
-// directories, lazy ones read through remote and the chunk cache.
+// directories, lazy ones read through remote and the chunk cache, on
+// demand only (Puller.Trees also prefetches).
 func (s *Store) Trees(rec *ImageRecord, remote *Remote) ([]layertree.Tree, error) {
+	trees, _, err := s.trees(rec, remote)
+	return trees, err
+}
+
+func (s *Store) trees(rec *ImageRecord, remote *Remote) ([]layertree.Tree, []*lazyTree, error) {
 	var cache *chunkCache
+	var lazy []*lazyTree
 	out := make([]layertree.Tree, 0, len(rec.Layers))
 	for i := len(rec.Layers) - 1; i >= 0; i-- {
 		l := rec.Layers[i]
 		if !s.HasLayer(l.DiffID) {
-			return nil, fmt.Errorf("layer %s of image %s is missing from the store (pull the image again)", l.DiffID, shortID(rec.ConfigDigest))
+			return nil, nil, fmt.Errorf("layer %s of image %s is missing from the store (pull the image again)", l.DiffID, shortID(rec.ConfigDigest))
 		}
 		stored, err := s.Layer(l.DiffID)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if !stored.Lazy {
 			d, err := s.LayerTree(l.DiffID)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			t, err := layertree.NewDir(d)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			out = append(out, t)
 			continue
 		}
 		if cache == nil {
 			if cache, err = newChunkCache(s.root); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		t, err := s.openLazyTree(stored, remote, cache)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		out = append(out, t)
+		lazy = append(lazy, t)
 	}
-	return out, nil
+	return out, lazy, nil
 }

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -567,6 +568,13 @@ func (p *Puller) downloadLayer(ctx context.Context, src source, l *LayerRecord) 
 	if err := checkStream(counter, l, blobHash, diffHash); err != nil {
 		return counter.n, err
 	}
+	if applyErr == nil && l.TOCDigest != "" {
+		// What eStargz adds to a layer is no part of the image's files,
+		// whether the layer is read lazily or whole.
+		for _, n := range []string{estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark} {
+			os.Remove(filepath.Join(fsDir, n))
+		}
+	}
 	if applyErr != nil {
 		if retryable(applyErr) {
 			return counter.n, applyErr // the stream broke under the extractor
@@ -584,7 +592,13 @@ func (p *Puller) downloadLayer(ctx context.Context, src source, l *LayerRecord) 
 	if err := syncfs(tmp); err != nil {
 		return counter.n, err
 	}
-	if err := os.Rename(tmp, final); err != nil {
+	// A lazy layer being completed is swapped for the whole one at once.
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE); errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+		err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_EXCHANGE)
+		if err != nil {
+			return counter.n, fmt.Errorf("store layer %s: %w", l.DiffID, err)
+		}
+	} else if err != nil {
 		return counter.n, fmt.Errorf("store layer %s: %w", l.DiffID, err)
 	}
 	return counter.n, fsutil.SyncDir(filepath.Dir(final))

@@ -42,6 +42,9 @@ type Container struct {
 	// Volumes are the volumes the container mounts: named ones outlive
 	// it, anonymous ones go with `rm -v` and `run --rm`.
 	Volumes []VolumeRef `json:"volumes,omitempty"`
+	// Annotations carry settings of the layers above the runtime (how the
+	// root filesystem is mounted).
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // VolumeRef names a volume a container uses.

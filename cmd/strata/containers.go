@@ -25,6 +25,10 @@ import (
 	"github.com/stratafs/strata/volumes"
 )
 
+// backgroundFetchAnnotation is "false" on a container made with
+// --background-fetch=false: its lazy layers are only read on demand.
+const backgroundFetchAnnotation = "strata.background-fetch"
+
 // Exit codes of docker run for strata's own failures.
 const exitRunFailure = 125
 
@@ -33,7 +37,7 @@ type createFlags struct {
 	name, workdir, user, entrypoint, hostname, network, pull, platform string
 	memory, stopSignal                                                 string
 	env, envFiles, volumes, mounts, tmpfs, capAdd, capDrop             []string
-	interactive, tty, rm, readOnly, privileged, init, lazy             bool
+	interactive, tty, rm, readOnly, privileged, init, lazy, background bool
 	cpus                                                               float64
 	pidsLimit                                                          int64
 	stopTimeout                                                        int
@@ -68,6 +72,7 @@ func (f *createFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.privileged, "privileged", false, "give the container all capabilities, the host's devices, no masked paths")
 	fs.BoolVar(&f.init, "init", false, "run a reaping init as PID 1, the command its child")
 	fs.BoolVar(&f.lazy, "lazy", true, "pull eStargz layers lazily (false: whole)")
+	fs.BoolVar(&f.background, "background-fetch", true, "fetch lazy layers whole in the background while the container runs")
 }
 
 // imageFor finds the image, pulling it as --pull says.
@@ -200,6 +205,9 @@ func (a *app) newContainer(ctx context.Context, f *createFlags, image string, ar
 		Resources: res, StopSignal: stopSignal, StopTimeout: f.stopTimeout,
 		AutoRemove: f.rm, Interactive: f.interactive,
 	}
+	if !f.background {
+		c.Annotations = map[string]string{backgroundFetchAnnotation: "false"}
+	}
 	vs, err := volumes.Open(a.root)
 	if err != nil {
 		return nil, err
@@ -320,11 +328,14 @@ func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir
 	}
 	// A FUSE mount left by a monitor that was killed.
 	unix.Unmount(dir, unix.MNT_DETACH)
-	srv, err := m.a.mountImage(rec, dir, upper, work, "strata:"+c.ID[:12])
+	ctx, cancel := context.WithCancel(ctx)
+	srv, err := m.a.mountImage(ctx, rec, dir, upper, work, "strata:"+c.ID[:12], c.Annotations[backgroundFetchAnnotation] != "false")
 	if err != nil {
+		cancel()
 		return nil, err
 	}
 	return func() error {
+		defer cancel()
 		err := srv.Unmount()
 		if err != nil {
 			err = unix.Unmount(dir, unix.MNT_DETACH)

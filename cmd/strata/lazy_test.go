@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net/http"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -53,12 +54,21 @@ func TestLazyRun(t *testing.T) {
 	if n := blobBytes.Load(); n > size/4 {
 		t.Errorf("lazy pull fetched %d of the layer's %d bytes", n, size)
 	}
-	out := mustStrata(t, root, "run", "--rm", ref, "sh", "-c", "echo hello from a lazy layer; ls /bin | grep -c .")
+	out := mustStrata(t, root, "run", "--rm", "--background-fetch=false", ref, "sh", "-c", "echo hello from a lazy layer; ls /bin | grep -c .")
 	if !strings.HasPrefix(out, "hello from a lazy layer\n") {
 		t.Errorf("lazy container output: %q", out)
 	}
 	if n := blobBytes.Load(); n > size+size/10 {
 		t.Errorf("running the container fetched %d bytes of a %d-byte layer", n, size)
+	}
+	// In the background the layer arrives whole while the container runs
+	// (it watches the store's record of it), and stays so.
+	wait := `for i in $(seq 300); do grep -q '"lazy": true' /layers/*/layer.json || exit 0; sleep 0.05; done; exit 1`
+	if r := strata(t, root, "run", "--rm", "-v", root+"/layers:/layers:ro", ref, "sh", "-c", wait); r.code != 0 {
+		t.Errorf("the lazy layer did not arrive whole in the background: exit %d %s", r.code, r.stderr)
+	}
+	if b, _ := exec.Command("sh", "-c", "cat "+root+"/layers/*/layer.json").Output(); strings.Contains(string(b), `"lazy": true`) {
+		t.Errorf("layer still lazy after the background fetch:\n%s", b)
 	}
 
 	// Wrong bytes from the registry: the container's read fails with EIO.

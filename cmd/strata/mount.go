@@ -26,6 +26,7 @@ func mountVerb() *verb {
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
 			upper := fs.String("upper", "", "keep changes in this directory (kept after umount; its work directory is DIR.work); default a fresh one removed at umount")
 			readOnly := fs.Bool("read-only", false, "mount read-only")
+			background := fs.Bool("background-fetch", true, "fetch lazy (eStargz) layers whole in the background")
 			return func(ctx context.Context, a *app, args []string) error {
 				s, err := a.Store()
 				if err != nil {
@@ -54,7 +55,7 @@ func mountVerb() *verb {
 					}
 					mode = u
 				}
-				return a.startMountServer(ctx, args[0], dir, mode)
+				return a.startMountServer(ctx, args[0], dir, mode, *background)
 			}
 		}}
 }
@@ -62,7 +63,7 @@ func mountVerb() *verb {
 // startMountServer runs the FUSE server in a process of its own (strata
 // mount-server, detached in a new session) and waits until it reports the
 // mount live or failed.
-func (a *app) startMountServer(ctx context.Context, image, dir, upper string) error {
+func (a *app) startMountServer(ctx context.Context, image, dir, upper string, background bool) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -77,7 +78,7 @@ func (a *app) startMountServer(ctx context.Context, image, dir, upper string) er
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(self, "--root", a.store.Root(), "--log-level", a.logLevel, "mount-server", image, dir, upper)
+	cmd := exec.Command(self, "--root", a.store.Root(), "--log-level", a.logLevel, "mount-server", fmt.Sprintf("--background-fetch=%t", background), image, dir, upper)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := daemon.Start(cmd); err != nil {
 		if b, _ := os.ReadFile(logPath); len(b) > 0 && strings.HasPrefix(err.Error(), "server exited") {
@@ -98,9 +99,10 @@ func mountID(dir string) string {
 func mountServerVerb() *verb {
 	return &verb{name: "mount-server", args: "IMAGE DIR UPPER", summary: "(internal) serve a mount", hidden: true, minArgs: 3, maxArgs: 3,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			background := fs.Bool("background-fetch", true, "fetch lazy layers whole in the background")
 			return func(ctx context.Context, a *app, args []string) error {
 				ready := daemon.Notifier()
-				err := a.serveMount(args[0], args[1], args[2], func() { ready(nil) })
+				err := a.serveMount(ctx, args[0], args[1], args[2], *background, func() { ready(nil) })
 				if err != nil {
 					ready(err)
 				}
@@ -111,7 +113,7 @@ func mountServerVerb() *verb {
 
 // serveMount serves image at dir with upper: "ro" for none, "fresh" for a
 // new one under <root>/mounts removed at unmount, or a directory to keep.
-func (a *app) serveMount(image, dir, upper string, live func()) error {
+func (a *app) serveMount(ctx context.Context, image, dir, upper string, background bool, live func()) error {
 	s, err := a.Store()
 	if err != nil {
 		return err
@@ -135,7 +137,9 @@ func (a *app) serveMount(image, dir, upper string, live func()) error {
 	default:
 		upperDir, workDir = upper, upper+".work"
 	}
-	srv, err := a.mountImage(rec, dir, upperDir, workDir, "strata:"+lazypull.ShortID(rec.ConfigDigest))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srv, err := a.mountImage(ctx, rec, dir, upperDir, workDir, "strata:"+lazypull.ShortID(rec.ConfigDigest), background)
 	if err != nil {
 		return err
 	}
@@ -145,12 +149,14 @@ func (a *app) serveMount(image, dir, upper string, live func()) error {
 
 // mountImage mounts an image's layers under upper (none: read-only) at
 // dir as a container root, served by this process.
-func (a *app) mountImage(rec *lazypull.ImageRecord, dir, upper, work, fsName string) (*fuse.Server, error) {
+// Lazy layers fetch their prioritized files at once and, with background,
+// the rest after, until ctx ends.
+func (a *app) mountImage(ctx context.Context, rec *lazypull.ImageRecord, dir, upper, work, fsName string, background bool) (*fuse.Server, error) {
 	opts, err := a.pullOptions("", nil)
 	if err != nil {
 		return nil, err
 	}
-	layers, err := a.store.Trees(rec, lazypull.NewRemote(opts))
+	layers, err := lazypull.NewPuller(a.store, opts).Trees(ctx, rec, lazypull.TreeOptions{Background: background})
 	if err != nil {
 		return nil, err
 	}
