@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/stratafs/strata/internal/fsutil"
 )
@@ -21,9 +23,17 @@ import (
 // under a chunk's name.
 type chunkCache struct {
 	dir string
+	// max bounds the cache (0: no bound): past an eighth of it written,
+	// least recently used chunks of layers not in use are evicted.
+	max     int64
+	store   *Store
+	written atomic.Int64
+	pruning atomic.Bool
 
 	mu      sync.Mutex
 	flights map[string]*flight
+	// touched is when a chunk's use was last recorded (its mtime).
+	touched map[string]time.Time
 }
 
 type flight struct {
@@ -32,12 +42,40 @@ type flight struct {
 	err  error
 }
 
-func newChunkCache(root string) (*chunkCache, error) {
-	dir := filepath.Join(root, "chunks", "sha256")
+func newChunkCache(s *Store, max int64) (*chunkCache, error) {
+	dir := filepath.Join(s.root, "chunks", "sha256")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &chunkCache{dir: dir, flights: map[string]*flight{}}, nil
+	return &chunkCache{dir: dir, max: max, store: s, flights: map[string]*flight{}, touched: map[string]time.Time{}}, nil
+}
+
+// used records that a cached chunk was read, for least-recently-used
+// eviction: its mtime, at most once a minute.
+func (c *chunkCache) used(digest, path string) {
+	now := time.Now()
+	c.mu.Lock()
+	last, ok := c.touched[digest]
+	if ok && now.Sub(last) < time.Minute {
+		c.mu.Unlock()
+		return
+	}
+	c.touched[digest] = now
+	c.mu.Unlock()
+	os.Chtimes(path, now, now)
+}
+
+// grew accounts for n bytes written, evicting in the background when the
+// cache may have passed its bound.
+func (c *chunkCache) grew(n int64) {
+	if c.max <= 0 || c.written.Add(n) < c.max/8 || !c.pruning.CompareAndSwap(false, true) {
+		return
+	}
+	c.written.Store(0)
+	go func() {
+		defer c.pruning.Store(false)
+		c.store.PruneCache(context.Background(), c.max)
+	}()
 }
 
 func (c *chunkCache) path(digest string) (string, error) {
@@ -58,6 +96,7 @@ func (c *chunkCache) readAt(ctx context.Context, digest string, p []byte, off in
 	}
 	if f, err := os.Open(path); err == nil {
 		defer f.Close()
+		c.used(digest, path)
 		n, err := f.ReadAt(p, off)
 		if errors.Is(err, io.EOF) {
 			err = nil
@@ -104,7 +143,9 @@ func (c *chunkCache) fetchOnce(ctx context.Context, digest, path string, fetch f
 		return nil, f.err
 	}
 	// A failure to cache is no failure to read.
-	fsutil.WriteFileAtomic(path, f.data, 0o600)
+	if fsutil.WriteFileAtomic(path, f.data, 0o600) == nil {
+		c.grew(int64(len(f.data)))
+	}
 	return f.data, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -257,7 +258,7 @@ func replaceTOCDigest(img v1.Image, d string) (v1.Image, error) {
 // TestChunkCacheRefusesWrongBytes: bytes that do not match the chunk's
 // digest (a TOC that lies about a chunk) are an error and never cached.
 func TestChunkCacheRefusesWrongBytes(t *testing.T) {
-	c, err := newChunkCache(t.TempDir())
+	c, err := newChunkCache(newStore(t), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,5 +349,53 @@ func TestLazyPrefetchThenBackground(t *testing.T) {
 	}
 	if _, ok := again[0].(*layertree.Dir); !ok {
 		t.Errorf("a new mount of the completed layer is %T, want an extracted directory", again[0])
+	}
+}
+
+// TestPruneCache evicts least recently used chunks first, down to the
+// bound, and never the chunks of a lazy layer an image in use needs.
+func TestPruneCache(t *testing.T) {
+	var bt blobTraffic
+	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
+	ref, _ := pushEstargz(t, reg, nil)
+	s := newStore(t)
+	res, err := NewPuller(s, Options{Lazy: true, Retry: fastRetry}).Pull(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry})[0]
+	if _, err := readFile(t, tree, "bin/busybox"); err != nil {
+		t.Fatal(err)
+	}
+	// Two chunks of no layer, the older one used longest ago.
+	c, _ := newChunkCache(s, 0)
+	old, recent := []byte("old chunk"), []byte("recent chunk")
+	for i, b := range [][]byte{old, recent} {
+		p, _ := c.path(sha256Digest(b))
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		when := time.Now().Add(time.Duration(i-10) * time.Hour)
+		os.Chtimes(p, when, when)
+	}
+	unpin, err := s.Pin(res.Image, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := s.CacheUsage()
+	if before.Reclaimable != int64(len(old)+len(recent)) {
+		t.Errorf("reclaimable with the image in use: %d, want the two stray chunks", before.Reclaimable)
+	}
+	if freed := s.PruneCache(context.Background(), before.Bytes-int64(len(old))); freed != int64(len(old)) || c.has(sha256Digest(old)) || !c.has(sha256Digest(recent)) {
+		t.Errorf("evicting one chunk's worth freed %d and left old=%v recent=%v", freed, c.has(sha256Digest(old)), c.has(sha256Digest(recent)))
+	}
+	s.PruneCache(context.Background(), 0)
+	if u := s.CacheUsage(); u.Bytes != before.Bytes-int64(len(old)+len(recent)) {
+		t.Errorf("pruning everything removed chunks an image in use needs: %d bytes left, want %d", u.Bytes, before.Bytes-int64(len(old)+len(recent)))
+	}
+	unpin()
+	s.PruneCache(context.Background(), 0)
+	if u := s.CacheUsage(); u.Chunks != 0 {
+		t.Errorf("%d chunks left once nothing needs them", u.Chunks)
 	}
 }

@@ -322,7 +322,7 @@ func (s *Store) trees(rec *ImageRecord, remote *Remote) ([]layertree.Tree, []*la
 			continue
 		}
 		if cache == nil {
-			if cache, err = newChunkCache(s.root); err != nil {
+			if cache, err = newChunkCache(s, remote.opts.CacheMax); err != nil {
 				return nil, nil, err
 			}
 		}

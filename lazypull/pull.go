@@ -45,7 +45,9 @@ type Options struct {
 	Jobs int
 	// Lazy pulls eStargz layers (those with a TOC digest annotation)
 	// without their body: only the TOC; files are fetched when read.
-	Lazy     bool
+	Lazy bool
+	// CacheMax bounds the chunk cache of lazy layers (0: no bound).
+	CacheMax int64
 	Retry    Retry
 	Progress Progress
 	Logger   *slog.Logger

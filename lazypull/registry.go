@@ -66,6 +66,8 @@ type Config struct {
 	Mirrors []string `json:"mirrors,omitempty"`
 	// InsecureRegistries are reached over plain HTTP.
 	InsecureRegistries []string `json:"insecure-registries,omitempty"`
+	// CacheMax bounds the chunk cache of lazy layers ("10g"); empty: none.
+	CacheMax string `json:"cache-max,omitempty"`
 }
 
 // LoadConfig reads <root>/config.json; a missing file is an empty config.

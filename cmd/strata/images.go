@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -30,6 +31,13 @@ func (a *app) pullOptions(platform string, progress lazypull.Progress) (lazypull
 		if _, err := lazypull.ParsePlatform(platform); err != nil {
 			return o, &usageError{msg: err.Error()}
 		}
+	}
+	if max := cmp.Or(a.cacheMax, a.config.CacheMax); max != "" {
+		n, err := parseBytes(max)
+		if err != nil || n <= 0 {
+			return o, &usageError{msg: fmt.Sprintf("invalid --cache-max %q: want a size such as 10g", max)}
+		}
+		o.CacheMax = n
 	}
 	return o, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -69,6 +70,25 @@ func TestLazyRun(t *testing.T) {
 	}
 	if b, _ := exec.Command("sh", "-c", "cat "+root+"/layers/*/layer.json").Output(); strings.Contains(string(b), `"lazy": true`) {
 		t.Errorf("layer still lazy after the background fetch:\n%s", b)
+	}
+
+	// system df and prune: the chunk cache shows and goes; a stopped
+	// container goes; nothing goes without a yes.
+	mustStrata(t, root, "create", "--name", "stopped", ref, "true")
+	if out := mustStrata(t, root, "system", "df"); !strings.Contains(out, "Chunk cache") || !strings.Contains(out, "Containers      1") {
+		t.Errorf("system df:\n%s", out)
+	}
+	no := exec.Command(strataBin, "--root", root, "system", "prune")
+	no.Stdin = strings.NewReader("n\n")
+	if out, err := no.CombinedOutput(); err == nil || !strings.Contains(string(out), "aborted") {
+		t.Errorf("system prune answered no: %v\n%s", err, out)
+	}
+	out = mustStrata(t, root, "system", "prune", "-f")
+	if !strings.Contains(out, "Deleted Containers:") || !strings.Contains(out, "Total reclaimed space") {
+		t.Errorf("system prune -f:\n%s", out)
+	}
+	if out := mustStrata(t, root, "system", "df"); !regexp.MustCompile(`Chunk cache\s+0 `).MatchString(out) {
+		t.Errorf("system df after prune:\n%s", out)
 	}
 
 	// Wrong bytes from the registry: the container's read fails with EIO.

@@ -48,6 +48,7 @@ type app struct {
 	logLevel         string
 	mirrors          []string
 	insecure         []string
+	cacheMax         string
 	stdin            io.Reader
 	stdout, stderr   io.Writer
 	log              *slog.Logger
@@ -87,7 +88,7 @@ func verbs() []*verb {
 		pullVerb(), convertVerb(), imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(),
 		mountVerb(), mountServerVerb(), umountVerb(),
 		runVerb(), execVerb(), createVerb(), startVerb(), psVerb(), stopVerb(), killVerb(), rmVerb(), logsVerb(),
-		waitVerb(), renameVerb(), pauseVerb(true), pauseVerb(false), volumeVerb(), monitorVerb(), initVerb(),
+		waitVerb(), renameVerb(), pauseVerb(true), pauseVerb(false), volumeVerb(), systemVerb(), monitorVerb(), initVerb(),
 	}
 }
 
@@ -104,6 +105,7 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	global.StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	global.StringArrayVar(&a.mirrors, "registry-mirror", nil, "registry mirror, tried before the origin: URL (for Docker Hub) or REGISTRY=URL; repeatable")
 	global.StringArrayVar(&a.insecure, "insecure-registry", nil, "registry host[:port] to reach over plain HTTP; repeatable")
+	global.StringVar(&a.cacheMax, "cache-max", "", "bound the chunk cache of lazy layers (e.g. 10g): least recently used chunks of layers not in use are evicted")
 	help := global.BoolP("help", "h", false, "show help")
 	vs := verbs()
 	if err := global.Parse(argv); err != nil {
