@@ -32,6 +32,10 @@ type Options struct {
 	// published (fuse-overlayfs's fsync=0): faster, and after a crash a
 	// copied-up file may be empty.
 	NoSync bool
+	// OnOpen, when set, is told the path of every file of the layers
+	// opened for reading, in order: the access log `strata convert
+	// --optimize` orders layers by.
+	OnOpen func(path string)
 	Logger *slog.Logger
 }
 
@@ -47,6 +51,7 @@ type Union struct {
 	workDir  string
 	format   upperFormat
 	noSync   bool
+	onOpen   func(string)
 
 	// mu guards every child record and merged listing. wmu serialises
 	// changes, which touch the upper directory and several records;
@@ -72,7 +77,7 @@ func New(opts Options) (*Union, error) {
 	if len(opts.Layers) > 1<<15 {
 		return nil, fmt.Errorf("union: %d layers is more than %d", len(opts.Layers), 1<<15)
 	}
-	u := &Union{layers: opts.Layers, timeout: opts.Timeout, log: opts.Logger, noSync: opts.NoSync,
+	u := &Union{layers: opts.Layers, timeout: opts.Timeout, log: opts.Logger, noSync: opts.NoSync, onOpen: opts.OnOpen,
 		links: map[uint64]*child{}, layerLinks: map[int]map[uint64][]string{}}
 	if u.timeout == 0 {
 		u.timeout = time.Hour

@@ -1145,6 +1145,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		return n.u.openedUpper(n.c, fd), 0, 0
 	}
 	ref := c.lowers[0]
+	if n.u.onOpen != nil {
+		n.u.onOpen(n.path())
+	}
 	f, err := n.u.layers[ref.idx].Open(ctx, ref.path)
 	if err != nil {
 		return nil, 0, fs.ToErrno(err)

@@ -315,7 +315,11 @@ func parseBytes(s string) (int64, error) {
 
 // storeMounter mounts containers' root filesystems from the image store
 // through the union filesystem, served by the calling monitor.
-type storeMounter struct{ a *app }
+type storeMounter struct {
+	a *app
+	// onOpen receives the access log (convert --optimize).
+	onOpen func(string)
+}
 
 func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir, upper, work string) (func() error, error) {
 	s, err := m.a.Store()
@@ -329,7 +333,7 @@ func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir
 	// A FUSE mount left by a monitor that was killed.
 	unix.Unmount(dir, unix.MNT_DETACH)
 	ctx, cancel := context.WithCancel(ctx)
-	srv, err := m.a.mountImage(ctx, rec, dir, upper, work, "strata:"+c.ID[:12], c.Annotations[backgroundFetchAnnotation] != "false")
+	srv, err := m.a.mountImage(ctx, rec, dir, upper, work, "strata:"+c.ID[:12], c.Annotations[backgroundFetchAnnotation] != "false", m.onOpen)
 	if err != nil {
 		cancel()
 		return nil, err
@@ -426,7 +430,7 @@ func (a *app) runForeground(ctx context.Context, c *runtime.Container, interacti
 		}
 	}
 	// Signals go to the container, not to this context.
-	code, err := cs.Run(context.WithoutCancel(ctx), c, storeMounter{a}, o)
+	code, err := cs.Run(context.WithoutCancel(ctx), c, storeMounter{a: a}, o)
 	if c.AutoRemove {
 		if rerr := a.removeContainer(context.WithoutCancel(ctx), c, true); rerr != nil {
 			a.log.Warn("remove container", "id", c.ID[:12], "err", rerr)
@@ -506,7 +510,7 @@ func monitorVerb() *verb {
 				// Stop and kill reach the container through its PID; the
 				// monitor itself ignores the terminal's signals.
 				signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
-				_, err = cs.Run(context.WithoutCancel(ctx), c, storeMounter{a}, runtime.RunOptions{Started: func() { ready(nil) }})
+				_, err = cs.Run(context.WithoutCancel(ctx), c, storeMounter{a: a}, runtime.RunOptions{Started: func() { ready(nil) }})
 				if err != nil {
 					ready(err)
 				}

@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
 
 	"github.com/stratafs/strata/internal/testenv"
 	"github.com/stratafs/strata/internal/testimage"
@@ -122,4 +127,62 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 		b[len(b)/2] ^= 0xff
 	}
 	return c.ResponseWriter.Write(b)
+}
+
+// TestConvertOptimize converts an image with --optimize: the files the
+// workload opens come first in the layer, before the prefetch landmark.
+func TestConvertOptimize(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	testenv.RequireBinary(t, testimage.BusyboxPath)
+	reg := testregistry.Start(t, testregistry.Options{})
+	img, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, dst := reg.Ref("plain/busybox:v1"), reg.Ref("opt/busybox:v1")
+	if err := testimage.Push(context.Background(), src, img); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	t.Cleanup(func() { cleanupContainers(t, root) })
+	out := mustStrata(t, root, "convert", "--optimize", "--cmd", "cat /etc/os-release", src, dst)
+	if !strings.Contains(out, "files; they go first") {
+		t.Errorf("convert --optimize: %s", out)
+	}
+	if ids := mustStrata(t, root, "ps", "-a", "-q"); ids != "" {
+		t.Errorf("convert left its container: %s", ids)
+	}
+	root2 := t.TempDir()
+	mustStrata(t, root2, "pull", "-q", dst)
+	tocs, _ := filepath.Glob(filepath.Join(root2, "layers", "*", "toc"))
+	if len(tocs) != 1 {
+		t.Fatalf("lazy layers: %v", tocs)
+	}
+	tail, err := os.ReadFile(tocs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	toc, _, err := new(estargz.GzipDecompressor).ParseTOC(bytes.NewReader(tail))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := map[string]int{}
+	for i, e := range toc.Entries {
+		if _, ok := pos[e.Name]; !ok {
+			pos[e.Name] = i
+		}
+	}
+	mark, ok := pos[estargz.PrefetchLandmark]
+	if !ok {
+		t.Fatalf("no prefetch landmark in the optimized layer")
+	}
+	for _, p := range []string{"etc/os-release", "bin/busybox"} {
+		if i, ok := pos[p]; !ok || i > mark {
+			t.Errorf("%s, opened by the workload, is at %d, after the landmark at %d", p, i, mark)
+		}
+	}
+	if out := mustStrata(t, root2, "run", "--rm", dst, "cat", "/etc/os-release"); !strings.Contains(out, "strata test busybox") {
+		t.Errorf("run of the optimized image: %q", out)
+	}
 }

@@ -139,7 +139,7 @@ func (a *app) serveMount(ctx context.Context, image, dir, upper string, backgrou
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	srv, err := a.mountImage(ctx, rec, dir, upperDir, workDir, "strata:"+lazypull.ShortID(rec.ConfigDigest), background)
+	srv, err := a.mountImage(ctx, rec, dir, upperDir, workDir, "strata:"+lazypull.ShortID(rec.ConfigDigest), background, nil)
 	if err != nil {
 		return err
 	}
@@ -151,7 +151,7 @@ func (a *app) serveMount(ctx context.Context, image, dir, upper string, backgrou
 // dir as a container root, served by this process.
 // Lazy layers fetch their prioritized files at once and, with background,
 // the rest after, until ctx ends.
-func (a *app) mountImage(ctx context.Context, rec *lazypull.ImageRecord, dir, upper, work, fsName string, background bool) (*fuse.Server, error) {
+func (a *app) mountImage(ctx context.Context, rec *lazypull.ImageRecord, dir, upper, work, fsName string, background bool, onOpen func(string)) (*fuse.Server, error) {
 	opts, err := a.pullOptions("", nil)
 	if err != nil {
 		return nil, err
@@ -160,7 +160,7 @@ func (a *app) mountImage(ctx context.Context, rec *lazypull.ImageRecord, dir, up
 	if err != nil {
 		return nil, err
 	}
-	u, err := fusefs.New(fusefs.Options{Layers: layers, UpperDir: upper, WorkDir: work, Logger: a.log})
+	u, err := fusefs.New(fusefs.Options{Layers: layers, UpperDir: upper, WorkDir: work, Logger: a.log, OnOpen: onOpen})
 	if err != nil {
 		return nil, err
 	}
