@@ -14,7 +14,7 @@ BENCH_DEPS := $(TEST_DEPS) debootstrap crun
 # Packages with goroutines of their own; the race detector runs on them.
 RACE_PKGS  := ./lazypull/... ./whiteout/... ./fusefs/... ./layertree/... ./internal/... ./runtime/... ./volumes/...
 
-.PHONY: all build test test-short lint demo install bench deps clean
+.PHONY: all build test test-short lint demo install bench bench-coldstart deps clean
 
 all: build
 
@@ -51,6 +51,12 @@ bench: build
 	./scripts/deps.sh $(BENCH_DEPS)
 	$(BIN)/strata bench pull
 	$(BIN)/strata bench union
+
+# Cold start through a shaped link (100 Mbit/s, 20 ms): builds its Debian
+# image with debootstrap the first time.
+bench-coldstart: build
+	./scripts/deps.sh $(BENCH_DEPS)
+	$(BIN)/strata bench -v coldstart
 
 clean:
 	rm -rf $(BIN)

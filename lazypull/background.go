@@ -52,34 +52,41 @@ func (t *lazyTree) prefetch(ctx context.Context) {
 	if !ok || mark.Offset <= 0 {
 		return
 	}
-	chunks := t.chunksBefore(mark.Offset)
-	if len(chunks) == 0 {
-		return
+	// Readers of these chunks wait for this fetch rather than make their
+	// own.
+	type pending struct {
+		ce     *estargz.TOCEntry
+		digest string
+		f      *flight
 	}
-	start := chunks[0].Offset
-	raw, err := t.blob.readRange(ctx, start, mark.Offset-start)
-	if err != nil {
-		t.log.Warn("prefetch failed", "layer", t.blob.digest, "err", err)
-		return
-	}
-	for _, ce := range chunks {
-		end := min(ce.NextOffset(), mark.Offset)
+	var todo []pending
+	for _, ce := range t.chunksBefore(mark.Offset) {
 		d := chunkDigest(ce)
-		if d == "" || t.cache.has(d) || end <= ce.Offset {
+		if d == "" || t.cache.has(d) || min(ce.NextOffset(), mark.Offset) <= ce.Offset {
 			continue
 		}
-		part := raw[ce.Offset-start : end-start]
-		if _, err := t.cache.fetchOnce(ctx, d, mustPath(t.cache, d), func(context.Context) ([]byte, error) {
-			return decompressChunk(part, ce)
-		}); err != nil {
-			t.log.Warn("prefetch: chunk refused", "layer", t.blob.digest, "offset", ce.Offset, "err", err)
+		if f, owner := t.cache.begin(d); owner {
+			todo = append(todo, pending{ce, d, f})
 		}
 	}
-}
-
-func mustPath(c *chunkCache, d string) string {
-	p, _ := c.path(d)
-	return p
+	if len(todo) == 0 {
+		return
+	}
+	start := todo[0].ce.Offset
+	raw, fetchErr := t.blob.readRange(ctx, start, mark.Offset-start)
+	if fetchErr != nil {
+		t.log.Warn("prefetch failed", "layer", t.blob.digest, "err", fetchErr)
+	}
+	for _, p := range todo {
+		path, _ := t.cache.path(p.digest)
+		data, err := []byte(nil), fetchErr
+		if err == nil {
+			data, err = decompressChunk(raw[p.ce.Offset-start:min(p.ce.NextOffset(), mark.Offset)-start], p.ce)
+		}
+		if _, err := t.cache.finish(p.digest, path, p.f, data, err); err != nil && fetchErr == nil {
+			t.log.Warn("prefetch: chunk refused", "layer", t.blob.digest, "offset", p.ce.Offset, "err", err)
+		}
+	}
 }
 
 // chunksBefore lists the data chunks that lie before offset in the blob,
@@ -159,6 +166,7 @@ func (p *Puller) complete(ctx context.Context, t *lazyTree) {
 	}
 	full := t.rec
 	full.Lazy, full.TOCOffset = false, 0
+	ctx = inBackground(ctx, p.remote)
 	src := source{repo: t.blob.repo}
 	err = p.opts.Retry.do(ctx, "layer "+full.Digest, p.log.Debug, func() error {
 		_, err := p.downloadLayer(ctx, src, &full)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -26,6 +27,32 @@ type Remote struct {
 	transports map[string]http.RoundTripper
 	// Fetched counts blob bytes received.
 	Fetched atomic.Int64
+	// onDemand counts reads a process waits for; background fetches
+	// yield to them.
+	onDemand atomic.Int32
+}
+
+// yielding makes a background stream wait while on-demand reads are in
+// flight: the connection's receive window fills and the server pauses,
+// so the link is theirs.
+type yielding struct {
+	r io.Reader
+	m *Remote
+}
+
+func (y yielding) Read(p []byte) (int, error) {
+	for i := 0; y.m.onDemand.Load() > 0 && i < 5000; i++ {
+		time.Sleep(2 * time.Millisecond)
+	}
+	return y.r.Read(p)
+}
+
+type backgroundKey struct{}
+
+// inBackground marks ctx as that of a background fetch, which yields to
+// the on-demand reads of m.
+func inBackground(ctx context.Context, m *Remote) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, m)
 }
 
 // NewRemote returns a Remote configured as a Puller would be.

@@ -130,3 +130,35 @@ func (s *Store) PruneCache(ctx context.Context, max int64) int64 {
 	}
 	return freed
 }
+
+// PrefetchBytes sums, over the lazy layers of the store at root, the
+// compressed bytes before each layer's prefetch landmark: what an
+// optimized image says its workload reads.
+func PrefetchBytes(root string) (int64, error) {
+	tocs, err := filepath.Glob(filepath.Join(root, "layers", "*", tocFile))
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, p := range tocs {
+		tail, err := os.ReadFile(p)
+		if err != nil {
+			return 0, err
+		}
+		toc, _, err := new(estargz.GzipDecompressor).ParseTOC(bytes.NewReader(tail))
+		if err != nil {
+			return 0, err
+		}
+		var first int64 = -1
+		for _, e := range toc.Entries {
+			if (e.Type == "reg" || e.Type == "chunk") && e.Offset > 0 && first < 0 {
+				first = e.Offset
+			}
+			if e.Name == estargz.PrefetchLandmark && first >= 0 {
+				total += e.Offset - first
+				break
+			}
+		}
+	}
+	return total, nil
+}

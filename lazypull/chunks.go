@@ -114,9 +114,8 @@ func (c *chunkCache) readAt(ctx context.Context, digest string, p []byte, off in
 }
 
 func (c *chunkCache) fetchOnce(ctx context.Context, digest, path string, fetch func(context.Context) ([]byte, error)) ([]byte, error) {
-	c.mu.Lock()
-	if f, ok := c.flights[digest]; ok {
-		c.mu.Unlock()
+	f, owner := c.begin(digest)
+	if !owner {
 		select {
 		case <-f.done:
 			return f.data, f.err
@@ -124,29 +123,47 @@ func (c *chunkCache) fetchOnce(ctx context.Context, digest, path string, fetch f
 			return nil, ctx.Err()
 		}
 	}
-	f := &flight{done: make(chan struct{})}
+	data, err := fetch(ctx)
+	return c.finish(digest, path, f, data, err)
+}
+
+// begin returns the fetch of a chunk under way, or starts one that the
+// caller (owner) must finish.
+func (c *chunkCache) begin(digest string) (f *flight, owner bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f, ok := c.flights[digest]; ok {
+		return f, false
+	}
+	f = &flight{done: make(chan struct{})}
 	c.flights[digest] = f
-	c.mu.Unlock()
+	return f, true
+}
+
+// finish checks a fetched chunk against its digest, caches it and hands
+// it to those waiting.
+func (c *chunkCache) finish(digest, path string, f *flight, data []byte, err error) ([]byte, error) {
 	defer func() {
 		c.mu.Lock()
 		delete(c.flights, digest)
 		c.mu.Unlock()
 		close(f.done)
 	}()
-	f.data, f.err = fetch(ctx)
-	if f.err != nil {
-		return nil, f.err
+	if err != nil {
+		f.err = err
+		return nil, err
 	}
-	sum := sha256.Sum256(f.data)
+	sum := sha256.Sum256(data)
 	if got := "sha256:" + hex.EncodeToString(sum[:]); got != digest {
-		f.data, f.err = nil, &DigestMismatchError{What: "chunk", Want: digest, Got: got}
+		f.err = &DigestMismatchError{What: "chunk", Want: digest, Got: got}
 		return nil, f.err
 	}
 	// A failure to cache is no failure to read.
-	if fsutil.WriteFileAtomic(path, f.data, 0o600) == nil {
-		c.grew(int64(len(f.data)))
+	if fsutil.WriteFileAtomic(path, data, 0o600) == nil {
+		c.grew(int64(len(data)))
 	}
-	return f.data, nil
+	f.data = data
+	return data, nil
 }
 
 // has tells whether a chunk is cached.

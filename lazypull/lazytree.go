@@ -277,6 +277,8 @@ func (f *lazyFile) fail(err error) error {
 
 // fetchChunk fetches one chunk's compressed bytes and decompresses them.
 func (t *lazyTree) fetchChunk(ctx context.Context, ce *estargz.TOCEntry) ([]byte, error) {
+	t.blob.r.onDemand.Add(1)
+	defer t.blob.r.onDemand.Add(-1)
 	end := min(ce.NextOffset(), t.tocOffset)
 	if end <= ce.Offset {
 		return nil, fmt.Errorf("chunk at %d has no bytes before %d", ce.Offset, end)

@@ -540,7 +540,11 @@ func (p *Puller) downloadLayer(ctx context.Context, src source, l *LayerRecord) 
 	}
 	defer rc.Close()
 
-	counter := &countingReader{r: io.LimitReader(rc, l.Size+1), onRead: func(n int64) {
+	var body io.Reader = rc
+	if m, ok := ctx.Value(backgroundKey{}).(*Remote); ok {
+		body = yielding{r: rc, m: m}
+	}
+	counter := &countingReader{r: io.LimitReader(body, l.Size+1), onRead: func(n int64) {
 		p.progress(ProgressEvent{Kind: EventLayerBytes, Layer: l.Digest, Done: n, Total: l.Size})
 	}}
 	blobHash := sha256.New()

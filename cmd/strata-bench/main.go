@@ -14,8 +14,10 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/stratafs/strata/bench"
+	"github.com/stratafs/strata/internal/netshape"
 )
 
 func main() {
@@ -33,8 +35,11 @@ func run() int {
 	scenarios := fs.String("scenario", "", "union: scenarios to run, comma-separated (default all: "+strings.Join(bench.UnionScenarios, ",")+")")
 	bigSize := fs.Int64("big-size", 1<<30, "union: size of the large file in bytes")
 	overlayBin := fs.String("strata-overlay", "", "union: the strata-overlay binary to measure (default: beside this binary)")
+	mbits := fs.Float64("mbit", 100, "coldstart: bandwidth of the shaped link in Mbit/s")
+	rtt := fs.Duration("rtt", 20*time.Millisecond, "coldstart: round-trip time of the shaped link")
+	csImage := fs.String("coldstart-image", "debian", "coldstart: debian (built from Debian packages) or busybox (small)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: strata bench [OPTIONS] SCENARIO\n\nScenarios:\n  pull   full pull of a multi-layer image: strata vs skopeo copy + umoci unpack\n  union  the union filesystem: strata vs kernel overlayfs, fuse-overlayfs and a native directory\n  start  warm container start: strata run vs crun and runc on a bundle, and podman\n\nOptions:\n")
+		fmt.Fprintf(fs.Output(), "Usage: strata bench [OPTIONS] SCENARIO\n\nScenarios:\n  pull   full pull of a multi-layer image: strata vs skopeo copy + umoci unpack\n  union  the union filesystem: strata vs kernel overlayfs, fuse-overlayfs and a native directory\n  start  warm container start: strata run vs crun and runc on a bundle, and podman\n  coldstart  cold start through a shaped link: strata lazy (eStargz, optimized), strata full pull, podman\n\nOptions:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -43,7 +48,7 @@ func run() int {
 		}
 		return 125
 	}
-	if fs.NArg() != 1 || (fs.Arg(0) != "pull" && fs.Arg(0) != "union" && fs.Arg(0) != "start") {
+	if fs.NArg() != 1 || (fs.Arg(0) != "pull" && fs.Arg(0) != "union" && fs.Arg(0) != "start" && fs.Arg(0) != "coldstart") {
 		fs.Usage()
 		return 125
 	}
@@ -61,6 +66,17 @@ func run() int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if fs.Arg(0) == "coldstart" {
+		rep, err := bench.ColdStart(ctx, bench.ColdStartOptions{Strata: *strataBin, WorkDir: *workDir, Runs: *runs, Image: *csImage, Log: log,
+			Link: netshape.Link{BytesPerSecond: int64(*mbits * 1e6 / 8), RTT: *rtt}})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "strata bench coldstart: %v\n", err)
+			return 1
+		}
+		rep.Command = "strata bench " + strings.Join(os.Args[1:], " ")
+		fmt.Print(rep.Markdown())
+		return 0
+	}
 	if fs.Arg(0) == "start" {
 		rep, err := bench.Start(ctx, bench.StartOptions{Strata: *strataBin, Runs: *runs, WorkDir: *workDir, Log: log})
 		if err != nil {
