@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -64,9 +64,12 @@ type ColdStartRow struct {
 	Workload, Mode string
 	Cold           []time.Duration
 	Bytes          []int64 // fetched through the shaper, per cold run
-	Warm           time.Duration
-	MaxRSSKiB      int64 // of the strata process (monitor and FUSE server)
-	Skipped        string
+	// Warm is a start with everything local: for the lazy modes once the
+	// background fetch has completed the layers; WarmChunks a start from
+	// the chunk cache alone (background fetch off).
+	Warm, WarmChunks time.Duration
+	MaxRSSKiB        int64 // of the strata process (monitor and FUSE server)
+	Skipped          string
 }
 
 // ColdStartReport is the scenario's outcome.
@@ -195,6 +198,15 @@ func ColdStart(ctx context.Context, o ColdStartOptions) (*ColdStartReport, error
 					if d, _, err := timeRun(ctx, argv()); err == nil {
 						row.Warm = d
 					}
+					if mode == ModeLazy {
+						row.WarmChunks = row.Warm
+						row.Warm = 0
+						if err := completeLayers(ctx, o.Strata, root, shaped("esgz")); err != nil {
+							o.Log.Warn("background fetch", "err", err)
+						} else if d, _, err := timeRun(ctx, argv()); err == nil {
+							row.Warm = d
+						}
+					}
 				}
 				if mode == ModePodman {
 					exec.Command("podman", append(podmanArgs(root), "system", "reset", "--force")...).Run()
@@ -207,28 +219,89 @@ func ColdStart(ctx context.Context, o ColdStartOptions) (*ColdStartReport, error
 	return rep, nil
 }
 
+// completeLayers runs a container with background fetch on until every
+// lazy layer of the store at root has arrived whole.
+func completeLayers(ctx context.Context, strata, root, ref string) error {
+	out, err := exec.CommandContext(ctx, strata, "--root", root, "run", "-d", ref, "sleep", "600").Output()
+	if err != nil {
+		return fmt.Errorf("run -d: %w", err)
+	}
+	defer exec.Command(strata, "--root", root, "rm", "-f", strings.TrimSpace(string(out))).Run()
+	deadline := time.Now().Add(10 * time.Minute)
+	for time.Now().Before(deadline) {
+		lazy := false
+		metas, _ := filepath.Glob(filepath.Join(root, "layers", "*", "layer.json"))
+		for _, m := range metas {
+			if b, err := os.ReadFile(m); err == nil && bytes.Contains(b, []byte(`"lazy": true`)) {
+				lazy = true
+			}
+		}
+		if !lazy {
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("layers not complete after 10 minutes")
+}
+
 func podmanArgs(root string) []string {
-	return []string{"podman", "--root", filepath.Join(root, "podman"), "--runroot", filepath.Join(root, "podman-run"),
+	// podman refuses a run root longer than 50 characters.
+	run := fmt.Sprintf("/tmp/strata-bench-podman-%d", os.Getpid())
+	return []string{"podman", "--root", filepath.Join(root, "podman"), "--runroot", run,
 		"--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "none", "--storage-driver", "overlay"}
 }
 
-// timeRun runs a command and returns its wall time and peak RSS.
+// timeRun runs a command and returns its wall time and peak RSS, the
+// high-water mark of its memory sampled while it runs (wait4's maxrss
+// would count this process's memory: Go starts children from its own
+// address space).
 func timeRun(ctx context.Context, argv []string) (time.Duration, int64, error) {
 	var errOut bytes.Buffer
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stderr = &errOut
 	cmd.Env = append(os.Environ(), "CONTAINERS_CONF=/dev/null", "CONTAINERS_REGISTRIES_CONF=/dev/null")
 	start := time.Now()
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return 0, 0, err
+	}
+	var rss atomic.Int64
+	stop := make(chan struct{})
+	go func() {
+		status := fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)
+		for {
+			if kib := vmHWM(status); kib > rss.Load() {
+				rss.Store(kib)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	err := cmd.Wait()
 	d := time.Since(start)
+	close(stop)
 	if err != nil {
 		return 0, 0, fmt.Errorf("%s: %v: %s", strings.Join(argv, " "), err, strings.TrimSpace(errOut.String()))
 	}
-	var rss int64
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss
+	return d, rss.Load(), nil
+}
+
+// vmHWM reads a process's peak resident set in KiB.
+func vmHWM(status string) int64 {
+	b, err := os.ReadFile(status)
+	if err != nil {
+		return 0
 	}
-	return d, rss, nil
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var n int64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &n)
+			return n
+		}
+	}
+	return 0
 }
 
 func imageBytes(img v1.Image) int64 {
@@ -295,7 +368,7 @@ func (r *ColdStartReport) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Link: %.0f Mbit/s, %v round trip (shaper in process). Image: %.1f MB gzip, %.1f MB eStargz.\n\n",
 		float64(r.Link.BytesPerSecond)*8/1e6, r.Link.RTT, float64(r.GzipBytes)/1e6, float64(r.EstargzBytes)/1e6)
-	b.WriteString("| workload | mode | cold start | fetched | vs podman | warm start | peak RSS |\n|---|---|---|---|---|---|---|\n")
+	b.WriteString("| workload | mode | cold start | fetched | vs podman | warm start | warm, chunk cache only | peak RSS |\n|---|---|---|---|---|---|---|---|\n")
 	podman := map[string]time.Duration{}
 	for _, row := range r.Rows {
 		if row.Mode == ModePodman && len(row.Cold) > 0 {
@@ -304,7 +377,7 @@ func (r *ColdStartReport) Markdown() string {
 	}
 	for _, row := range r.Rows {
 		if row.Skipped != "" {
-			fmt.Fprintf(&b, "| %s | %s | — | — | — | — | skipped: %s |\n", row.Workload, row.Mode, row.Skipped)
+			fmt.Fprintf(&b, "| %s | %s | — | — | — | — | — | skipped: %s |\n", row.Workload, row.Mode, row.Skipped)
 			continue
 		}
 		cold := median(row.Cold)
@@ -312,14 +385,17 @@ func (r *ColdStartReport) Markdown() string {
 		if p := podman[row.Workload]; p > 0 {
 			vs = fmt.Sprintf("%.2fx", cold.Seconds()/p.Seconds())
 		}
-		warm, rss := "—", "—"
+		warm, chunks, rss := "—", "—", "—"
 		if row.Warm > 0 {
 			warm = fmt.Sprintf("%.2f s", row.Warm.Seconds())
+		}
+		if row.WarmChunks > 0 {
+			chunks = fmt.Sprintf("%.2f s", row.WarmChunks.Seconds())
 		}
 		if row.Mode != ModePodman && row.MaxRSSKiB > 0 {
 			rss = fmt.Sprintf("%.0f MiB", float64(row.MaxRSSKiB)/1024)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.2f s | %.1f MB | %s | %s | %s |\n", row.Workload, row.Mode, cold.Seconds(), float64(medianInt(row.Bytes))/1e6, vs, warm, rss)
+		fmt.Fprintf(&b, "| %s | %s | %.2f s | %.1f MB | %s | %s | %s | %s |\n", row.Workload, row.Mode, cold.Seconds(), float64(medianInt(row.Bytes))/1e6, vs, warm, chunks, rss)
 	}
 	if len(r.ReadBytes) > 0 {
 		b.WriteString("\nCompressed bytes of the files each workload reads (before the prefetch landmarks of its optimized image): ")
@@ -329,7 +405,7 @@ func (r *ColdStartReport) Markdown() string {
 		}
 		b.WriteString(strings.Join(parts, "; ") + ".\n")
 	}
-	fmt.Fprintf(&b, "\nCold: empty store and caches, page cache dropped, pull through the shaper; lazy modes with --background-fetch=false. Warm: the same store again. Peak RSS: the `strata run` process, which is the monitor and the FUSE server.\nMachine: %s\nCommand: `%s`\n", r.Machine, r.Command)
+	fmt.Fprintf(&b, "\nCold: empty store and caches, page cache dropped, pull through the shaper; lazy modes with --background-fetch=false. Warm: the same store again (lazy: once a container with background fetch on has completed the layers). Peak RSS: the `strata run` process, which is the monitor and the FUSE server.\nMachine: %s\nCommand: `%s`\n", r.Machine, r.Command)
 	return b.String()
 }
 

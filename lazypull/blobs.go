@@ -124,14 +124,29 @@ func (r *Remote) blob(repo name.Repository, digest string, size int64) *blob {
 	return &blob{r: r, repo: repo, digest: digest, size: size}
 }
 
+// readRangeWaiting is readRange for a process waiting on a read: faults
+// are retried for as long as Options.ReadTimeout allows.
+func (b *blob) readRangeWaiting(ctx context.Context, off, n int64) ([]byte, error) {
+	r := b.r.opts.Retry
+	r.MaxElapsed = b.r.opts.ReadTimeout
+	if r.MaxElapsed == 0 {
+		r.MaxElapsed = 30 * time.Second
+	}
+	return b.readRangeWith(ctx, r, off, n)
+}
+
 // readRange returns the n bytes at off, retrying faults of the network
 // and the registry with backoff.
 func (b *blob) readRange(ctx context.Context, off, n int64) ([]byte, error) {
+	return b.readRangeWith(ctx, b.r.opts.Retry, off, n)
+}
+
+func (b *blob) readRangeWith(ctx context.Context, retry Retry, off, n int64) ([]byte, error) {
 	if off < 0 || n < 0 || off+n > b.size {
 		return nil, fmt.Errorf("blob %s: range %d+%d outside its %d bytes", b.digest, off, n, b.size)
 	}
 	var out []byte
-	err := b.r.opts.Retry.do(ctx, "blob "+b.digest, b.r.log.Debug, func() error {
+	err := retry.do(ctx, "blob "+b.digest, b.r.log.Debug, func() error {
 		var err error
 		out, err = b.get(ctx, off, n)
 		return err

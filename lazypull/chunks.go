@@ -118,6 +118,9 @@ func (c *chunkCache) fetchOnce(ctx context.Context, digest, path string, fetch f
 	if !owner {
 		select {
 		case <-f.done:
+			if errors.Is(f.err, errAbandoned) {
+				return c.fetchOnce(ctx, digest, path, fetch)
+			}
 			return f.data, f.err
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -139,6 +142,17 @@ func (c *chunkCache) begin(digest string) (f *flight, owner bool) {
 	c.flights[digest] = f
 	return f, true
 }
+
+// abandon gives up a fetch begun: those waiting fetch on their own.
+func (c *chunkCache) abandon(digest string, f *flight) {
+	c.mu.Lock()
+	delete(c.flights, digest)
+	c.mu.Unlock()
+	f.err = errAbandoned
+	close(f.done)
+}
+
+var errAbandoned = fmt.Errorf("fetch abandoned")
 
 // finish checks a fetched chunk against its digest, caches it and hands
 // it to those waiting.

@@ -84,49 +84,66 @@ func openTOC(tail []byte, tocOffset, size int64, tocDigest string) (*estargz.Rea
 	if err != nil {
 		return nil, 0, fmt.Errorf("TOC digest annotation %q: %w", tocDigest, err)
 	}
+	unpacked, err := checkTOC(tail, tocOffset, want)
+	if err != nil {
+		return nil, 0, err
+	}
+	r, err := readTOC(tail, tocOffset, size, want)
+	return r, unpacked, err
+}
+
+// readTOC opens a TOC checked before (at pull): its digest is checked
+// again, its entries not.
+func readTOC(tail []byte, tocOffset, size int64, want digest.Digest) (*estargz.Reader, error) {
+	r, err := estargz.Open(io.NewSectionReader(&tailReader{tail: tail, off: tocOffset}, 0, size), estargz.WithTOCOffset(tocOffset))
+	if err != nil {
+		return nil, fmt.Errorf("eStargz TOC: %w", err)
+	}
+	if _, err := r.VerifyTOC(want); err != nil {
+		return nil, fmt.Errorf("eStargz TOC: %w", err)
+	}
+	return r, nil
+}
+
+// checkTOC checks a TOC's digest and entries; it returns the layer's
+// unpacked size.
+func checkTOC(tail []byte, tocOffset int64, want digest.Digest) (int64, error) {
 	var gz estargz.GzipDecompressor
 	toc, got, err := gz.ParseTOC(bytes.NewReader(tail))
 	if err != nil {
-		return nil, 0, fmt.Errorf("eStargz TOC: %w", err)
+		return 0, fmt.Errorf("eStargz TOC: %w", err)
 	}
 	if got != want {
-		return nil, 0, &DigestMismatchError{What: "eStargz TOC", Want: want.String(), Got: got.String()}
+		return 0, &DigestMismatchError{What: "eStargz TOC", Want: want.String(), Got: got.String()}
 	}
 	var unpacked int64
 	for _, e := range toc.Entries {
 		if e.Type != "chunk" {
 			if _, err := whiteout.CleanName(e.Name); err != nil && e.Name != "/" && e.Name != "./" {
-				return nil, 0, fmt.Errorf("eStargz TOC: %w", err)
+				return 0, fmt.Errorf("eStargz TOC: %w", err)
 			}
 			if e.Type == "hardlink" {
 				if _, err := whiteout.CleanName(e.LinkName); err != nil {
-					return nil, 0, fmt.Errorf("eStargz TOC: hardlink %q: %w", e.Name, err)
+					return 0, fmt.Errorf("eStargz TOC: hardlink %q: %w", e.Name, err)
 				}
 			}
 		}
 		switch e.Type {
 		case "dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk":
 		default:
-			return nil, 0, fmt.Errorf("eStargz TOC: entry %q has unknown type %q", e.Name, e.Type)
+			return 0, fmt.Errorf("eStargz TOC: entry %q has unknown type %q", e.Name, e.Type)
 		}
 		if e.Size < 0 || e.ChunkSize < 0 || e.ChunkOffset < 0 || e.InnerOffset < 0 || e.Offset < 0 {
-			return nil, 0, fmt.Errorf("eStargz TOC: entry %q has a negative size or offset", e.Name)
+			return 0, fmt.Errorf("eStargz TOC: entry %q has a negative size or offset", e.Name)
 		}
 		if (e.Type == "reg" && e.Size > 0 || e.Type == "chunk") && e.Offset >= tocOffset {
-			return nil, 0, fmt.Errorf("eStargz TOC: entry %q has data at offset %d, past the TOC at %d", e.Name, e.Offset, tocOffset)
+			return 0, fmt.Errorf("eStargz TOC: entry %q has data at offset %d, past the TOC at %d", e.Name, e.Offset, tocOffset)
 		}
 		if e.Type == "reg" {
 			unpacked += e.Size
 		}
 	}
-	r, err := estargz.Open(io.NewSectionReader(&tailReader{tail: tail, off: tocOffset}, 0, size), estargz.WithTOCOffset(tocOffset))
-	if err != nil {
-		return nil, 0, fmt.Errorf("eStargz TOC: %w", err)
-	}
-	if _, err := r.VerifyTOC(want); err != nil {
-		return nil, 0, fmt.Errorf("eStargz TOC: %w", err)
-	}
-	return r, unpacked, nil
+	return unpacked, nil
 }
 
 // tailReader serves the blob's tail from memory; the rest of the blob is

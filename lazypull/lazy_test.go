@@ -145,7 +145,7 @@ func TestLazyPullFetchesOnlyTheTOC(t *testing.T) {
 		t.Errorf("lazy pull fetched %d of %d blob bytes in %d requests, want the footer and the TOC only", pulled, blobSize, requests)
 	}
 
-	trees := lazyTrees(t, s, res.Image, Options{Retry: fastRetry})
+	trees := lazyTrees(t, s, res.Image, Options{Retry: fastRetry, ReadTimeout: 300 * time.Millisecond})
 	tree := trees[0]
 	ents, err := tree.ReadDir(context.Background(), "bin")
 	if err != nil {
@@ -169,13 +169,17 @@ func TestLazyPullFetchesOnlyTheTOC(t *testing.T) {
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("bin/busybox read lazily: %d bytes, %v; want the %d bytes of %s", len(got), err, len(want), testimage.BusyboxPath)
 	}
-	afterRead, _ := bt.served()
+	afterRead, afterRequests := bt.served()
 	if afterRead-pulled > blobSize {
 		t.Errorf("reading one file fetched %d bytes, more than the whole %d-byte blob", afterRead-pulled, blobSize)
 	}
+	// Its 64 KiB chunks lie side by side in the blob: one request.
+	if n := afterRequests - requests; n != 1 {
+		t.Errorf("reading a file of %d chunks at once made %d Range requests, want 1", len(want)/(64<<10)+1, n)
+	}
 	// Cached: a second mount reads it without the registry.
 	bt.down.Store(true)
-	again := lazyTrees(t, s, res.Image, Options{Retry: fastRetry})
+	again := lazyTrees(t, s, res.Image, Options{Retry: fastRetry, ReadTimeout: 300 * time.Millisecond})
 	if got, err := readFile(t, again[0], "bin/busybox"); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("cached read with the registry down: %d bytes, %v", len(got), err)
 	}
@@ -190,23 +194,33 @@ func TestLazyReadFaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry})[0]
+	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry, ReadTimeout: 300 * time.Millisecond})[0]
 
-	// Wrong bytes from the registry: EIO, nothing cached.
-	flip := func(b []byte) []byte { c := bytes.Clone(b); c[len(c)-20] ^= 0xff; return c }
+	// Wrong bytes from the registry: EIO, and no wrong bytes cached.
+	flip := func(b []byte) []byte { c := bytes.Clone(b); c[len(c)/2] ^= 0xff; return c }
 	bt.mangle.Store(&flip)
 	if _, err := readFile(t, tree, "bin/busybox"); !errors.Is(err, syscall.EIO) {
 		t.Errorf("read of corrupted chunks: %v, want EIO", err)
 	}
-	if ents, _ := os.ReadDir(filepath.Join(s.Root(), "chunks", "sha256")); len(ents) > 0 {
-		t.Errorf("a corrupted chunk was cached: %d files", len(ents))
+	// Chunks that came whole in the same response are kept, checked.
+	ents, _ := os.ReadDir(filepath.Join(s.Root(), "chunks", "sha256"))
+	for _, e := range ents {
+		b, _ := os.ReadFile(filepath.Join(s.Root(), "chunks", "sha256", e.Name()))
+		if sha256Digest(b) != "sha256:"+e.Name() {
+			t.Errorf("a corrupted chunk was cached: %s", e.Name())
+		}
 	}
 	bt.mangle.Store(nil)
 
-	// The registry away: EIO after the retries; back: the same tree reads.
+	// The registry away: EIO once the read timeout (300 ms here) has
+	// passed in retries; back: the same tree reads.
 	bt.down.Store(true)
+	start := time.Now()
 	if _, err := readFile(t, tree, "bin/busybox"); !errors.Is(err, syscall.EIO) {
 		t.Errorf("read with the registry down: %v, want EIO", err)
+	}
+	if waited := time.Since(start); waited < 150*time.Millisecond {
+		t.Errorf("a read with the registry down gave up after %v, before retrying for its timeout", waited)
 	}
 	bt.down.Store(false)
 	want, _ := os.ReadFile(testimage.BusyboxPath)
@@ -363,7 +377,7 @@ func TestPruneCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry})[0]
+	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry, ReadTimeout: 300 * time.Millisecond})[0]
 	if _, err := readFile(t, tree, "bin/busybox"); err != nil {
 		t.Fatal(err)
 	}
@@ -397,5 +411,59 @@ func TestPruneCache(t *testing.T) {
 	s.PruneCache(context.Background(), 0)
 	if u := s.CacheUsage(); u.Chunks != 0 {
 		t.Errorf("%d chunks left once nothing needs them", u.Chunks)
+	}
+}
+
+// TestLazyReadRenewsExpiredToken: a registry that stops accepting the
+// token a mount got (as when it expires during a long run) answers with
+// a challenge; the read gets a new token and goes on.
+func TestLazyReadRenewsExpiredToken(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	var revoked atomic.Bool
+	expire := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			tok := r.Header.Get("Authorization")
+			mu.Lock()
+			if revoked.Load() && seen[tok] {
+				r.Header.Del("Authorization")
+			} else if !revoked.Load() && tok != "" {
+				seen[tok] = true
+			}
+			mu.Unlock()
+			next.ServeHTTP(w, r)
+		})
+	}
+	reg := testregistry.Start(t, testregistry.Options{Auth: testregistry.AuthToken, Username: "alice", Password: "s3cret", Middleware: expire})
+	testenv.RequireBinary(t, testimage.BusyboxPath)
+	img, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eimg, err := EstargzImage(img, ConvertOptions{ChunkSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Ref("private/lazy:v1")
+	if err := testimage.Push(context.Background(), ref, eimg, testimage.WithAuth("alice", "s3cret")); err != nil {
+		t.Fatal(err)
+	}
+	dockerConfig(t, reg.Addr, "alice", "s3cret")
+	s := newStore(t)
+	res, err := NewPuller(s, Options{Lazy: true, Retry: fastRetry}).Pull(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry, ReadTimeout: time.Second})[0]
+	if _, err := readFile(t, tree, "etc/os-release"); err != nil {
+		t.Fatal(err)
+	}
+	tokens := reg.Requests().TokenGets
+	revoked.Store(true)
+	if got, err := readFile(t, tree, "etc/passwd"); err != nil || !strings.Contains(string(got), "root:") {
+		t.Errorf("read after the token expired: %q, %v", got, err)
+	}
+	if reg.Requests().TokenGets == tokens {
+		t.Error("no new token was asked for")
 	}
 }

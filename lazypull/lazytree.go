@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/layertree"
@@ -48,7 +49,11 @@ func (s *Store) openLazyTree(l LayerRecord, remote *Remote, cache *chunkCache) (
 	if err != nil {
 		return nil, fmt.Errorf("lazy layer %s: %w", l.DiffID, err)
 	}
-	r, _, err := openTOC(tail, l.TOCOffset, l.Size, l.TOCDigest)
+	want, err := digest.Parse(l.TOCDigest)
+	if err != nil {
+		return nil, fmt.Errorf("lazy layer %s: %w", l.DiffID, err)
+	}
+	r, err := readTOC(tail, l.TOCOffset, l.Size, want)
 	if err != nil {
 		return nil, fmt.Errorf("lazy layer %s: %w", l.DiffID, err)
 	}
@@ -241,6 +246,7 @@ func (f *lazyFile) ReadAt(p []byte, off int64) (int, error) {
 			return f.local.f.ReadAt(p, off)
 		}
 	}
+	f.fetchMissing(ctx, off, int64(len(p)))
 	n := 0
 	for n < len(p) && off < f.e.Size {
 		ce, ok := f.t.r.ChunkEntryForOffset(f.e.Name, off)
@@ -270,6 +276,64 @@ func (f *lazyFile) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// fetchMissing fetches the chunks of [off, off+n) that are not cached,
+// neighbours in the blob together in one Range request.
+func (f *lazyFile) fetchMissing(ctx context.Context, off, n int64) {
+	type pending struct {
+		ce     *estargz.TOCEntry
+		digest string
+		fl     *flight
+	}
+	var run []pending
+	flush := func() {
+		if len(run) < 2 {
+			// One chunk: the read fetches it as it would anyway.
+			for _, p := range run {
+				f.t.cache.abandon(p.digest, p.fl)
+			}
+			run = run[:0]
+			return
+		}
+		start, end := run[0].ce.Offset, min(run[len(run)-1].ce.NextOffset(), f.t.tocOffset)
+		f.t.blob.r.onDemand.Add(1)
+		raw, err := f.t.blob.readRangeWaiting(ctx, start, end-start)
+		f.t.blob.r.onDemand.Add(-1)
+		for _, p := range run {
+			path, _ := f.t.cache.path(p.digest)
+			data, derr := []byte(nil), err
+			if derr == nil {
+				data, derr = decompressChunk(raw[p.ce.Offset-start:min(p.ce.NextOffset(), f.t.tocOffset)-start], p.ce)
+			}
+			// The reads waiting get the outcome, a failure too: the
+			// registry was retried for as long as a read waits.
+			f.t.cache.finish(p.digest, path, p.fl, data, derr)
+		}
+		run = run[:0]
+	}
+	for pos := off; pos < min(off+n, f.e.Size); {
+		ce, ok := f.t.r.ChunkEntryForOffset(f.e.Name, pos)
+		if !ok || ce.ChunkSize <= 0 {
+			break
+		}
+		pos = ce.ChunkOffset + ce.ChunkSize
+		d := chunkDigest(ce)
+		if d == "" || f.t.cache.has(d) {
+			flush()
+			continue
+		}
+		if len(run) > 0 && run[len(run)-1].ce.NextOffset() != ce.Offset {
+			flush()
+		}
+		fl, owner := f.t.cache.begin(d)
+		if !owner {
+			flush() // someone fetches it already
+			continue
+		}
+		run = append(run, pending{ce, d, fl})
+	}
+	flush()
+}
+
 func (f *lazyFile) fail(err error) error {
 	f.t.log.Error("lazy read failed", "file", f.e.Name, "layer", f.t.blob.digest, "err", err)
 	return &os.PathError{Op: "read", Path: f.e.Name, Err: syscall.EIO}
@@ -283,7 +347,7 @@ func (t *lazyTree) fetchChunk(ctx context.Context, ce *estargz.TOCEntry) ([]byte
 	if end <= ce.Offset {
 		return nil, fmt.Errorf("chunk at %d has no bytes before %d", ce.Offset, end)
 	}
-	raw, err := t.blob.readRange(ctx, ce.Offset, end-ce.Offset)
+	raw, err := t.blob.readRangeWaiting(ctx, ce.Offset, end-ce.Offset)
 	if err != nil {
 		return nil, err
 	}

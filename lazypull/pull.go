@@ -48,9 +48,13 @@ type Options struct {
 	Lazy bool
 	// CacheMax bounds the chunk cache of lazy layers (0: no bound).
 	CacheMax int64
-	Retry    Retry
-	Progress Progress
-	Logger   *slog.Logger
+	// ReadTimeout bounds how long a read of a lazy layer waits for the
+	// registry (retrying with backoff) before it fails with EIO; 0 is
+	// 30 seconds.
+	ReadTimeout time.Duration
+	Retry       Retry
+	Progress    Progress
+	Logger      *slog.Logger
 }
 
 // Progress receives pull events; implementations must be safe for

@@ -92,6 +92,9 @@ func LoadConfig(root string) (Config, error) {
 type Retry struct {
 	Attempts int           // total attempts; 0 means 5
 	Initial  time.Duration // first backoff; 0 means 250ms
+	// MaxElapsed, when set, retries until this much time has passed
+	// instead of a number of attempts (the backoff is capped at 5s).
+	MaxElapsed time.Duration
 }
 
 func (r Retry) do(ctx context.Context, op string, log func(string, ...any), f func() error) error {
@@ -103,12 +106,18 @@ func (r Retry) do(ctx context.Context, op string, log func(string, ...any), f fu
 		delay = 250 * time.Millisecond
 	}
 	var err error
+	start := time.Now()
 	for i := 1; ; i++ {
 		err = f()
 		if err == nil || !retryable(err) || ctx.Err() != nil {
 			return err
 		}
-		if i >= attempts {
+		if r.MaxElapsed > 0 {
+			delay = min(delay, 5*time.Second)
+			if time.Since(start)+delay > r.MaxElapsed {
+				return fmt.Errorf("%w (gave up after %d attempts in %v)", err, i, time.Since(start).Round(time.Millisecond))
+			}
+		} else if i >= attempts {
 			return fmt.Errorf("%w (gave up after %d attempts)", err, attempts)
 		}
 		log("retrying", "op", op, "attempt", i, "after", delay, "err", err)

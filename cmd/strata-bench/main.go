@@ -38,6 +38,7 @@ func run() int {
 	mbits := fs.Float64("mbit", 100, "coldstart: bandwidth of the shaped link in Mbit/s")
 	rtt := fs.Duration("rtt", 20*time.Millisecond, "coldstart: round-trip time of the shaped link")
 	csImage := fs.String("coldstart-image", "debian", "coldstart: debian (built from Debian packages) or busybox (small)")
+	csWorkloads := fs.String("workloads", "", "coldstart: workloads to run, comma-separated (default all: python3 hello, gcc hello, import numpy, app)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: strata bench [OPTIONS] SCENARIO\n\nScenarios:\n  pull   full pull of a multi-layer image: strata vs skopeo copy + umoci unpack\n  union  the union filesystem: strata vs kernel overlayfs, fuse-overlayfs and a native directory\n  start  warm container start: strata run vs crun and runc on a bundle, and podman\n  coldstart  cold start through a shaped link: strata lazy (eStargz, optimized), strata full pull, podman\n\nOptions:\n")
 		fs.PrintDefaults()
@@ -67,7 +68,13 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if fs.Arg(0) == "coldstart" {
-		rep, err := bench.ColdStart(ctx, bench.ColdStartOptions{Strata: *strataBin, WorkDir: *workDir, Runs: *runs, Image: *csImage, Log: log,
+		var ws []bench.Workload
+		for _, w := range bench.ColdStartWorkloads() {
+			if *csWorkloads == "" || strings.Contains(","+*csWorkloads+",", ","+w.Name+",") {
+				ws = append(ws, w)
+			}
+		}
+		rep, err := bench.ColdStart(ctx, bench.ColdStartOptions{Strata: *strataBin, WorkDir: *workDir, Runs: *runs, Image: *csImage, Log: log, Workloads: ws,
 			Link: netshape.Link{BytesPerSecond: int64(*mbits * 1e6 / 8), RTT: *rtt}})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "strata bench coldstart: %v\n", err)

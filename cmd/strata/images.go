@@ -18,7 +18,7 @@ import (
 // pullOptions builds the puller settings from the global flags and
 // <root>/config.json: flag mirrors are tried before configured ones.
 func (a *app) pullOptions(platform string, progress lazypull.Progress) (lazypull.Options, error) {
-	o := lazypull.Options{Platform: platform, Progress: progress, Logger: a.log, Lazy: true,
+	o := lazypull.Options{Platform: platform, Progress: progress, Logger: a.log, Lazy: true, ReadTimeout: a.readTimeout,
 		Insecure: append(append([]string{}, a.insecure...), a.config.InsecureRegistries...)}
 	for _, m := range append(append([]string{}, a.mirrors...), a.config.Mirrors...) {
 		mm, err := lazypull.ParseMirror(m)

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"os"
 	"os/exec"
@@ -10,7 +12,9 @@ import (
 	"regexp"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 
@@ -185,4 +189,94 @@ func TestConvertOptimize(t *testing.T) {
 	if out := mustStrata(t, root2, "run", "--rm", dst, "cat", "/etc/os-release"); !strings.Contains(out, "strata test busybox") {
 		t.Errorf("run of the optimized image: %q", out)
 	}
+}
+
+// TestLazyKilledMidFetch kills the monitor while its container reads a
+// lazy layer over a slow registry: no chunk is ever kept but a whole,
+// checked one, and the next container reads the right bytes.
+func TestLazyKilledMidFetch(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	testenv.RequireBinary(t, testimage.BusyboxPath)
+	var slow atomic.Bool
+	var served atomic.Int64
+	reg := testregistry.Start(t, testregistry.Options{Middleware: func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if slow.Load() && r.Header.Get("Range") != "" {
+				next.ServeHTTP(&tricklingWriter{ResponseWriter: w, served: &served}, r)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}})
+	img, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eimg, err := lazypull.EstargzImage(img, lazypull.ConvertOptions{ChunkSize: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Ref("lazy/busybox:v1")
+	if err := testimage.Push(context.Background(), ref, eimg); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	t.Cleanup(func() { cleanupContainers(t, root) })
+	mustStrata(t, root, "pull", "-q", ref)
+	slow.Store(true)
+	id := strings.TrimSpace(mustStrata(t, root, "run", "-d", "--background-fetch=false", ref, "sh", "-c", "cat /bin/busybox > /dev/null"))
+	waitFor(t, "chunk bytes to flow", func() bool { return served.Load() > 64<<10 })
+	if err := syscall.Kill(monitorPID(t, id), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	slow.Store(false)
+	if out := mustStrata(t, root, "ps", "-a"); !strings.Contains(out, "Exited (137)") {
+		t.Errorf("ps after the monitor was killed: %s", out)
+	}
+	chunks, _ := os.ReadDir(filepath.Join(root, "chunks", "sha256"))
+	for _, c := range chunks {
+		if strings.HasPrefix(c.Name(), ".") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(root, "chunks", "sha256", c.Name()))
+		sum := sha256.Sum256(b)
+		if err != nil || hex.EncodeToString(sum[:]) != c.Name() {
+			t.Errorf("chunk %s holds other bytes (%d)", c.Name(), len(b))
+		}
+	}
+	want, err := os.ReadFile(testimage.BusyboxPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(want)
+	out := mustStrata(t, root, "run", "--rm", ref, "sha256sum", "/bin/busybox")
+	if !strings.HasPrefix(out, hex.EncodeToString(sum[:])) {
+		t.Errorf("after the kill the container reads other bytes: %s", out)
+	}
+}
+
+// tricklingWriter trickles a response.
+type tricklingWriter struct {
+	http.ResponseWriter
+	served *atomic.Int64
+}
+
+func (s *tricklingWriter) Write(b []byte) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		k := min(len(b), 16<<10)
+		m, err := s.ResponseWriter.Write(b[:k])
+		n += m
+		s.served.Add(int64(m))
+		if f, ok := s.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+		if err != nil {
+			return n, err
+		}
+		b = b[k:]
+		time.Sleep(20 * time.Millisecond)
+	}
+	return n, nil
 }

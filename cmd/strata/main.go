@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -49,6 +50,7 @@ type app struct {
 	mirrors          []string
 	insecure         []string
 	cacheMax         string
+	readTimeout      time.Duration
 	stdin            io.Reader
 	stdout, stderr   io.Writer
 	log              *slog.Logger
@@ -105,6 +107,7 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	global.StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	global.StringArrayVar(&a.mirrors, "registry-mirror", nil, "registry mirror, tried before the origin: URL (for Docker Hub) or REGISTRY=URL; repeatable")
 	global.StringArrayVar(&a.insecure, "insecure-registry", nil, "registry host[:port] to reach over plain HTTP; repeatable")
+	global.DurationVar(&a.readTimeout, "lazy-read-timeout", 30*time.Second, "how long a read of a lazy layer waits for an unreachable registry before it fails with EIO")
 	global.StringVar(&a.cacheMax, "cache-max", "", "bound the chunk cache of lazy layers (e.g. 10g): least recently used chunks of layers not in use are evicted")
 	help := global.BoolP("help", "h", false, "show help")
 	vs := verbs()
