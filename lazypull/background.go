@@ -69,22 +69,31 @@ func (t *lazyTree) prefetch(ctx context.Context) {
 			todo = append(todo, pending{ce, d, f})
 		}
 	}
-	if len(todo) == 0 {
-		return
-	}
-	start := todo[0].ce.Offset
-	raw, fetchErr := t.blob.readRange(ctx, start, mark.Offset-start)
-	if fetchErr != nil {
-		t.log.Warn("prefetch failed", "layer", t.blob.digest, "err", fetchErr)
-	}
-	for _, p := range todo {
-		path, _ := t.cache.path(p.digest)
-		data, err := []byte(nil), fetchErr
-		if err == nil {
-			data, err = decompressChunk(raw[p.ce.Offset-start:min(p.ce.NextOffset(), mark.Offset)-start], p.ce)
+	// In requests of a few MiB each, one after the other: memory stays
+	// small, and the chunks of the first arrive while the next is asked.
+	const batch = 4 << 20
+	for len(todo) > 0 {
+		start := todo[0].ce.Offset
+		n := 1
+		for n < len(todo) && min(todo[n].ce.NextOffset(), mark.Offset)-start <= batch {
+			n++
 		}
-		if _, err := t.cache.finish(p.digest, path, p.f, data, err); err != nil && fetchErr == nil {
-			t.log.Warn("prefetch: chunk refused", "layer", t.blob.digest, "offset", p.ce.Offset, "err", err)
+		group := todo[:n]
+		todo = todo[n:]
+		end := min(group[n-1].ce.NextOffset(), mark.Offset)
+		raw, fetchErr := t.blob.readRange(ctx, start, end-start)
+		if fetchErr != nil {
+			t.log.Warn("prefetch failed", "layer", t.blob.digest, "err", fetchErr)
+		}
+		for _, p := range group {
+			path, _ := t.cache.path(p.digest)
+			data, err := []byte(nil), fetchErr
+			if err == nil {
+				data, err = decompressChunk(raw[p.ce.Offset-start:min(p.ce.NextOffset(), mark.Offset)-start], p.ce)
+			}
+			if _, err := t.cache.finish(p.digest, path, p.f, data, err); err != nil && fetchErr == nil {
+				t.log.Warn("prefetch: chunk refused", "layer", t.blob.digest, "offset", p.ce.Offset, "err", err)
+			}
 		}
 	}
 }

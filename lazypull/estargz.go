@@ -116,8 +116,14 @@ func checkTOC(tail []byte, tocOffset int64, want digest.Digest) (int64, error) {
 	if got != want {
 		return 0, &DigestMismatchError{What: "eStargz TOC", Want: want.String(), Got: got.String()}
 	}
+	return checkEntries(toc.Entries, tocOffset)
+}
+
+// checkEntries refuses a TOC whose entries a layer tar could not carry
+// or that point outside the blob; it returns the unpacked size.
+func checkEntries(entries []*estargz.TOCEntry, tocOffset int64) (int64, error) {
 	var unpacked int64
-	for _, e := range toc.Entries {
+	for _, e := range entries {
 		if e.Type != "chunk" {
 			if _, err := whiteout.CleanName(e.Name); err != nil && e.Name != "/" && e.Name != "./" {
 				return 0, fmt.Errorf("eStargz TOC: %w", err)

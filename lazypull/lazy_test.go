@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -465,5 +466,30 @@ func TestLazyReadRenewsExpiredToken(t *testing.T) {
 	}
 	if reg.Requests().TokenGets == tokens {
 		t.Error("no new token was asked for")
+	}
+}
+
+// TestTOCThatLies: entries no layer tar may carry, or pointing past the
+// TOC, are refused with an error naming the entry.
+func TestTOCThatLies(t *testing.T) {
+	for _, c := range []struct {
+		e    estargz.TOCEntry
+		want string
+	}{
+		{estargz.TOCEntry{Name: "../etc/passwd", Type: "reg", Size: 1, Offset: 10}, "path contains .."},
+		{estargz.TOCEntry{Name: "/etc/passwd", Type: "reg", Size: 1, Offset: 10}, "absolute"},
+		{estargz.TOCEntry{Name: "link", Type: "hardlink", LinkName: "../../x"}, "hardlink"},
+		{estargz.TOCEntry{Name: "big", Type: "reg", Size: 10, Offset: 5000}, "past the TOC"},
+		{estargz.TOCEntry{Name: "neg", Type: "reg", Size: -1}, "negative"},
+		{estargz.TOCEntry{Name: "odd", Type: "socket"}, "unknown type"},
+	} {
+		e := c.e
+		if _, err := checkEntries([]*estargz.TOCEntry{&e}, 1000); err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "eStargz TOC") {
+			t.Errorf("entry %+v: %v, want an error saying %q", c.e, err, c.want)
+		}
+	}
+	ok := estargz.TOCEntry{Name: "bin/sh", Type: "reg", Size: 3, Offset: 10}
+	if n, err := checkEntries([]*estargz.TOCEntry{&ok}, 1000); err != nil || n != 3 {
+		t.Errorf("a sound entry: %d, %v", n, err)
 	}
 }
