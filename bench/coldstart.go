@@ -346,13 +346,7 @@ func coldStartImage(ctx context.Context, o ColdStartOptions) (v1.Image, error) {
 		if err != nil {
 			return nil, err
 		}
-		cfg, err := img.ConfigFile()
-		if err != nil {
-			return nil, err
-		}
-		cfg = cfg.DeepCopy()
-		cfg.Config.Cmd = []string{"sh", "-c", "echo app"}
-		return mutate.ConfigFile(img, cfg)
+		return withCmd(img, "sh", "-c", "echo app")
 	case "debian", "":
 		script := filepath.Join(sourceDir(), "build-coldstart.sh")
 		cmd := exec.CommandContext(ctx, "sh", script, o.WorkDir)
@@ -364,16 +358,21 @@ func coldStartImage(ctx context.Context, o ColdStartOptions) (v1.Image, error) {
 		if err != nil {
 			return nil, err
 		}
-		cfg, err := img.ConfigFile()
-		if err != nil {
-			return nil, err
-		}
-		cfg = cfg.DeepCopy()
-		cfg.Config.Cmd = []string{"python3", "/app/app.py"}
-		cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-		return mutate.ConfigFile(img, cfg)
+		return withCmd(img, "python3", "/app/app.py")
 	}
 	return nil, fmt.Errorf("unknown cold-start image %q (want debian or busybox)", o.Image)
+}
+
+// withCmd gives the image a default command and Debian's PATH.
+func withCmd(img v1.Image, cmd ...string) (v1.Image, error) {
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cfg = cfg.DeepCopy()
+	cfg.Config.Cmd = cmd
+	cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	return mutate.ConfigFile(img, cfg)
 }
 
 // Markdown renders the report.

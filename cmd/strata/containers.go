@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -408,6 +409,7 @@ func (a *app) failedStart(ctx context.Context, c *runtime.Container, err error) 
 // runForeground is the monitor in the calling process: the container's
 // output goes to the terminal and its log, signals to the container.
 func (a *app) runForeground(ctx context.Context, c *runtime.Container, interactive bool) error {
+	serverMemory()
 	cs, err := a.containers()
 	if err != nil {
 		return runError(err)
@@ -443,6 +445,15 @@ func (a *app) runForeground(ctx context.Context, c *runtime.Container, interacti
 		return &exitError{code: code, err: errSilent}
 	}
 	return nil
+}
+
+// serverMemory bounds the memory of a process that serves a union
+// filesystem for as long as a container runs: lazy reads and prefetches
+// churn through buffers, and Go's collector would let the heap double
+// before it runs. A soft limit makes it collect sooner; the live heap is
+// far below it.
+func serverMemory() {
+	debug.SetMemoryLimit(48 << 20)
 }
 
 // errSilent ends strata with an exit code and no message: the
@@ -510,6 +521,7 @@ func monitorVerb() *verb {
 				// Stop and kill reach the container through its PID; the
 				// monitor itself ignores the terminal's signals.
 				signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+				serverMemory()
 				_, err = cs.Run(context.WithoutCancel(ctx), c, storeMounter{a: a}, runtime.RunOptions{Started: func() { ready(nil) }})
 				if err != nil {
 					ready(err)

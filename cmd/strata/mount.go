@@ -114,6 +114,7 @@ func mountServerVerb() *verb {
 // serveMount serves image at dir with upper: "ro" for none, "fresh" for a
 // new one under <root>/mounts removed at unmount, or a directory to keep.
 func (a *app) serveMount(ctx context.Context, image, dir, upper string, background bool, live func()) error {
+	serverMemory()
 	s, err := a.Store()
 	if err != nil {
 		return err
