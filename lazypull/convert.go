@@ -135,13 +135,10 @@ type ConvertResult struct {
 	Before, After int64
 }
 
-// Convert reads the image src from its registry (for this puller's
-// platform), rewrites its layers as eStargz and pushes it as dst.
+// Convert reads the image src — from the local store when it is there
+// (see Image), else from its registry for this puller's platform —
+// rewrites its layers as eStargz and pushes it as dst.
 func (p *Puller) Convert(ctx context.Context, src, dst string, o ConvertOptions) (*ConvertResult, error) {
-	sref, err := ParseReference(src, p.opts.Insecure...)
-	if err != nil {
-		return nil, err
-	}
 	dref, err := ParseReference(dst, p.opts.Insecure...)
 	if err != nil {
 		return nil, err
@@ -149,20 +146,7 @@ func (p *Puller) Convert(ctx context.Context, src, dst string, o ConvertOptions)
 	if dref.Digest != "" {
 		return nil, fmt.Errorf("convert: the destination %s cannot name a digest: the converted image has a new one", dst)
 	}
-	platform, err := p.platform()
-	if err != nil {
-		return nil, err
-	}
-	var r name.Reference = sref.name.Tag(sref.Tag)
-	if sref.Digest != "" {
-		r = sref.name.Digest(sref.Digest)
-	}
-	var img v1.Image
-	err = p.opts.Retry.do(ctx, "image "+src, p.log.Debug, func() error {
-		var err error
-		img, err = remote.Image(r, append(p.remoteOptions(ctx), remote.WithPlatform(platform))...)
-		return err
-	})
+	img, err := p.sourceImage(ctx, src)
 	if err != nil {
 		return nil, fmt.Errorf("convert: read %s: %w", src, err)
 	}
@@ -197,4 +181,30 @@ func (p *Puller) Convert(ctx context.Context, src, dst string, o ConvertOptions)
 	}
 	res.Digest = d.String()
 	return res, nil
+}
+
+// sourceImage is src from the local store, else from its registry.
+func (p *Puller) sourceImage(ctx context.Context, src string) (v1.Image, error) {
+	if rec, err := p.store.Lookup(src); err == nil {
+		return p.Image(ctx, rec)
+	}
+	sref, err := ParseReference(src, p.opts.Insecure...)
+	if err != nil {
+		return nil, err
+	}
+	platform, err := p.platform()
+	if err != nil {
+		return nil, err
+	}
+	var r name.Reference = sref.name.Tag(sref.Tag)
+	if sref.Digest != "" {
+		r = sref.name.Digest(sref.Digest)
+	}
+	var img v1.Image
+	err = p.opts.Retry.do(ctx, "image "+src, p.log.Debug, func() error {
+		var err error
+		img, err = remote.Image(r, append(p.remoteOptions(ctx), remote.WithPlatform(platform))...)
+		return err
+	})
+	return img, err
 }

@@ -15,7 +15,7 @@ import (
 )
 
 func convertVerb() *verb {
-	return &verb{name: "convert", args: "SRC DST", summary: "Rewrite a registry image's layers as eStargz and push it", minArgs: 2, maxArgs: 2,
+	return &verb{name: "convert", args: "SRC DST", summary: "Rewrite an image's layers as eStargz and push it", minArgs: 2, maxArgs: 2,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
 			chunk := fs.String("chunk-size", "4m", "split files in chunks of this size, each fetched on its own")
 			platform := fs.String("platform", "", "convert the image for this platform (os/arch[/variant]); default the host's")

@@ -87,7 +87,7 @@ type verb struct {
 
 func verbs() []*verb {
 	return []*verb{
-		pullVerb(), convertVerb(), imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(),
+		pullVerb(), pushVerb(), convertVerb(), imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(),
 		mountVerb(), mountServerVerb(), umountVerb(),
 		runVerb(), execVerb(), createVerb(), startVerb(), psVerb(), stopVerb(), killVerb(), rmVerb(), logsVerb(),
 		waitVerb(), renameVerb(), pauseVerb(true), pauseVerb(false), volumeVerb(), systemVerb(), monitorVerb(), initVerb(),
