@@ -85,7 +85,7 @@ func (t *lazyTree) prefetch(ctx context.Context) {
 		if fetchErr != nil {
 			t.log.Warn("prefetch failed", "layer", t.blob.digest, "err", fetchErr)
 		}
-		for _, p := range group {
+		for i, p := range group {
 			path, _ := t.cache.path(p.digest)
 			data, err := []byte(nil), fetchErr
 			if err == nil {
@@ -94,6 +94,9 @@ func (t *lazyTree) prefetch(ctx context.Context) {
 			if _, err := t.cache.finish(p.digest, path, p.f, data, err); err != nil && fetchErr == nil {
 				t.log.Warn("prefetch: chunk refused", "layer", t.blob.digest, "offset", p.ce.Offset, "err", err)
 			}
+			// The chunk is on disk: let its bytes go once its readers have
+			// them, not when the whole prefetch is over.
+			group[i] = pending{}
 		}
 	}
 }

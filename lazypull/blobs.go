@@ -1,11 +1,17 @@
 package lazypull
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
+	"mime/multipart"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -214,4 +220,104 @@ func (r readerAt) ReadAt(p []byte, off int64) (int, error) {
 		return int(n), io.EOF
 	}
 	return int(n), nil
+}
+
+// span is a byte range of a blob.
+type span struct{ off, n int64 }
+
+// readSpans returns the bytes of several spans, in one multi-range
+// request where the registry answers with multipart/byteranges, else one
+// request a span.
+func (b *blob) readSpans(ctx context.Context, spans []span) ([][]byte, error) {
+	if len(spans) == 1 {
+		d, err := b.readRangeWaiting(ctx, spans[0].off, spans[0].n)
+		return [][]byte{d}, err
+	}
+	var out [][]byte
+	r := b.r.opts.Retry
+	r.MaxElapsed = cmp.Or(b.r.opts.ReadTimeout, 30*time.Second)
+	err := r.do(ctx, "blob "+b.digest, b.r.log.Debug, func() error {
+		var err error
+		out, err = b.getSpans(ctx, spans)
+		return err
+	})
+	if errors.Is(err, errNoMultipart) {
+		out = out[:0]
+		for _, s := range spans {
+			d, err := b.readRangeWaiting(ctx, s.off, s.n)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, d)
+		}
+		return out, nil
+	}
+	return out, err
+}
+
+var errNoMultipart = errors.New("the registry does not answer multi-range requests")
+
+func (b *blob) getSpans(ctx context.Context, spans []span) ([][]byte, error) {
+	t, err := b.r.transport(ctx, b.repo)
+	if err != nil {
+		return nil, err
+	}
+	var ranges []string
+	for _, s := range spans {
+		if s.off < 0 || s.n <= 0 || s.off+s.n > b.size {
+			return nil, fmt.Errorf("blob %s: range %d+%d outside its %d bytes", b.digest, s.off, s.n, b.size)
+		}
+		ranges = append(ranges, fmt.Sprintf("%d-%d", s.off, s.off+s.n-1))
+	}
+	url := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", b.repo.Registry.Scheme(), b.repo.RegistryStr(), b.repo.RepositoryStr(), b.digest)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Range", "bytes="+strings.Join(ranges, ","))
+	req.Header.Set("User-Agent", "strata")
+	resp, err := (&http.Client{Transport: t}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if err := transport.CheckError(resp, http.StatusPartialContent, http.StatusOK); err != nil {
+		return nil, err
+	}
+	mt, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if resp.StatusCode != http.StatusPartialContent || mt != "multipart/byteranges" {
+		return nil, errNoMultipart
+	}
+	out := make([][]byte, len(spans))
+	mr := multipart.NewReader(resp.Body, params["boundary"])
+	for {
+		part, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, &truncatedError{Digest: b.digest}
+		}
+		var start, end, total int64
+		if _, err := fmt.Sscanf(part.Header.Get("Content-Range"), "bytes %d-%d/%d", &start, &end, &total); err != nil {
+			return nil, fmt.Errorf("blob %s: part with Content-Range %q", b.digest, part.Header.Get("Content-Range"))
+		}
+		i := slices.IndexFunc(spans, func(s span) bool { return s.off == start && s.off+s.n-1 == end })
+		if i < 0 {
+			return nil, fmt.Errorf("blob %s: a part for bytes %d-%d, which were not asked for", b.digest, start, end)
+		}
+		data, err := io.ReadAll(io.LimitReader(part, spans[i].n+1))
+		b.r.Fetched.Add(int64(len(data)))
+		b.fetched.Add(int64(len(data)))
+		if err != nil || int64(len(data)) != spans[i].n {
+			return nil, &truncatedError{Digest: b.digest, Got: int64(len(data)), Want: spans[i].n}
+		}
+		out[i] = data
+	}
+	for i, d := range out {
+		if d == nil {
+			return nil, fmt.Errorf("blob %s: no part for bytes %d-%d", b.digest, spans[i].off, spans[i].off+spans[i].n-1)
+		}
+	}
+	return out, nil
 }

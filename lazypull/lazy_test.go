@@ -498,3 +498,37 @@ func TestTOCThatLies(t *testing.T) {
 		t.Errorf("a sound entry: %d, %v", n, err)
 	}
 }
+
+// TestLazyMultiRange: with the middle of a file cached, the chunks missing
+// on either side come in one request of two ranges.
+func TestLazyMultiRange(t *testing.T) {
+	var bt blobTraffic
+	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
+	ref, _ := pushEstargz(t, reg, nil)
+	s := newStore(t)
+	res, err := NewPuller(s, Options{Lazy: true, Retry: fastRetry}).Pull(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry})[0]
+	f, err := tree.Open(context.Background(), "bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mid := make([]byte, 100)
+	if _, err := f.ReadAt(mid, 512<<10); err != nil {
+		t.Fatal(err)
+	}
+	_, before := bt.served()
+	want, _ := os.ReadFile(testimage.BusyboxPath)
+	if got, err := readFile(t, tree, "bin/busybox"); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read: %d bytes, %v", len(got), err)
+	}
+	bt.mu.Lock()
+	ranges := append([]string(nil), bt.ranges[before:]...)
+	bt.mu.Unlock()
+	if len(ranges) != 1 || strings.Count(ranges[0], ",") != 1 {
+		t.Errorf("the chunks around a cached one came in requests %q, want one of two ranges", ranges)
+	}
+}

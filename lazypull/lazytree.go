@@ -276,40 +276,16 @@ func (f *lazyFile) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// fetchMissing fetches the chunks of [off, off+n) that are not cached,
-// neighbours in the blob together in one Range request.
+// fetchMissing fetches the chunks of [off, off+n) that are not cached:
+// neighbours in the blob as one span, all spans in one multi-range
+// request where the registry allows. A lone chunk is left to the read.
 func (f *lazyFile) fetchMissing(ctx context.Context, off, n int64) {
 	type pending struct {
 		ce     *estargz.TOCEntry
 		digest string
 		fl     *flight
 	}
-	var run []pending
-	flush := func() {
-		if len(run) < 2 {
-			// One chunk: the read fetches it as it would anyway.
-			for _, p := range run {
-				f.t.cache.abandon(p.digest, p.fl)
-			}
-			run = run[:0]
-			return
-		}
-		start, end := run[0].ce.Offset, min(run[len(run)-1].ce.NextOffset(), f.t.tocOffset)
-		f.t.blob.r.onDemand.Add(1)
-		raw, err := f.t.blob.readRangeWaiting(ctx, start, end-start)
-		f.t.blob.r.onDemand.Add(-1)
-		for _, p := range run {
-			path, _ := f.t.cache.path(p.digest)
-			data, derr := []byte(nil), err
-			if derr == nil {
-				data, derr = decompressChunk(raw[p.ce.Offset-start:min(p.ce.NextOffset(), f.t.tocOffset)-start], p.ce)
-			}
-			// The reads waiting get the outcome, a failure too: the
-			// registry was retried for as long as a read waits.
-			f.t.cache.finish(p.digest, path, p.fl, data, derr)
-		}
-		run = run[:0]
-	}
+	var runs [][]pending
 	for pos := off; pos < min(off+n, f.e.Size); {
 		ce, ok := f.t.r.ChunkEntryForOffset(f.e.Name, pos)
 		if !ok || ce.ChunkSize <= 0 {
@@ -318,20 +294,50 @@ func (f *lazyFile) fetchMissing(ctx context.Context, off, n int64) {
 		pos = ce.ChunkOffset + ce.ChunkSize
 		d := chunkDigest(ce)
 		if d == "" || f.t.cache.has(d) {
-			flush()
 			continue
-		}
-		if len(run) > 0 && run[len(run)-1].ce.NextOffset() != ce.Offset {
-			flush()
 		}
 		fl, owner := f.t.cache.begin(d)
 		if !owner {
-			flush() // someone fetches it already
-			continue
+			continue // someone fetches it already
 		}
-		run = append(run, pending{ce, d, fl})
+		p := pending{ce, d, fl}
+		if last := len(runs) - 1; last >= 0 && runs[last][len(runs[last])-1].ce.NextOffset() == ce.Offset {
+			runs[last] = append(runs[last], p)
+		} else {
+			runs = append(runs, []pending{p})
+		}
 	}
-	flush()
+	if len(runs) == 1 && len(runs[0]) == 1 {
+		f.t.cache.abandon(runs[0][0].digest, runs[0][0].fl)
+		return
+	}
+	if len(runs) == 0 {
+		return
+	}
+	end := func(ce *estargz.TOCEntry) int64 { return min(ce.NextOffset(), f.t.tocOffset) }
+	spans := make([]span, len(runs))
+	for i, run := range runs {
+		spans[i] = span{run[0].ce.Offset, end(run[len(run)-1].ce) - run[0].ce.Offset}
+	}
+	f.t.blob.r.onDemand.Add(1)
+	raws, err := f.t.blob.readSpans(ctx, spans)
+	f.t.blob.r.onDemand.Add(-1)
+	for i, run := range runs {
+		for _, p := range run {
+			path, _ := f.t.cache.path(p.digest)
+			data, derr := []byte(nil), err
+			if derr == nil {
+				start := spans[i].off
+				data, derr = decompressChunk(raws[i][p.ce.Offset-start:end(p.ce)-start], p.ce)
+			}
+			// The reads waiting get the outcome, a failure too: the
+			// registry was retried for as long as a read waits.
+			f.t.cache.finish(p.digest, path, p.fl, data, derr)
+		}
+		if err == nil {
+			raws[i] = nil // done with: let it go
+		}
+	}
 }
 
 func (f *lazyFile) fail(err error) error {
