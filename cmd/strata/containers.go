@@ -333,13 +333,20 @@ func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir
 	}
 	// A FUSE mount left by a monitor that was killed.
 	unix.Unmount(dir, unix.MNT_DETACH)
+	// In use while the container runs: eviction keeps its lazy chunks.
+	unpin, err := s.Pin(rec, "container-"+c.ID)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	srv, err := m.a.mountImage(ctx, rec, dir, upper, work, "strata:"+c.ID[:12], c.Annotations[backgroundFetchAnnotation] != "false", m.onOpen)
 	if err != nil {
 		cancel()
+		unpin()
 		return nil, err
 	}
 	return func() error {
+		defer unpin()
 		defer cancel()
 		err := srv.Unmount()
 		if err != nil {

@@ -114,6 +114,26 @@ func TestLazyRun(t *testing.T) {
 	if out := mustStrata(t, root2, "run", "--rm", ref, "echo", "recovered"); out != "recovered\n" {
 		t.Errorf("after the registry mended: %q", out)
 	}
+
+	// A running container's lazy chunks stay through a prune.
+	root3 := t.TempDir()
+	t.Cleanup(func() { cleanupContainers(t, root3) })
+	mustStrata(t, root3, "pull", "-q", ref)
+	mustStrata(t, root3, "run", "-d", "--name", "runner", "--background-fetch=false", ref, "sleep", "1000")
+	chunks := filepath.Join(root3, "chunks", "sha256")
+	waitFor(t, "the container's chunks", func() bool { e, _ := os.ReadDir(chunks); return len(e) > 0 })
+	before, _ := os.ReadDir(chunks)
+	mustStrata(t, root3, "system", "prune", "-f")
+	for _, c := range before {
+		if _, err := os.Stat(filepath.Join(chunks, c.Name())); err != nil {
+			t.Errorf("prune with a container running removed its chunk %s", c.Name())
+		}
+	}
+	mustStrata(t, root3, "rm", "-f", "runner")
+	mustStrata(t, root3, "system", "prune", "-f")
+	if after, _ := os.ReadDir(chunks); len(after) != 0 {
+		t.Errorf("prune once the container is gone left %d chunks", len(after))
+	}
 }
 
 // countingWriter counts the body bytes of a response and, to corrupt
