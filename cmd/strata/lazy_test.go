@@ -125,6 +125,9 @@ func TestLazyRun(t *testing.T) {
 	before, _ := os.ReadDir(chunks)
 	mustStrata(t, root3, "system", "prune", "-f")
 	for _, c := range before {
+		if strings.HasPrefix(c.Name(), ".") {
+			continue // a chunk being written
+		}
 		if _, err := os.Stat(filepath.Join(chunks, c.Name())); err != nil {
 			t.Errorf("prune with a container running removed its chunk %s", c.Name())
 		}
