@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -121,7 +122,10 @@ func TestLazyRun(t *testing.T) {
 	mustStrata(t, root3, "pull", "-q", ref)
 	mustStrata(t, root3, "run", "-d", "--name", "runner", "--background-fetch=false", ref, "sleep", "1000")
 	chunks := filepath.Join(root3, "chunks", "sha256")
-	waitFor(t, "the container's chunks", func() bool { e, _ := os.ReadDir(chunks); return len(e) > 0 })
+	waitFor(t, "the container's chunks", func() bool {
+		e, _ := os.ReadDir(chunks)
+		return slices.ContainsFunc(e, func(d os.DirEntry) bool { return !strings.HasPrefix(d.Name(), ".") })
+	})
 	before, _ := os.ReadDir(chunks)
 	mustStrata(t, root3, "system", "prune", "-f")
 	for _, c := range before {
