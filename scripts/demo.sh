@@ -34,6 +34,12 @@ if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
 	./bin/strata ps
 	./bin/strata logs demo-box
 	./bin/strata rm -f demo-box
+	# The image as eStargz, pulled lazily: its tables of contents now, the
+	# files the container reads when it reads them.
+	./bin/strata convert --chunk-size 64k "$addr/demo/busybox:latest" "$addr/demo/busybox:estargz"
+	./bin/strata pull "$addr/demo/busybox:estargz"
+	./bin/strata run --rm --background-fetch=false "$addr/demo/busybox:estargz" cat /etc/os-release
+	./bin/strata system df
 fi
 set +x
 echo "== flattened rootfs:"
