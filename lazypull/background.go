@@ -69,35 +69,47 @@ func (t *lazyTree) prefetch(ctx context.Context) {
 			todo = append(todo, pending{ce, d, f})
 		}
 	}
-	// In requests of a few MiB each, one after the other: memory stays
-	// small, and the chunks of the first arrive while the next is asked.
-	const batch = 4 << 20
-	for len(todo) > 0 {
-		start := todo[0].ce.Offset
-		n := 1
-		for n < len(todo) && min(todo[n].ce.NextOffset(), mark.Offset)-start <= batch {
-			n++
+	if len(todo) == 0 {
+		return
+	}
+	// One request, read as it arrives: each chunk is checked, cached and
+	// handed to its readers before the next is read, so memory holds one.
+	start := todo[0].ce.Offset
+	body, err := t.blob.stream(ctx, start, mark.Offset-start)
+	if err != nil {
+		t.log.Warn("prefetch failed", "layer", t.blob.digest, "err", err)
+		for _, p := range todo {
+			t.cache.abandon(p.digest, p.f)
 		}
-		group := todo[:n]
-		todo = todo[n:]
-		end := min(group[n-1].ce.NextOffset(), mark.Offset)
-		raw, fetchErr := t.blob.readRange(ctx, start, end-start)
-		if fetchErr != nil {
-			t.log.Warn("prefetch failed", "layer", t.blob.digest, "err", fetchErr)
-		}
-		for i, p := range group {
-			path, _ := t.cache.path(p.digest)
-			data, err := []byte(nil), fetchErr
-			if err == nil {
-				data, err = decompressChunk(raw[p.ce.Offset-start:min(p.ce.NextOffset(), mark.Offset)-start], p.ce)
+		return
+	}
+	defer body.Close()
+	pos := start
+	for i, p := range todo {
+		end := min(p.ce.NextOffset(), mark.Offset)
+		var raw []byte
+		if err == nil {
+			if _, err = io.CopyN(io.Discard, body, p.ce.Offset-pos); err == nil {
+				raw = make([]byte, end-p.ce.Offset)
+				_, err = io.ReadFull(body, raw)
+				pos = end
 			}
-			if _, err := t.cache.finish(p.digest, path, p.f, data, err); err != nil && fetchErr == nil {
-				t.log.Warn("prefetch: chunk refused", "layer", t.blob.digest, "offset", p.ce.Offset, "err", err)
-			}
-			// The chunk is on disk: let its bytes go once its readers have
-			// them, not when the whole prefetch is over.
-			group[i] = pending{}
 		}
+		if err != nil {
+			// The stream broke: the readers of the rest fetch on their own.
+			t.cache.abandon(p.digest, p.f)
+			continue
+		}
+		path, _ := t.cache.path(p.digest)
+		data, derr := decompressChunk(raw, p.ce)
+		if _, derr := t.cache.finish(p.digest, path, p.f, data, derr); derr != nil {
+			t.log.Warn("prefetch: chunk refused", "layer", t.blob.digest, "offset", p.ce.Offset, "err", derr)
+		}
+		// Its bytes go once its readers have them.
+		todo[i] = pending{}
+	}
+	if err != nil {
+		t.log.Warn("prefetch broke off", "layer", t.blob.digest, "err", err)
 	}
 }
 

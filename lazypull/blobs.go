@@ -164,6 +164,50 @@ func (b *blob) readRangeWith(ctx context.Context, retry Retry, off, n int64) ([]
 }
 
 func (b *blob) get(ctx context.Context, off, n int64) ([]byte, error) {
+	body, err := b.open(ctx, off, n)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	buf := make([]byte, n)
+	got, err := io.ReadFull(body, buf)
+	if err != nil {
+		return nil, &truncatedError{Digest: b.digest, Got: int64(got), Want: n}
+	}
+	return buf, nil
+}
+
+// stream opens the n bytes at off as a stream, retrying the request (not
+// the reading) as readRange does.
+func (b *blob) stream(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	var body io.ReadCloser
+	err := b.r.opts.Retry.do(ctx, "blob "+b.digest, b.r.log.Debug, func() error {
+		var err error
+		body, err = b.open(ctx, off, n)
+		return err
+	})
+	return body, err
+}
+
+// counted counts what is read through it as fetched.
+type counted struct {
+	io.ReadCloser
+	b *blob
+}
+
+func (c counted) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.b.r.Fetched.Add(int64(n))
+	c.b.fetched.Add(int64(n))
+	return n, err
+}
+
+// open sends a Range request for n bytes at off and returns the body,
+// positioned at off.
+func (b *blob) open(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	if off < 0 || n <= 0 || off+n > b.size {
+		return nil, fmt.Errorf("blob %s: range %d+%d outside its %d bytes", b.digest, off, n, b.size)
+	}
 	t, err := b.r.transport(ctx, b.repo)
 	if err != nil {
 		return nil, err
@@ -179,25 +223,18 @@ func (b *blob) get(ctx context.Context, off, n int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
 	if err := transport.CheckError(resp, http.StatusPartialContent, http.StatusOK); err != nil {
+		resp.Body.Close()
 		return nil, err
 	}
-	body := io.Reader(resp.Body)
 	if resp.StatusCode == http.StatusOK {
 		// The registry ignored the range: skip to it.
-		if _, err := io.CopyN(io.Discard, body, off); err != nil {
+		if _, err := io.CopyN(io.Discard, resp.Body, off); err != nil {
+			resp.Body.Close()
 			return nil, &truncatedError{Digest: b.digest, Got: 0, Want: off + n}
 		}
 	}
-	buf := make([]byte, n)
-	got, err := io.ReadFull(body, buf)
-	b.r.Fetched.Add(int64(got))
-	b.fetched.Add(int64(got))
-	if err != nil {
-		return nil, &truncatedError{Digest: b.digest, Got: int64(got), Want: n}
-	}
-	return buf, nil
+	return counted{resp.Body, b}, nil
 }
 
 // readerAt serves ReadAt from the blob, for readers that want one.

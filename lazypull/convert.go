@@ -24,6 +24,9 @@ type ConvertOptions struct {
 	// Prioritized files go first in each layer, before the prefetch
 	// landmark; nil puts a landmark saying "prefetch nothing".
 	Prioritized []string
+	// MinChunkSize packs small files together in one gzip stream (as
+	// ctr-remote's --estargz-min-chunk-size); such layers are pulled whole.
+	MinChunkSize int
 }
 
 // EstargzLayer rewrites a layer as eStargz: the same files in a gzip tar
@@ -42,6 +45,9 @@ func EstargzLayer(l v1.Layer, o ConvertOptions) (v1.Layer, string, error) {
 	opts := []estargz.Option{}
 	if o.ChunkSize > 0 {
 		opts = append(opts, estargz.WithChunkSize(o.ChunkSize))
+	}
+	if o.MinChunkSize > 0 {
+		opts = append(opts, estargz.WithMinChunkSize(o.MinChunkSize))
 	}
 	if o.Prioritized != nil {
 		var missed []string

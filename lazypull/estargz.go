@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,6 +24,10 @@ const TOCDigestAnnotation = "containerd.io/snapshot/stargz/toc.digest"
 // tocFile is where a lazy layer keeps the tail of its blob: the TOC and
 // the footer, from LayerRecord.TOCOffset to the end.
 const tocFile = "toc"
+
+// errNotLazy is an eStargz layer strata cannot read lazily, which is
+// pulled whole instead.
+var errNotLazy = errors.New("layout not readable lazily")
 
 // lazyMediaType tells whether a layer of this media type can be eStargz.
 func lazyMediaType(mt string) bool {
@@ -100,7 +105,9 @@ func readTOC(tail []byte, tocOffset, size int64, want digest.Digest) (*estargz.R
 		return nil, fmt.Errorf("eStargz TOC: %w", err)
 	}
 	if _, err := r.VerifyTOC(want); err != nil {
-		return nil, fmt.Errorf("eStargz TOC: %w", err)
+		// Chunks sharing one gzip stream, or without digests: the layer
+		// is sound but cannot be read chunk by chunk with checks.
+		return nil, fmt.Errorf("eStargz TOC: %w: %v", errNotLazy, err)
 	}
 	return r, nil
 }

@@ -495,8 +495,15 @@ func (p *Puller) fetchLayer(ctx context.Context, src source, l *LayerRecord) (in
 		var err error
 		if lazy {
 			n, err = p.pullLazy(ctx, src, l)
-		} else {
-			n, err = p.downloadLayer(ctx, src, l)
+			if errors.Is(err, errNotLazy) {
+				p.log.Info("eStargz layer pulled whole", "layer", l.Digest, "why", err)
+				lazy = false
+			}
+		}
+		if !lazy {
+			var m int64
+			m, err = p.downloadLayer(ctx, src, l)
+			n += m
 		}
 		total += n
 		if err != nil && retryable(err) {
