@@ -133,12 +133,15 @@ func (r *Remote) blob(repo name.Repository, digest string, size int64) *blob {
 // readRangeWaiting is readRange for a process waiting on a read: faults
 // are retried for as long as Options.ReadTimeout allows.
 func (b *blob) readRangeWaiting(ctx context.Context, off, n int64) ([]byte, error) {
+	return b.readRangeWith(ctx, b.waiting(), off, n)
+}
+
+// waiting is the retry of a read a process waits for: for as long as
+// Options.ReadTimeout allows (30 seconds when unset).
+func (b *blob) waiting() Retry {
 	r := b.r.opts.Retry
-	r.MaxElapsed = b.r.opts.ReadTimeout
-	if r.MaxElapsed == 0 {
-		r.MaxElapsed = 30 * time.Second
-	}
-	return b.readRangeWith(ctx, r, off, n)
+	r.MaxElapsed = cmp.Or(b.r.opts.ReadTimeout, 30*time.Second)
+	return r
 }
 
 // readRange returns the n bytes at off, retrying faults of the network
@@ -148,9 +151,6 @@ func (b *blob) readRange(ctx context.Context, off, n int64) ([]byte, error) {
 }
 
 func (b *blob) readRangeWith(ctx context.Context, retry Retry, off, n int64) ([]byte, error) {
-	if off < 0 || n < 0 || off+n > b.size {
-		return nil, fmt.Errorf("blob %s: range %d+%d outside its %d bytes", b.digest, off, n, b.size)
-	}
 	var out []byte
 	err := retry.do(ctx, "blob "+b.digest, b.r.log.Debug, func() error {
 		var err error
@@ -205,26 +205,8 @@ func (c counted) Read(p []byte) (int, error) {
 // open sends a Range request for n bytes at off and returns the body,
 // positioned at off.
 func (b *blob) open(ctx context.Context, off, n int64) (io.ReadCloser, error) {
-	if off < 0 || n <= 0 || off+n > b.size {
-		return nil, fmt.Errorf("blob %s: range %d+%d outside its %d bytes", b.digest, off, n, b.size)
-	}
-	t, err := b.r.transport(ctx, b.repo)
+	resp, err := b.request(ctx, []span{{off, n}})
 	if err != nil {
-		return nil, err
-	}
-	url := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", b.repo.Registry.Scheme(), b.repo.RegistryStr(), b.repo.RepositoryStr(), b.digest)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
-	req.Header.Set("User-Agent", "strata")
-	resp, err := (&http.Client{Transport: t}).Do(req)
-	if err != nil {
-		return nil, err
-	}
-	if err := transport.CheckError(resp, http.StatusPartialContent, http.StatusOK); err != nil {
-		resp.Body.Close()
 		return nil, err
 	}
 	if resp.StatusCode == http.StatusOK {
@@ -235,6 +217,38 @@ func (b *blob) open(ctx context.Context, off, n int64) (io.ReadCloser, error) {
 		}
 	}
 	return counted{resp.Body, b}, nil
+}
+
+// request sends a GET of the blob for the spans (one Range header) and
+// returns a response of the whole blob or of the ranges.
+func (b *blob) request(ctx context.Context, spans []span) (*http.Response, error) {
+	var ranges []string
+	for _, s := range spans {
+		if s.off < 0 || s.n <= 0 || s.off+s.n > b.size {
+			return nil, fmt.Errorf("blob %s: range %d+%d outside its %d bytes", b.digest, s.off, s.n, b.size)
+		}
+		ranges = append(ranges, fmt.Sprintf("%d-%d", s.off, s.off+s.n-1))
+	}
+	t, err := b.r.transport(ctx, b.repo)
+	if err != nil {
+		return nil, err
+	}
+	url := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", b.repo.Registry.Scheme(), b.repo.RegistryStr(), b.repo.RepositoryStr(), b.digest)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Range", "bytes="+strings.Join(ranges, ","))
+	req.Header.Set("User-Agent", "strata")
+	resp, err := (&http.Client{Transport: t}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := transport.CheckError(resp, http.StatusPartialContent, http.StatusOK); err != nil {
+		resp.Body.Close()
+		return nil, err
+	}
+	return resp, nil
 }
 
 // readerAt serves ReadAt from the blob, for readers that want one.
@@ -271,9 +285,7 @@ func (b *blob) readSpans(ctx context.Context, spans []span) ([][]byte, error) {
 		return [][]byte{d}, err
 	}
 	var out [][]byte
-	r := b.r.opts.Retry
-	r.MaxElapsed = cmp.Or(b.r.opts.ReadTimeout, 30*time.Second)
-	err := r.do(ctx, "blob "+b.digest, b.r.log.Debug, func() error {
+	err := b.waiting().do(ctx, "blob "+b.digest, b.r.log.Debug, func() error {
 		var err error
 		out, err = b.getSpans(ctx, spans)
 		return err
@@ -295,32 +307,11 @@ func (b *blob) readSpans(ctx context.Context, spans []span) ([][]byte, error) {
 var errNoMultipart = errors.New("the registry does not answer multi-range requests")
 
 func (b *blob) getSpans(ctx context.Context, spans []span) ([][]byte, error) {
-	t, err := b.r.transport(ctx, b.repo)
-	if err != nil {
-		return nil, err
-	}
-	var ranges []string
-	for _, s := range spans {
-		if s.off < 0 || s.n <= 0 || s.off+s.n > b.size {
-			return nil, fmt.Errorf("blob %s: range %d+%d outside its %d bytes", b.digest, s.off, s.n, b.size)
-		}
-		ranges = append(ranges, fmt.Sprintf("%d-%d", s.off, s.off+s.n-1))
-	}
-	url := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", b.repo.Registry.Scheme(), b.repo.RegistryStr(), b.repo.RepositoryStr(), b.digest)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Range", "bytes="+strings.Join(ranges, ","))
-	req.Header.Set("User-Agent", "strata")
-	resp, err := (&http.Client{Transport: t}).Do(req)
+	resp, err := b.request(ctx, spans)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if err := transport.CheckError(resp, http.StatusPartialContent, http.StatusOK); err != nil {
-		return nil, err
-	}
 	mt, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if resp.StatusCode != http.StatusPartialContent || mt != "multipart/byteranges" {
 		return nil, errNoMultipart
