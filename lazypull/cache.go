@@ -66,12 +66,7 @@ func (s *Store) neededChunks() map[string]bool {
 				continue
 			}
 			dir, _ := s.LayerDir(l.DiffID)
-			tail, err := os.ReadFile(filepath.Join(dir, tocFile))
-			if err != nil {
-				continue
-			}
-			var gz estargz.GzipDecompressor
-			toc, _, err := gz.ParseTOC(bytes.NewReader(tail))
+			toc, err := storedTOC(filepath.Join(dir, tocFile))
 			if err != nil {
 				continue
 			}
@@ -141,11 +136,7 @@ func PrefetchBytes(root string) (int64, error) {
 	}
 	var total int64
 	for _, p := range tocs {
-		tail, err := os.ReadFile(p)
-		if err != nil {
-			return 0, err
-		}
-		toc, _, err := new(estargz.GzipDecompressor).ParseTOC(bytes.NewReader(tail))
+		toc, err := storedTOC(p)
 		if err != nil {
 			return 0, err
 		}
@@ -161,4 +152,14 @@ func PrefetchBytes(root string) (int64, error) {
 		}
 	}
 	return total, nil
+}
+
+// storedTOC parses the TOC a lazy layer keeps at path.
+func storedTOC(path string) (*estargz.JTOC, error) {
+	tail, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	toc, _, err := new(estargz.GzipDecompressor).ParseTOC(bytes.NewReader(tail))
+	return toc, err
 }

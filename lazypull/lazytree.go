@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"syscall"
@@ -93,15 +94,12 @@ func notExist(p string) error {
 	return &os.PathError{Op: "stat", Path: p, Err: syscall.ENOENT}
 }
 
-// estargzInternal names the files eStargz adds at a layer's root, which
-// are no part of the image's content.
-func estargzInternal(p string) bool {
-	switch p {
-	case estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark:
-		return true
-	}
-	return false
-}
+// estargzFiles are the files eStargz adds at a layer's root, which are
+// no part of the image's content: hidden whether the layer is read
+// lazily or whole.
+var estargzFiles = []string{estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark}
+
+func estargzInternal(p string) bool { return slices.Contains(estargzFiles, p) }
 
 func (t *lazyTree) Stat(_ context.Context, p string) (layertree.Entry, error) {
 	if estargzInternal(p) {

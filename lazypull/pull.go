@@ -19,7 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -586,9 +585,7 @@ func (p *Puller) downloadLayer(ctx context.Context, src source, l *LayerRecord) 
 		return counter.n, err
 	}
 	if applyErr == nil && l.TOCDigest != "" {
-		// What eStargz adds to a layer is no part of the image's files,
-		// whether the layer is read lazily or whole.
-		for _, n := range []string{estargz.TOCTarName, estargz.PrefetchLandmark, estargz.NoPrefetchLandmark} {
+		for _, n := range estargzFiles {
 			os.Remove(filepath.Join(fsDir, n))
 		}
 	}
