@@ -167,23 +167,9 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 	if o.Started != nil {
 		o.Started()
 	}
-	stopForward := make(chan struct{})
-	if o.Signals != nil {
-		go func() {
-			for {
-				select {
-				case sig := <-o.Signals:
-					if s, ok := sig.(syscall.Signal); ok {
-						p.Signal(s)
-					}
-				case <-stopForward:
-					return
-				}
-			}
-		}()
-	}
+	stopForward := p.Forward(o.Signals)
 	code, err := p.Wait()
-	close(stopForward)
+	stopForward()
 	copying.Wait()
 	if cg.OOMKilled() {
 		if st, rerr := s.readState(c.ID); rerr == nil {

@@ -198,6 +198,27 @@ func sendFd(sock int, fd int) error {
 	return unix.Sendmsg(sock, []byte{0}, unix.UnixRights(fd), nil, 0)
 }
 
+// Forward passes the signals that arrive on sigs (nil: none) to the
+// process until stop is called.
+func (p *Process) Forward(sigs <-chan os.Signal) (stop func()) {
+	done := make(chan struct{})
+	if sigs != nil {
+		go func() {
+			for {
+				select {
+				case sig := <-sigs:
+					if s, ok := sig.(syscall.Signal); ok {
+						p.Signal(s)
+					}
+				case <-done:
+					return
+				}
+			}
+		}()
+	}
+	return func() { close(done) }
+}
+
 // Signal sends sig to the process.
 func (p *Process) Signal(sig syscall.Signal) error {
 	return p.cmd.Process.Signal(sig)

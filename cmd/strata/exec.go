@@ -138,21 +138,9 @@ func (a *app) execIn(ref string, argv []string, o execOptions) (int, error) {
 			p.Console.Close()
 		}()
 	}
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case sig := <-sigs:
-				if s, ok := sig.(syscall.Signal); ok {
-					p.Signal(s)
-				}
-			case <-done:
-				return
-			}
-		}
-	}()
+	stopForward := p.Forward(sigs)
 	code, err := p.Wait()
-	close(done)
+	stopForward()
 	<-copied
 	if err != nil {
 		return failed(err)
