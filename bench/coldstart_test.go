@@ -2,8 +2,6 @@ package bench
 
 import (
 	"context"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,10 +18,7 @@ func TestColdStartScenario(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireFUSE(t)
 	testenv.RequireBinary(t, "busybox")
-	bin := filepath.Join(t.TempDir(), "strata")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/strata").CombinedOutput(); err != nil {
-		t.Fatalf("build strata: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, "strata")
 	rep, err := ColdStart(context.Background(), ColdStartOptions{Strata: bin, WorkDir: t.TempDir(), Image: "busybox",
 		Workloads: []Workload{{"echo", "cat /etc/os-release"}}, Link: netshape.Link{BytesPerSecond: 50 << 20, RTT: 2 * time.Millisecond}})
 	if err != nil {

@@ -3,8 +3,6 @@ package bench
 import (
 	"context"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -18,10 +16,7 @@ func TestPullScenarioDemo(t *testing.T) {
 	testenv.RequireBinary(t, "skopeo")
 	testenv.RequireBinary(t, "umoci")
 	testenv.RequireBinary(t, "busybox")
-	bin := filepath.Join(t.TempDir(), "strata")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/strata").CombinedOutput(); err != nil {
-		t.Fatalf("build strata: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, "strata")
 	rep, err := Pull(context.Background(), PullOptions{Strata: bin, Images: []string{"demo"}, Runs: 1, WorkDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)

@@ -2,8 +2,6 @@ package bench
 
 import (
 	"context"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -17,10 +15,7 @@ func TestStartScenario(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireFUSE(t)
 	testenv.RequireBinary(t, "busybox")
-	bin := filepath.Join(t.TempDir(), "strata")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/strata").CombinedOutput(); err != nil {
-		t.Fatalf("build strata: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, "strata")
 	rep, err := Start(context.Background(), StartOptions{Strata: bin, Runs: 2, WorkDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)

@@ -2,8 +2,6 @@ package bench
 
 import (
 	"context"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -19,10 +17,7 @@ func TestUnionScenarioSmall(t *testing.T) {
 	testenv.RequireFUSE(t)
 	testenv.RequireBinary(t, "fuse-overlayfs")
 	testenv.RequireBinary(t, "fusermount3")
-	bin := filepath.Join(t.TempDir(), "strata-overlay")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/strata-overlay").CombinedOutput(); err != nil {
-		t.Fatalf("build strata-overlay: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, "strata-overlay")
 	rep, err := Union(context.Background(), UnionOptions{StrataOverlay: bin, WorkDir: t.TempDir(), Runs: 1, BigSize: 4 << 20, ManyEntries: 2000})
 	if err != nil {
 		t.Fatal(err)
