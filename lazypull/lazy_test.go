@@ -100,6 +100,21 @@ func pushEstargz(t *testing.T, reg *testregistry.Registry, mutateImg func(v1.Ima
 	return ref, size
 }
 
+// pullLazily pushes busybox as eStargz to a registry whose blob traffic
+// bt records, and pulls it lazily into a new store; it returns the puller
+// and the result, and the size of the image's one layer blob.
+func pullLazily(t *testing.T, bt *blobTraffic, prioritized ...string) (*Puller, *PullResult, int64) {
+	t.Helper()
+	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
+	ref, size := pushEstargz(t, reg, nil, prioritized...)
+	p := NewPuller(newStore(t), Options{Lazy: true, Retry: fastRetry})
+	res, err := p.Pull(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, res, size
+}
+
 func lazyTrees(t *testing.T, s *Store, rec *ImageRecord, o Options) []layertree.Tree {
 	t.Helper()
 	trees, err := s.Trees(rec, NewRemote(o))
@@ -130,13 +145,8 @@ func readFile(t *testing.T, tree layertree.Tree, p string) ([]byte, error) {
 
 func TestLazyPullFetchesOnlyTheTOC(t *testing.T) {
 	var bt blobTraffic
-	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
-	ref, blobSize := pushEstargz(t, reg, nil)
-	s := newStore(t)
-	res, err := NewPuller(s, Options{Lazy: true, Retry: fastRetry}).Pull(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, res, blobSize := pullLazily(t, &bt)
+	s := p.store
 	l := res.Image.Layers[0]
 	if !l.Lazy || l.TOCDigest == "" || l.UnpackedSize == 0 {
 		t.Fatalf("layer record: %+v", l)
@@ -188,13 +198,8 @@ func TestLazyPullFetchesOnlyTheTOC(t *testing.T) {
 
 func TestLazyReadFaults(t *testing.T) {
 	var bt blobTraffic
-	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
-	ref, _ := pushEstargz(t, reg, nil)
-	s := newStore(t)
-	res, err := NewPuller(s, Options{Lazy: true, Retry: fastRetry}).Pull(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, res, _ := pullLazily(t, &bt)
+	s := p.store
 	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry, ReadTimeout: 300 * time.Millisecond})[0]
 
 	// Wrong bytes from the registry: EIO, and no wrong bytes cached.
@@ -311,14 +316,8 @@ func TestChunkCacheRefusesWrongBytes(t *testing.T) {
 func TestLazyPrefetchThenBackground(t *testing.T) {
 	testenv.RequireRoot(t) // the whole layer is extracted as a full pull does
 	var bt blobTraffic
-	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
-	ref, _ := pushEstargz(t, reg, nil, "bin/busybox")
-	s := newStore(t)
-	p := NewPuller(s, Options{Lazy: true, Retry: fastRetry})
-	res, err := p.Pull(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, res, _ := pullLazily(t, &bt, "bin/busybox")
+	s := p.store
 	_, before := bt.served()
 
 	trees, err := p.Trees(context.Background(), res.Image, TreeOptions{})
@@ -375,13 +374,8 @@ func TestLazyPrefetchThenBackground(t *testing.T) {
 // bound, and never the chunks of a lazy layer an image in use needs.
 func TestPruneCache(t *testing.T) {
 	var bt blobTraffic
-	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
-	ref, _ := pushEstargz(t, reg, nil)
-	s := newStore(t)
-	res, err := NewPuller(s, Options{Lazy: true, Retry: fastRetry}).Pull(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, res, _ := pullLazily(t, &bt)
+	s := p.store
 	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry, ReadTimeout: 300 * time.Millisecond})[0]
 	if _, err := readFile(t, tree, "bin/busybox"); err != nil {
 		t.Fatal(err)
@@ -502,13 +496,8 @@ func TestTOCThatLies(t *testing.T) {
 // on either side come in one request of two ranges.
 func TestLazyMultiRange(t *testing.T) {
 	var bt blobTraffic
-	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
-	ref, _ := pushEstargz(t, reg, nil)
-	s := newStore(t)
-	res, err := NewPuller(s, Options{Lazy: true, Retry: fastRetry}).Pull(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, res, _ := pullLazily(t, &bt)
+	s := p.store
 	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry})[0]
 	f, err := tree.Open(context.Background(), "bin/busybox")
 	if err != nil {
