@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -141,18 +140,7 @@ func (p *startPeer) run(ctx context.Context, i int) (time.Duration, error) {
 	if p.hideUnified {
 		return timeInMountNamespace(ctx, args)
 	}
-	return timeOne(ctx, args)
-}
-
-func timeOne(ctx context.Context, args []string) (time.Duration, error) {
-	var errOut bytes.Buffer
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	cmd.Stderr = &errOut
-	start := time.Now()
-	if err := cmd.Run(); err != nil {
-		return 0, fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errOut.String()))
-	}
-	return time.Since(start), nil
+	return timeCommands(ctx, [][]string{args})
 }
 
 // timeInMountNamespace times the command started from a thread that has
@@ -179,7 +167,7 @@ func timeInMountNamespace(ctx context.Context, args []string) (time.Duration, er
 			done <- result{err: fmt.Errorf("hide the cgroup2 hierarchy: %w", err)}
 			return
 		}
-		d, err := timeOne(ctx, args)
+		d, err := timeCommands(ctx, [][]string{args})
 		done <- result{d, err}
 	}()
 	r := <-done
