@@ -278,6 +278,9 @@ func (f *lazyFile) ReadAt(p []byte, off int64) (int, error) {
 // neighbours in the blob as one span, all spans in one multi-range
 // request where the registry allows. A lone chunk is left to the read.
 func (f *lazyFile) fetchMissing(ctx context.Context, off, n int64) {
+	if first, ok := f.t.r.ChunkEntryForOffset(f.e.Name, off); !ok || off+n <= first.ChunkOffset+first.ChunkSize {
+		return // within one chunk: the read fetches it as it would anyway
+	}
 	type pending struct {
 		ce     *estargz.TOCEntry
 		digest string
