@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path"
 	"slices"
+	"sync"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -113,8 +114,7 @@ func (a *app) execIn(ref string, argv []string, o execOptions) (int, error) {
 		// Its parent gone, the container's init adopts it.
 		return 0, nil
 	}
-	copied := make(chan struct{})
-	close(copied)
+	var copying sync.WaitGroup
 	if p.Console != nil {
 		if terminal {
 			defer runtime.FollowTerminalSize(p.Console, os.Stdin)()
@@ -131,17 +131,15 @@ func (a *app) execIn(ref string, argv []string, o execOptions) (int, error) {
 		if o.interactive {
 			go io.Copy(p.Console, os.Stdin)
 		}
-		copied = make(chan struct{})
-		go func() {
-			defer close(copied)
+		copying.Go(func() {
 			io.Copy(os.Stdout, p.Console)
 			p.Console.Close()
-		}()
+		})
 	}
 	stopForward := p.Forward(sigs)
 	code, err := p.Wait()
 	stopForward()
-	<-copied
+	copying.Wait()
 	if err != nil {
 		return failed(err)
 	}
