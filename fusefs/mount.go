@@ -65,13 +65,18 @@ func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 	} else {
 		mo.Options = opts // fusermount3 understands them all
 	}
-	srv, err := fs.Mount(dir, u.Root(), &fs.Options{
+	raw := fs.NewNodeFS(u.Root(), &fs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &u.timeout,
 		AttrTimeout:     &u.timeout,
 		NegativeTimeout: &u.timeout,
 	})
+	srv, err := fuse.NewServer(newWithoutOpendir(raw), dir, &mo)
 	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	return srv, nil

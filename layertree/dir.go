@@ -8,7 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,10 +31,28 @@ const overrideStat = "user.containers.override_stat"
 // OCI's (.wh. files). So any overlayfs lower directory can be stacked.
 type Dir struct {
 	root string
+	opts DirOptions
+	// noListxattrat: the kernel lacks listxattrat(2) (before 6.13).
+	noListxattrat atomic.Bool
 }
 
-// NewDir returns the Tree rooted at dir.
+// DirOptions say how a Dir reads its directory.
+type DirOptions struct {
+	// IgnoreOverrideStat takes ownership and mode from the files
+	// themselves, not from user.containers.override_stat, as the kernel
+	// overlayfs and fuse-overlayfs (without xattr_permissions) do. Layers
+	// extracted with privilege have no such attribute, and not asking
+	// spares a syscall per file.
+	IgnoreOverrideStat bool
+}
+
+// NewDir returns the Tree rooted at dir, honouring override_stat.
 func NewDir(dir string) (*Dir, error) {
+	return NewDirWith(dir, DirOptions{})
+}
+
+// NewDirWith returns the Tree rooted at dir, read as o says.
+func NewDirWith(dir string, o DirOptions) (*Dir, error) {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", dir, err)
@@ -40,7 +60,7 @@ func NewDir(dir string) (*Dir, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("layer %s: not a directory", dir)
 	}
-	return &Dir{root: dir}, nil
+	return &Dir{root: dir, opts: o}, nil
 }
 
 // NewDirs returns the Trees of a stack of layer directories, in order.
@@ -80,23 +100,22 @@ func (d *Dir) Stat(_ context.Context, path string) (Entry, error) {
 	if err != nil {
 		return Entry{}, &os.PathError{Op: "stat", Path: d.abs(path), Err: err}
 	}
-	return d.entry(name, d.abs(path), &st), nil
+	return d.entry(fileAt{dir: -1, name: name, abs: d.abs(path)}, &st), nil
 }
 
 // ReadDir lists a directory, turning OCI marker files into whiteout
 // entries and dropping the opaque marker (reported on the directory).
 func (d *Dir) ReadDir(_ context.Context, path string) ([]Entry, error) {
 	p := d.abs(path)
-	f, err := os.Open(p)
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, &os.PathError{Op: "open", Path: p, Err: err}
 	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
+	defer unix.Close(fd)
+	names, err := readNames(fd)
 	if err != nil {
 		return nil, fmt.Errorf("readdir %s: %w", p, err)
 	}
-	fd := int(f.Fd())
 	// Large directories are statted by several goroutines: the syscalls
 	// are independent, and on a cold cache each may wait for the disk.
 	const chunk = 512
@@ -132,6 +151,28 @@ func (d *Dir) ReadDir(_ context.Context, path string) ([]Entry, error) {
 	return out, nil
 }
 
+// readNames lists the names in the open directory fd, without "." and
+// "..". It reads with getdents itself: os.File would register the
+// descriptor with the poller and set its flags, four syscalls more per
+// directory.
+func readNames(fd int) ([]string, error) {
+	buf := make([]byte, 8192)
+	var names []string
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			return names, nil
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+}
+
 // entries stats names of the directory p (open as fd).
 func (d *Dir) entries(fd int, p string, names []string) ([]Entry, error) {
 	out := make([]Entry, 0, len(names))
@@ -150,58 +191,145 @@ func (d *Dir) entries(fd int, p string, names []string) ([]Entry, error) {
 			out = append(out, Entry{Name: target, Whiteout: true, Mode: ModeChar})
 			continue
 		}
-		out = append(out, d.entry(n, p+"/"+n, &st))
+		out = append(out, d.entry(fileAt{dir: fd, name: n, abs: p + "/" + n}, &st))
 	}
 	return out, nil
 }
 
-func (d *Dir) entry(name, abs string, st *unix.Stat_t) Entry {
+// fileAt names a file both ways: relative to its open parent directory
+// (dir; -1 when there is none), which spares the kernel a path walk, and
+// by absolute path.
+type fileAt struct {
+	dir       int
+	name, abs string
+}
+
+func (d *Dir) entry(f fileAt, st *unix.Stat_t) Entry {
 	e := Entry{
-		Name: name, Mode: st.Mode, UID: st.Uid, GID: st.Gid, Size: st.Size,
+		Name: f.name, Mode: st.Mode, UID: st.Uid, GID: st.Gid, Size: st.Size,
 		Mtime: time.Unix(st.Mtim.Unix()), Rdev: st.Rdev, Nlink: uint32(st.Nlink), Ino: st.Ino,
 	}
 	if e.Type() == ModeSymlink {
-		e.Target, _ = os.Readlink(abs)
+		e.Target = readlink(f)
 		return e
+	}
+	if e.Type() != ModeDir && d.opts.IgnoreOverrideStat {
+		if e.Type() == ModeChar {
+			e.Whiteout = st.Rdev == 0
+		}
+		return e // the other markers are on directories
 	}
 	// One listxattr tells which of the markers are there: most entries
 	// have none, and each lookup of an absent one is a syscall.
-	xs := xattrNames(abs)
+	xs := d.markers(f)
 	switch e.Type() {
 	case ModeChar:
 		e.Whiteout = st.Rdev == 0
 	case ModeDir:
-		e.Opaque = isOpaque(abs, xs)
-		e.Implied = xs[impliedXattr]
-		if xs["trusted.overlay.redirect"] || xs["user.overlay.redirect"] {
-			e.Redirect = redirectOf(abs)
+		e.Opaque = isOpaque(f, xs)
+		e.Implied = xs&markImplied != 0
+		if xs&markRedirect != 0 {
+			e.Redirect = redirectOf(f.abs)
 		}
 		e.Size = 4096
 	}
-	if xs[overrideStat] {
-		applyOverride(&e, abs)
+	if xs&markOverride != 0 {
+		applyOverride(&e, f.abs)
 	}
 	return e
 }
 
-// xattrNames lists the names of a file's extended attributes.
-func xattrNames(p string) map[string]bool {
+func readlink(f fileAt) string {
+	buf := make([]byte, 256)
+	for {
+		var n int
+		var err error
+		if f.dir >= 0 {
+			n, err = unix.Readlinkat(f.dir, f.name, buf)
+		} else {
+			n, err = unix.Readlink(f.abs, buf)
+		}
+		if err != nil {
+			return ""
+		}
+		if n < len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// markers are the extended attributes the tree interprets.
+type markers uint8
+
+const (
+	markOpaque markers = 1 << iota
+	markImplied
+	markRedirect
+	markOverride
+)
+
+var markerNames = map[string]markers{
+	"trusted.overlay.opaque":   markOpaque,
+	"user.overlay.opaque":      markOpaque,
+	impliedXattr:               markImplied,
+	"trusted.overlay.redirect": markRedirect,
+	"user.overlay.redirect":    markRedirect,
+	overrideStat:               markOverride,
+}
+
+// markers tells which marker attributes the file has.
+func (d *Dir) markers(f fileAt) markers {
 	buf := make([]byte, 512)
-	n, err := unix.Llistxattr(p, buf)
+	n, err := d.listxattr(f, buf)
 	if errors.Is(err, unix.ERANGE) {
-		if size, err2 := unix.Llistxattr(p, nil); err2 == nil {
+		if size, err2 := d.listxattr(f, nil); err2 == nil {
 			buf = make([]byte, size)
-			n, err = unix.Llistxattr(p, buf)
+			n, err = d.listxattr(f, buf)
 		}
 	}
 	if err != nil || n <= 0 {
-		return nil
+		return 0
 	}
-	out := map[string]bool{}
-	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
-		out[name] = true
+	var m markers
+	for name := range strings.SplitSeq(string(buf[:n]), "\x00") {
+		m |= markerNames[name]
 	}
-	return out
+	return m
+}
+
+// listxattr lists the file's attribute names relative to its directory
+// with listxattrat(2) (Linux 6.13) where the kernel has it.
+func (d *Dir) listxattr(f fileAt, buf []byte) (int, error) {
+	if f.dir >= 0 && !d.noListxattrat.Load() {
+		n, err := listxattrat(f.dir, f.name, buf)
+		if err != unix.ENOSYS {
+			return n, err
+		}
+		d.noListxattrat.Store(true)
+	}
+	return unix.Llistxattr(f.abs, buf)
+}
+
+// sysListxattrat is listxattrat(2)'s number on amd64 and arm64 alike
+// (the syscall table shared since 5.x).
+const sysListxattrat = 465
+
+func listxattrat(dir int, name string, buf []byte) (int, error) {
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return 0, err
+	}
+	var bp unsafe.Pointer
+	if len(buf) > 0 {
+		bp = unsafe.Pointer(&buf[0])
+	}
+	r, _, errno := unix.Syscall6(sysListxattrat, uintptr(dir), uintptr(unsafe.Pointer(p)), unix.AT_SYMLINK_NOFOLLOW,
+		uintptr(bp), uintptr(len(buf)), 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
 }
 
 // impliedXattr marks directories a layer holds only as parents (see
@@ -218,18 +346,20 @@ func redirectOf(dir string) string {
 	return ""
 }
 
-func isOpaque(dir string, xs map[string]bool) bool {
-	buf := make([]byte, 2)
-	for _, x := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
-		if !xs[x] {
-			continue
-		}
-		if n, err := unix.Lgetxattr(dir, x, buf); err == nil && n == 1 && buf[0] == 'y' {
-			return true
+func isOpaque(f fileAt, xs markers) bool {
+	if xs&markOpaque != 0 {
+		buf := make([]byte, 2)
+		for _, x := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
+			if n, err := unix.Lgetxattr(f.abs, x, buf); err == nil && n == 1 && buf[0] == 'y' {
+				return true
+			}
 		}
 	}
-	_, err := os.Lstat(dir + "/" + whOpaque)
-	return err == nil
+	var st unix.Stat_t
+	if f.dir >= 0 {
+		return unix.Fstatat(f.dir, f.name+"/"+whOpaque, &st, unix.AT_SYMLINK_NOFOLLOW) == nil
+	}
+	return unix.Lstat(f.abs+"/"+whOpaque, &st) == nil
 }
 
 // applyOverride reads "UID:GID:MODE" (mode in octal, optionally with a

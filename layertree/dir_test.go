@@ -108,3 +108,42 @@ func TestMem(t *testing.T) {
 		t.Errorf("Stat: %+v %v", e, err)
 	}
 }
+
+// Ownership and mode kept in user.containers.override_stat (an
+// unprivileged extraction's) are what a Dir reports by default, and not
+// when told to ignore them as fuse-overlayfs does without xattr_permissions.
+func TestDirOverrideStat(t *testing.T) {
+	root := t.TempDir()
+	p := filepath.Join(root, "file")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(p, overrideStat, []byte("1000:1001:0755"), 0); err != nil {
+		t.Skipf("user xattrs not supported here: %v", err)
+	}
+	for _, tc := range []struct {
+		opts           DirOptions
+		uid, gid, perm uint32
+	}{
+		{DirOptions{}, 1000, 1001, 0o755},
+		{DirOptions{IgnoreOverrideStat: true}, uint32(os.Getuid()), uint32(os.Getgid()), 0o600},
+	} {
+		d, err := NewDirWith(root, tc.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		es, err := d.ReadDir(context.Background(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := d.Stat(context.Background(), "file")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range []Entry{names(es)["file"], st} {
+			if e.UID != tc.uid || e.GID != tc.gid || e.Mode&0o7777 != tc.perm || e.Type() != ModeRegular {
+				t.Errorf("%+v: file is %d:%d %o, want %d:%d %o", tc.opts, e.UID, e.GID, e.Mode, tc.uid, tc.gid, tc.perm)
+			}
+		}
+	}
+}

@@ -137,7 +137,9 @@ func serve(c *config, live func(), stderr io.Writer) error {
 	}
 	var layers []layertree.Tree
 	for _, d := range c.lower {
-		l, err := layertree.NewDir(d)
+		// xattr_permissions=0, as fuse-overlayfs's default: ownership
+		// and mode are the files' own.
+		l, err := layertree.NewDirWith(d, layertree.DirOptions{IgnoreOverrideStat: true})
 		if err != nil {
 			return fmt.Errorf("lowerdir %s: %w", d, err)
 		}

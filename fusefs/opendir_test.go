@@ -1,0 +1,152 @@
+package fusefs
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// listingLayers makes a directory big enough to take many READDIRPLUS
+// requests: 1,500 long names below, 10 above, one of the lower ones
+// whited out.
+func listingLayers(t *testing.T) ([]string, []string) {
+	t.Helper()
+	base := t.TempDir()
+	top, bottom := filepath.Join(base, "top"), filepath.Join(base, "bottom")
+	var want []string
+	for _, d := range []string{top + "/many", bottom + "/many"} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 1500; i++ {
+		name := fmt.Sprintf("lower-%04d-%s", i, strings.Repeat("n", 48))
+		if err := os.WriteFile(filepath.Join(bottom, "many", name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if i != 7 {
+			want = append(want, name)
+		}
+	}
+	os.WriteFile(filepath.Join(top, "many", ".wh."+fmt.Sprintf("lower-%04d-%s", 7, strings.Repeat("n", 48))), nil, 0o644)
+	for i := 0; i < 10; i++ {
+		name := fmt.Sprintf("upper-%d", i)
+		os.WriteFile(filepath.Join(top, "many", name), nil, 0o644)
+		want = append(want, name)
+	}
+	slices.Sort(want)
+	return []string{top, bottom}, want
+}
+
+// getdents reads one batch of names from fd, without . and .. (nil at
+// the end).
+func getdents(t *testing.T, fd int, buf []byte) []string {
+	t.Helper()
+	n, err := unix.Getdents(fd, buf)
+	if err != nil {
+		t.Fatalf("getdents: %v", err)
+	}
+	_, _, names := unix.ParseDirent(buf[:n], -1, nil)
+	if n > 0 && len(names) == 0 {
+		return []string{} // only . and ..
+	}
+	return names
+}
+
+func readRest(t *testing.T, fd int, got []string) []string {
+	t.Helper()
+	buf := make([]byte, 2048)
+	for {
+		names := getdents(t, fd, buf)
+		if names == nil {
+			return got
+		}
+		got = append(got, names...)
+	}
+}
+
+func sameNames(t *testing.T, what string, got, want []string) {
+	t.Helper()
+	got = slices.Clone(got)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("%s: %d names, want %d (first difference near %q)", what, len(got), len(want), firstDiff(got, want))
+	}
+}
+
+func firstDiff(a, b []string) string {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return a[i] + " / " + b[i]
+		}
+	}
+	return "the end"
+}
+
+// The union answers the kernel's first OPENDIR with ENOSYS and serves
+// listings without handles from then on: listings read in many requests,
+// two at once, abandoned half-way, resumed at a saved offset and taken
+// after a change must all show exactly the merged directory.
+func TestListingsWithoutOpendir(t *testing.T) {
+	layers, want := listingLayers(t)
+	mnt, _ := mountWritable(t, layers)
+	dir := filepath.Join(mnt, "many")
+	open := func() int {
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+	small := make([]byte, 1024)
+
+	// Two listings at once, interleaved, neither finished when the other
+	// starts; then one abandoned after its first batch.
+	a, b := open(), open()
+	gotA := getdents(t, a, small)
+	gotB := getdents(t, b, small)
+	gotA = append(gotA, getdents(t, a, small)...)
+	abandoned := open()
+	getdents(t, abandoned, small)
+	unix.Close(abandoned)
+	sameNames(t, "first listing", readRest(t, a, gotA), want)
+	sameNames(t, "second listing", readRest(t, b, gotB), want)
+
+	// Resuming at an offset told by lseek gives the rest, nothing twice.
+	c := open()
+	first := getdents(t, c, small)
+	pos, err := unix.Seek(c, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := open()
+	if _, err := unix.Seek(d, pos, 0); err != nil {
+		t.Fatal(err)
+	}
+	sameNames(t, "resumed listing", readRest(t, d, first), want)
+
+	// A change shows in the next listing; a removed name is gone.
+	if err := os.WriteFile(filepath.Join(dir, "new"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, want[0])); err != nil {
+		t.Fatal(err)
+	}
+	changed := append(slices.Clone(want[1:]), "new")
+	slices.Sort(changed)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	sameNames(t, "listing after a change", names, changed)
+}
