@@ -3,6 +3,7 @@ package lazypull
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -196,6 +197,14 @@ func (p *Puller) complete(ctx context.Context, t *lazyTree) {
 		_, err := p.downloadLayer(ctx, src, &full)
 		return err
 	})
+	var mismatch *DigestMismatchError
+	if errors.As(err, &mismatch) && t.rec.TOCFromFooter {
+		// The blob is not what the manifest names, and nothing else
+		// vouched for the TOC the reads trusted: read nothing more.
+		t.broken.Store(&err)
+		p.log.Error("lazy layer found by its footer does not match its digest; its files now fail to read", "layer", full.Digest, "err", err)
+		return
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			p.log.Warn("background fetch of a lazy layer failed; it stays lazy", "layer", full.Digest, "err", err)

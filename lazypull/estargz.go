@@ -45,7 +45,16 @@ func (p *Puller) pullLazy(ctx context.Context, src source, l *LayerRecord) (int6
 	}
 	b := p.remote.blob(src.repo, l.Digest, l.Size)
 	fetched := b.fetched.Load
+	annotated := l.TOCDigest != ""
+	if !annotated && l.Size < estargz.FooterSize {
+		return 0, errNotLazy
+	}
 	tocOffset, _, err := estargz.OpenFooter(io.NewSectionReader(readerAt{ctx, b}, 0, l.Size))
+	if err != nil && !annotated {
+		// A plain gzip layer (or the registry failing, which the full
+		// pull that follows will meet and retry).
+		return fetched(), fmt.Errorf("%w: no eStargz footer", errNotLazy)
+	}
 	if err != nil {
 		return fetched(), fmt.Errorf("layer %s is annotated eStargz but its footer is not: %w", l.Digest, err)
 	}
@@ -56,11 +65,23 @@ func (p *Puller) pullLazy(ctx context.Context, src source, l *LayerRecord) (int6
 	if err != nil {
 		return fetched(), err
 	}
-	_, unpacked, err := openTOC(tail, tocOffset, l.Size, l.TOCDigest)
+	tocDigest := l.TOCDigest
+	if !annotated {
+		// Nothing names the TOC's digest: take the one it has, so that
+		// every later read checks against the TOC fetched now.
+		var gz estargz.GzipDecompressor
+		_, d, err := gz.ParseTOC(bytes.NewReader(tail))
+		if err != nil {
+			return fetched(), fmt.Errorf("layer %s: eStargz footer found, but its TOC: %w", l.Digest, err)
+		}
+		tocDigest = d.String()
+	}
+	_, unpacked, err := openTOC(tail, tocOffset, l.Size, tocDigest)
 	if err != nil {
 		return fetched(), fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
 	l.Lazy, l.Source, l.TOCOffset, l.UnpackedSize = true, src.repo.Name(), tocOffset, unpacked
+	l.TOCDigest, l.TOCFromFooter = tocDigest, !annotated
 
 	tmp, err := os.MkdirTemp(filepath.Dir(final), ".tmp-"+filepath.Base(final)+"-")
 	if err != nil {

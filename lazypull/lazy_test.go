@@ -32,9 +32,10 @@ type blobTraffic struct {
 	mu     sync.Mutex
 	bytes  int64
 	ranges []string
-	// mangle, when set, rewrites ranged blob responses.
-	mangle atomic.Pointer[func([]byte) []byte]
-	down   atomic.Bool
+	// mangle, when set, rewrites ranged blob responses; mangleWhole
+	// the others.
+	mangle, mangleWhole atomic.Pointer[func([]byte) []byte]
+	down                atomic.Bool
 }
 
 func (bt *blobTraffic) middleware(next http.Handler) http.Handler {
@@ -51,6 +52,9 @@ func (bt *blobTraffic) middleware(next http.Handler) http.Handler {
 		next.ServeHTTP(rec, r)
 		body := rec.body
 		if m := bt.mangle.Load(); m != nil && r.Header.Get("Range") != "" {
+			body = (*m)(body)
+		}
+		if m := bt.mangleWhole.Load(); m != nil && r.Header.Get("Range") == "" {
 			body = (*m)(body)
 		}
 		bt.mu.Lock()
@@ -251,7 +255,7 @@ func TestLazyPullRefusesALyingTOC(t *testing.T) {
 }
 
 // replaceTOCDigest rebuilds the image with another TOC digest annotation
-// on its layers.
+// on its layers, or none when d is "".
 func replaceTOCDigest(img v1.Image, d string) (v1.Image, error) {
 	layers, err := img.Layers()
 	if err != nil {
@@ -268,7 +272,11 @@ func replaceTOCDigest(img v1.Image, d string) (v1.Image, error) {
 		return nil, err
 	}
 	for _, l := range layers {
-		if out, err = mutate.Append(out, mutate.Addendum{Layer: l, Annotations: map[string]string{TOCDigestAnnotation: d}}); err != nil {
+		add := mutate.Addendum{Layer: l}
+		if d != "" {
+			add.Annotations = map[string]string{TOCDigestAnnotation: d}
+		}
+		if out, err = mutate.Append(out, add); err != nil {
 			return nil, err
 		}
 	}
@@ -548,6 +556,108 @@ func TestLazyPackedLayerPulledWhole(t *testing.T) {
 	stored, err := s.Layer(res.Image.Layers[0].DiffID)
 	if err != nil || stored.Lazy {
 		t.Fatalf("packed layer: %+v, %v; want it whole", stored, err)
+	}
+	tree := lazyTrees(t, s, res.Image, Options{})[0]
+	if got, err := readFile(t, tree, "etc/os-release"); err != nil || !strings.Contains(string(got), "strata test busybox") {
+		t.Errorf("read: %q %v", got, err)
+	}
+}
+
+// unannotatedEstargz pushes busybox as eStargz without the TOC digest
+// annotation and pulls it lazily.
+func unannotatedEstargz(t *testing.T, bt *blobTraffic) (*Puller, *PullResult, int64) {
+	t.Helper()
+	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
+	ref, blobSize := pushEstargz(t, reg, func(img v1.Image) v1.Image {
+		out, err := replaceTOCDigest(img, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	})
+	p := NewPuller(newStore(t), Options{Lazy: true, Retry: fastRetry})
+	res, err := p.Pull(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, res, blobSize
+}
+
+// An eStargz layer the manifest does not annotate is found by its footer
+// and pulled lazily all the same: footer and TOC only, chunks checked
+// against the TOC's digests.
+func TestLazyPullByFooter(t *testing.T) {
+	var bt blobTraffic
+	p, res, blobSize := unannotatedEstargz(t, &bt)
+	l := res.Image.Layers[0]
+	if !l.Lazy || !l.TOCFromFooter || l.TOCDigest == "" {
+		t.Fatalf("unannotated eStargz layer: %+v, want it lazy, its TOC found by the footer", l)
+	}
+	if pulled, requests := bt.served(); pulled >= blobSize/4 || requests != 2 {
+		t.Errorf("pull fetched %d of %d blob bytes in %d requests, want the footer and the TOC only", pulled, blobSize, requests)
+	}
+	tree := lazyTrees(t, p.store, res.Image, Options{Retry: fastRetry, ReadTimeout: 300 * time.Millisecond})[0]
+	flip := func(b []byte) []byte { c := bytes.Clone(b); c[len(c)/2] ^= 0xff; return c }
+	bt.mangle.Store(&flip)
+	if _, err := readFile(t, tree, "bin/busybox"); !errors.Is(err, syscall.EIO) {
+		t.Errorf("read of corrupted chunks: %v, want EIO", err)
+	}
+	bt.mangle.Store(nil)
+	want, _ := os.ReadFile(testimage.BusyboxPath)
+	if got, err := readFile(t, tree, "bin/busybox"); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("bin/busybox read lazily: %d bytes, %v", len(got), err)
+	}
+}
+
+// Nothing vouches for a TOC found by the footer but the blob's digest,
+// checked once the layer is whole: a blob that fails it stops every read
+// of the layer.
+func TestLazyByFooterBlobMismatchStopsReads(t *testing.T) {
+	testenv.RequireRoot(t) // the background fetch extracts the layer
+	var bt blobTraffic
+	p, res, _ := unannotatedEstargz(t, &bt)
+	flip := func(b []byte) []byte { c := bytes.Clone(b); c[len(c)/3] ^= 0xff; return c }
+	bt.mangleWhole.Store(&flip)
+	trees, err := p.Trees(context.Background(), res.Image, TreeOptions{Background: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lt := trees[0].(*lazyTree)
+	<-lt.completed
+	if _, err := readFile(t, lt, "etc/os-release"); !errors.Is(err, syscall.EIO) {
+		t.Errorf("read of a layer whose blob failed its digest: %v, want EIO", err)
+	}
+	if stored, err := p.store.Layer(res.Image.Layers[0].DiffID); err != nil || !stored.Lazy {
+		t.Errorf("the mismatched blob was stored: %+v, %v", stored, err)
+	}
+}
+
+// A plain gzip layer costs one probe of its footer, then is pulled whole.
+func TestLazyPullOfPlainGzip(t *testing.T) {
+	testenv.RequireRoot(t) // extraction
+	testenv.RequireBinary(t, testimage.BusyboxPath)
+	var bt blobTraffic
+	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
+	img, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Ref("plain/busybox:v1")
+	if err := testimage.Push(context.Background(), ref, img); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	size, _ := layers[0].Size()
+	s := newStore(t)
+	res, err := NewPuller(s, Options{Lazy: true, Retry: fastRetry}).Pull(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := res.Image.Layers[0]; l.Lazy || l.TOCDigest != "" || l.TOCFromFooter {
+		t.Errorf("plain gzip layer: %+v, want it whole", l)
+	}
+	if pulled, requests := bt.served(); requests != 1 || pulled > size+estargz.FooterSize+512 {
+		t.Errorf("pull of a %d-byte plain layer fetched %d bytes with %d Range requests, want one footer probe and the blob once", size, pulled, requests)
 	}
 	tree := lazyTrees(t, s, res.Image, Options{})[0]
 	if got, err := readFile(t, tree, "etc/os-release"); err != nil || !strings.Contains(string(got), "strata test busybox") {

@@ -36,6 +36,9 @@ type lazyTree struct {
 	rec LayerRecord
 	// extracted is the layer once fetched whole: files are read from it.
 	extracted atomic.Pointer[layertree.Dir]
+	// broken: the layer, found eStargz by its footer alone, turned out
+	// not to match its digest once whole; every read fails.
+	broken atomic.Pointer[error]
 	// prefetched and completed close when that work is over.
 	prefetched, completed chan struct{}
 }
@@ -243,6 +246,9 @@ func (f *lazyFile) ReadAt(p []byte, off int64) (int, error) {
 		if f.local.err == nil {
 			return f.local.f.ReadAt(p, off)
 		}
+	}
+	if broken := f.t.broken.Load(); broken != nil {
+		return 0, f.fail(*broken)
 	}
 	f.fetchMissing(ctx, off, int64(len(p)))
 	n := 0

@@ -472,7 +472,9 @@ func (p *Puller) fetchLayer(ctx context.Context, src source, l *LayerRecord) (in
 		return 0, false, err
 	}
 	defer lock.Unlock()
-	lazy := p.opts.Lazy && l.TOCDigest != ""
+	// Annotated eStargz layers, and gzip layers that may be eStargz
+	// without saying so (their footer tells).
+	lazy := p.opts.Lazy && (l.TOCDigest != "" || lazyMediaType(l.MediaType))
 	if p.store.HasLayer(l.DiffID) {
 		rec, err := p.store.Layer(l.DiffID)
 		// A lazy layer stays unless a full one is asked for.
@@ -495,7 +497,9 @@ func (p *Puller) fetchLayer(ctx context.Context, src source, l *LayerRecord) (in
 		if lazy {
 			n, err = p.pullLazy(ctx, src, l)
 			if errors.Is(err, errNotLazy) {
-				p.log.Info("eStargz layer pulled whole", "layer", l.Digest, "why", err)
+				if l.TOCDigest != "" {
+					p.log.Info("eStargz layer pulled whole", "layer", l.Digest, "why", err)
+				}
 				lazy = false
 			}
 		}

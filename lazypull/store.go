@@ -60,6 +60,11 @@ type LayerRecord struct {
 	// TOCDigest is the eStargz TOC digest the manifest annotates the
 	// layer with; such layers are pulled lazily (Options.Lazy).
 	TOCDigest string `json:"tocDigest,omitempty"`
+	// TOCFromFooter: the layer had no annotation and was found to be
+	// eStargz by its footer; TOCDigest is then the digest of the TOC as
+	// fetched, which nothing vouches for until the whole blob has
+	// arrived and matched its digest.
+	TOCFromFooter bool `json:"tocFromFooter,omitempty"`
 	// Lazy layers keep only their TOC (the blob from TOCOffset on); the
 	// files' bytes are fetched from the repository Source when read.
 	Lazy      bool   `json:"lazy,omitempty"`
