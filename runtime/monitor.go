@@ -76,6 +76,23 @@ func (s *Store) Run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 
 func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOptions) (int, error) {
 	WarmMigration()
+	// The cgroups are made while the rootfs is mounted and init starts:
+	// on a v1 host the first cgroup change in a while waits for an RCU
+	// grace period (see WarmMigration), and that wait now overlaps the
+	// rest. Init is placed in them before it runs the command.
+	var cg *Cgroup
+	var cgErr error
+	cgReady := make(chan struct{})
+	go func() {
+		defer close(cgReady)
+		cg, cgErr = NewCgroup(c.ID, c.Resources)
+	}()
+	defer func() {
+		<-cgReady
+		if cg != nil {
+			cg.Remove()
+		}
+	}()
 	dir := s.Dir(c.ID)
 	rootfs, upper, work := filepath.Join(dir, "rootfs"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
 	for _, d := range []string{rootfs, upper, work} {
@@ -103,12 +120,6 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 			}
 		}
 	}
-
-	cg, err := NewCgroup(c.ID, c.Resources)
-	if err != nil {
-		return 125, err
-	}
-	defer cg.Remove()
 
 	logw, err := openLog(filepath.Join(dir, "container.log"))
 	if err != nil {
@@ -138,7 +149,14 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 			spec.ConsoleSize = TerminalSize(o.Terminal)
 		}
 	}
-	p, err := StartProcess(&spec, stdio, filepath.Join(dir, "init"), cg.Add)
+	place := func(pid int) error {
+		<-cgReady
+		if cgErr != nil {
+			return cgErr
+		}
+		return cg.Add(pid)
+	}
+	p, err := StartProcess(&spec, stdio, filepath.Join(dir, "init"), place)
 	outW.Close()
 	errW.Close()
 	if err != nil {
