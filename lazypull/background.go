@@ -217,11 +217,11 @@ func (p *Puller) complete(ctx context.Context, t *lazyTree) {
 
 // useExtracted switches the tree's file reads to the extracted layer.
 func (t *lazyTree) useExtracted(s *Store) {
-	d, err := s.LayerTree(t.rec.DiffID)
+	stored, err := s.Layer(t.rec.DiffID)
 	if err != nil {
 		return
 	}
-	dir, err := layertree.NewDir(d)
+	dir, err := s.layerDir(stored)
 	if err != nil {
 		return
 	}

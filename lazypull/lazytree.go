@@ -389,11 +389,7 @@ func (s *Store) trees(rec *ImageRecord, remote *Remote) ([]layertree.Tree, []*la
 			return nil, nil, err
 		}
 		if !stored.Lazy {
-			d, err := s.LayerTree(l.DiffID)
-			if err != nil {
-				return nil, nil, err
-			}
-			t, err := layertree.NewDir(d)
+			t, err := s.layerDir(stored)
 			if err != nil {
 				return nil, nil, err
 			}

@@ -602,7 +602,7 @@ func (p *Puller) downloadLayer(ctx context.Context, src source, l *LayerRecord) 
 	if drainErr != nil {
 		return counter.n, fmt.Errorf("blob %s: %w", l.Digest, drainErr)
 	}
-	l.UnpackedSize = stats.Bytes
+	l.UnpackedSize, l.Privileged = stats.Bytes, os.Geteuid() == 0
 	meta, _ := json.MarshalIndent(l, "", "  ")
 	if err := fsutil.WriteFileAtomic(filepath.Join(tmp, "layer.json"), meta, 0o600); err != nil {
 		return counter.n, err

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/stratafs/strata/internal/fsutil"
+	"github.com/stratafs/strata/layertree"
 )
 
 // Store is the local image store under one root directory:
@@ -65,6 +66,9 @@ type LayerRecord struct {
 	// fetched, which nothing vouches for until the whole blob has
 	// arrived and matched its digest.
 	TOCFromFooter bool `json:"tocFromFooter,omitempty"`
+	// Privileged: extracted by root, so ownership and modes are the
+	// files' own and no user.containers.override_stat needs reading.
+	Privileged bool `json:"privileged,omitempty"`
 	// Lazy layers keep only their TOC (the blob from TOCOffset on); the
 	// files' bytes are fetched from the repository Source when read.
 	Lazy      bool   `json:"lazy,omitempty"`
@@ -620,4 +624,14 @@ func (s *Store) removeLayer(diffID string) error {
 		return fmt.Errorf("replace layer %s: %w", diffID, err)
 	}
 	return removeAll(trash)
+}
+
+// layerDir opens an extracted layer's tree, reading override_stat only
+// where an extraction without root may have written it.
+func (s *Store) layerDir(l LayerRecord) (*layertree.Dir, error) {
+	d, err := s.LayerTree(l.DiffID)
+	if err != nil {
+		return nil, err
+	}
+	return layertree.NewDirWith(d, layertree.DirOptions{IgnoreOverrideStat: l.Privileged})
 }
