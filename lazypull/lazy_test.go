@@ -664,3 +664,41 @@ func TestLazyPullOfPlainGzip(t *testing.T) {
 		t.Errorf("read: %q %v", got, err)
 	}
 }
+
+// Once a lazy layer is whole, the files this mount never served itself
+// are handed to the kernel (passthrough: native reads); one it served
+// stays served, as the kernel refuses to mix the two for one inode.
+func TestCompletedLazyLayerPassesThrough(t *testing.T) {
+	testenv.RequireRoot(t) // the layer is extracted as a full pull does
+	var bt blobTraffic
+	p, res, _ := pullLazily(t, &bt)
+	ctx := context.Background()
+	trees, err := p.Trees(ctx, res.Image, TreeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lt := trees[0].(*lazyTree)
+	<-lt.prefetched
+	if _, err := readFile(t, lt, "etc/os-release"); err != nil {
+		t.Fatal(err)
+	}
+	p.complete(ctx, lt)
+	for _, tc := range []struct {
+		path  string
+		local bool
+	}{{"etc/os-release", false}, {"bin/busybox", true}} {
+		f, err := lt.Open(ctx, tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, local := f.(layertree.LocalFile)
+		f.Close()
+		if local != tc.local {
+			t.Errorf("%s after the layer is whole: a local file %v, want %v", tc.path, local, tc.local)
+		}
+	}
+	want, _ := os.ReadFile(testimage.BusyboxPath)
+	if got, err := readFile(t, lt, "bin/busybox"); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("bin/busybox from the completed layer: %d bytes, %v", len(got), err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -39,6 +40,10 @@ type lazyTree struct {
 	// broken: the layer, found eStargz by its footer alone, turned out
 	// not to match its digest once whole; every read fails.
 	broken atomic.Pointer[error]
+	// servedLazily are the files opened before the layer was whole
+	// (hardlinks share an entry), guarded by openMu.
+	openMu       sync.Mutex
+	servedLazily map[*estargz.TOCEntry]bool
 	// prefetched and completed close when that work is over.
 	prefetched, completed chan struct{}
 }
@@ -66,7 +71,7 @@ func (s *Store) openLazyTree(l LayerRecord, remote *Remote, cache *chunkCache) (
 		return nil, fmt.Errorf("lazy layer %s: %w", l.DiffID, err)
 	}
 	t := &lazyTree{r: r, blob: remote.blob(repo, l.Digest, l.Size), tocOffset: l.TOCOffset, cache: cache, log: remote.log,
-		ino: map[*estargz.TOCEntry]uint64{}, rec: l, prefetched: make(chan struct{}), completed: make(chan struct{})}
+		ino: map[*estargz.TOCEntry]uint64{}, servedLazily: map[*estargz.TOCEntry]bool{}, rec: l, prefetched: make(chan struct{}), completed: make(chan struct{})}
 	root, ok := r.Lookup("")
 	if !ok {
 		return nil, fmt.Errorf("lazy layer %s: TOC has no root", l.DiffID)
@@ -203,16 +208,19 @@ func (t *lazyTree) Open(ctx context.Context, p string) (layertree.File, error) {
 	if e.Type != "reg" {
 		return nil, &os.PathError{Op: "open", Path: p, Err: syscall.EINVAL}
 	}
+	t.openMu.Lock()
+	defer t.openMu.Unlock()
 	if d := t.extracted.Load(); d != nil {
-		// Whole now: read from the disk, but not handed to the kernel
-		// (passthrough): it refuses that for a file this mount already
-		// serves itself. The next mount passes it through.
+		// Whole now: read from the disk, handed to the kernel
+		// (passthrough) unless this mount has served the file itself
+		// before, which the kernel refuses to mix with passthrough.
 		f, err := d.Open(ctx, e.Name)
-		if err != nil {
-			return nil, err
+		if err != nil || !t.servedLazily[e] {
+			return f, err
 		}
 		return servedFile{f}, nil
 	}
+	t.servedLazily[e] = true
 	return &lazyFile{t: t, e: e}, nil
 }
 
