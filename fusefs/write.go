@@ -146,9 +146,9 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 			return fs.ToErrno(err)
 		}
 	}
-	if !n.u.noSync {
-		syncDir(filepath.Dir(dst))
-	}
+	// The rename is not synced, as the kernel overlayfs does not: a
+	// crash may undo it, leaving the lower file, never a partial one
+	// (the copy's data was synced before).
 	n.u.mu.Lock()
 	n.c.upper = true
 	n.u.mu.Unlock()
@@ -251,13 +251,6 @@ func (n *node) parentNode() *node {
 	}
 	pn, _ := p.Operations().(*node)
 	return pn
-}
-
-func syncDir(dir string) {
-	if fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
-		unix.Fsync(fd)
-		unix.Close(fd)
-	}
 }
 
 // copyFile copies a layer file's bytes and makes them durable before the

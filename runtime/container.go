@@ -251,13 +251,15 @@ func (s *Store) Rename(ctx context.Context, c *Container, name string) error {
 	return s.writeConfig(c)
 }
 
-// SetState records a container's state.
+// SetState records a container's state. Not synced to the disk: after a
+// crash every container has stopped whatever its state says, and a state
+// the crash lost reads as exited (readState).
 func (s *Store) SetState(id string, st State) error {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
-	return fsutil.WriteFileAtomic(filepath.Join(s.Dir(id), "state.json"), b, 0o600)
+	return fsutil.ReplaceFile(filepath.Join(s.Dir(id), "state.json"), b, 0o600)
 }
 
 // monitorLock is held by the process that serves a container for as long
@@ -326,6 +328,10 @@ func (s *Store) readState(id string) (State, error) {
 	b, err := os.ReadFile(filepath.Join(s.Dir(id), "state.json"))
 	if err != nil {
 		return st, err
+	}
+	if len(b) == 0 {
+		// Written just before a crash, its bytes never reached the disk.
+		return State{Status: StatusExited, ExitCode: 255, Error: "state lost in a system crash"}, nil
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
 		return st, fmt.Errorf("container %s: state: %w", id, err)
