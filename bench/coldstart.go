@@ -409,6 +409,9 @@ func (r *ColdStartReport) Markdown() string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %.2f s | %.1f MB | %s | %s | %s | %s |\n", row.Workload, row.Mode, cold.Seconds(), float64(medianInt(row.Bytes))/1e6, vs, warm, chunks, rss)
 	}
+	if chart := r.Chart(); chart != "" {
+		b.WriteString("\n```text\n" + chart + "```\n")
+	}
 	if len(r.ReadBytes) > 0 {
 		b.WriteString("\nCompressed bytes of the files each workload reads (before the prefetch landmarks of its optimized image): ")
 		var parts []string

@@ -39,6 +39,7 @@ func run() int {
 	rtt := fs.Duration("rtt", 20*time.Millisecond, "coldstart: round-trip time of the shaped link")
 	csImage := fs.String("coldstart-image", "debian", "coldstart: debian (built from Debian packages) or busybox (small)")
 	csWorkloads := fs.String("workloads", "", "coldstart: workloads to run, comma-separated (default all: python3 hello, gcc hello, import numpy, app)")
+	csChart := fs.String("chart", "", "coldstart: also write the chart as an SVG image to this file")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: strata bench [OPTIONS] SCENARIO\n\nScenarios:\n  pull   full pull of a multi-layer image: strata vs skopeo copy + umoci unpack\n  union  the union filesystem: strata vs kernel overlayfs, fuse-overlayfs and a native directory\n  start  warm container start: strata run vs crun and runc on a bundle, and podman\n  coldstart  cold start through a shaped link: strata lazy (eStargz, optimized), strata full pull, podman\n\nOptions:\n")
 		fs.PrintDefaults()
@@ -82,6 +83,12 @@ func run() int {
 		}
 		rep.Command = "strata bench " + strings.Join(os.Args[1:], " ")
 		fmt.Print(rep.Markdown())
+		if *csChart != "" {
+			if err := os.WriteFile(*csChart, rep.SVG(), 0o644); err != nil {
+				fmt.Fprintf(os.Stderr, "strata bench coldstart: chart: %v\n", err)
+				return 1
+			}
+		}
 		return 0
 	}
 	if fs.Arg(0) == "start" {
