@@ -1,6 +1,7 @@
 package lazypull
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -700,5 +701,42 @@ func TestCompletedLazyLayerPassesThrough(t *testing.T) {
 	want, _ := os.ReadFile(testimage.BusyboxPath)
 	if got, err := readFile(t, lt, "bin/busybox"); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("bin/busybox from the completed layer: %d bytes, %v", len(got), err)
+	}
+}
+
+// An image whose layers are partly eStargz and partly plain gzip pulls
+// the former lazily and the latter whole, and reads from both.
+func TestLazyPullMixedImage(t *testing.T) {
+	testenv.RequireRoot(t) // the plain layer is extracted
+	var bt blobTraffic
+	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
+	ref, _ := pushEstargz(t, reg, func(img v1.Image) v1.Image {
+		plain, err := testimage.LayerFromFiles([]testimage.File{
+			{Path: "etc/", Type: tar.TypeDir}, {Path: "etc/plain", Data: []byte("from a plain gzip layer\n")},
+		}, testimage.Gzip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := mutate.AppendLayers(img, plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	})
+	p := NewPuller(newStore(t), Options{Lazy: true, Retry: fastRetry})
+	res, err := p.Pull(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ls := res.Image.Layers; len(ls) != 2 || !ls[0].Lazy || ls[1].Lazy {
+		t.Fatalf("layers: %+v; want the eStargz one lazy and the gzip one whole", ls)
+	}
+	trees := lazyTrees(t, p.store, res.Image, Options{Retry: fastRetry, ReadTimeout: 300 * time.Millisecond}) // top first
+	if got, err := readFile(t, trees[0], "etc/plain"); err != nil || string(got) != "from a plain gzip layer\n" {
+		t.Errorf("file of the plain layer: %q, %v", got, err)
+	}
+	want, _ := os.ReadFile(testimage.BusyboxPath)
+	if got, err := readFile(t, trees[1], "bin/busybox"); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("file of the lazy layer: %d bytes, %v", len(got), err)
 	}
 }

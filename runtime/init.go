@@ -69,6 +69,9 @@ func initContainer(status *os.File) (int, error) {
 	if err := json.NewDecoder(in).Decode(&spec); err != nil {
 		return 0, fmt.Errorf("init: read spec: %w", err)
 	}
+	if spec.Protocol != specProtocol {
+		return 0, fmt.Errorf("init: this init reads spec protocol %d, strata sent %d: install strata and strata-init from one build", specProtocol, spec.Protocol)
+	}
 	// The starter closes the pipe once the process is in its cgroups; on
 	// v1 that move waits for an RCU grace period, so the container is set
 	// up meanwhile, and only the command must wait.

@@ -9,9 +9,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// specProtocol numbers the form of Spec and of the descriptors init is
+// given: change it with either.
+const specProtocol = 1
+
 // Spec is everything the container's first process needs: the monitor
 // hands it to the init process over a pipe.
 type Spec struct {
+	// Protocol is specProtocol of the strata that wrote the spec: init
+	// may be a strata-init of another build, which must refuse a spec it
+	// may not read right.
+	Protocol int `json:"protocol"`
 	// Rootfs is the host path of the mounted root filesystem.
 	Rootfs string   `json:"rootfs"`
 	Args   []string `json:"args"`

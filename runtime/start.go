@@ -56,7 +56,7 @@ func execProcess(pidfd *os.File, spec *Spec, stdio Stdio, self string, place fun
 }
 
 func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, cloneFlags uintptr, join *os.File) (*Process, error) {
-	release, err := readOnlySelf(self)
+	release, err := readOnlyInit(self)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +125,9 @@ func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, clon
 		cmd.Wait()
 		return nil, err
 	}
-	if err := json.NewEncoder(specW).Encode(spec); err != nil {
+	sent := *spec
+	sent.Protocol = specProtocol
+	if err := json.NewEncoder(specW).Encode(&sent); err != nil {
 		return fail(fmt.Errorf("send spec to container init: %w", err))
 	}
 	if place != nil {

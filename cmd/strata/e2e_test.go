@@ -39,6 +39,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build strata: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	// Beside it, as make installs them: containers start from strata-init.
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "strata-init"), "../strata-init").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build strata-init: %v\n%s", err, out)
+		os.Exit(1)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

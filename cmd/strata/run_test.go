@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -308,4 +310,34 @@ func TestMemoryLimit(t *testing.T) {
 		t.Errorf("a process under --memory: %q", out)
 	}
 	mustStrata(t, root, "rm", "hog")
+}
+
+// Containers start from strata-init when it lies beside strata (PID 1 of
+// an --init container is that binary), and from strata itself when it
+// does not.
+func TestInitBinary(t *testing.T) {
+	root, ref := runImage(t)
+	size := func(p string) string {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strconv.FormatInt(fi.Size(), 10)
+	}
+	pid1 := []string{"run", "--rm", "--init", ref, "stat", "-L", "-c", "%s", "/proc/1/exe"}
+	if got, want := strings.TrimSpace(mustStrata(t, root, pid1...)), size(filepath.Join(filepath.Dir(strataBin), "strata-init")); got != want {
+		t.Errorf("PID 1's binary has %s bytes, want strata-init's %s", got, want)
+	}
+	alone := filepath.Join(t.TempDir(), "strata")
+	b, err := os.ReadFile(strataBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(alone, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(alone, "--root", root, "run", "--rm", ref, "echo", "alone").CombinedOutput()
+	if got := strings.TrimSpace(string(out)); err != nil || got != "alone" {
+		t.Errorf("without strata-init beside it: %v, %q", err, got)
+	}
 }
