@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -190,7 +191,7 @@ func startCommand(spec *Spec, status *os.File, enterCgroup func() error) (int, e
 	if err := enterCgroup(); err != nil {
 		return 0, err
 	}
-	if err := setIdentity(u, spec.Capabilities); err != nil {
+	if err := setIdentity(u, spec.Capabilities, spec.Init); err != nil {
 		return 0, err
 	}
 	if err := closeOnExecFrom(3); err != nil {
@@ -281,7 +282,7 @@ func closeOnExecFrom(lowest int) error {
 // bounding set, switches to the user, and sets the capabilities the
 // command starts with: all of keep for root, none for another user (the
 // kernel clears them at exec, as for any non-root process).
-func setIdentity(u *execUser, keep []string) error {
+func setIdentity(u *execUser, keep []string, allThreads bool) error {
 	var mask [2]uint32
 	for _, c := range keep {
 		n, ok := capNames[strings.TrimPrefix(c, "CAP_")]
@@ -290,17 +291,35 @@ func setIdentity(u *execUser, keep []string) error {
 		}
 		mask[n/32] |= 1 << (n % 32)
 	}
+	// Capabilities are per thread. The command is exec'd from this one,
+	// but a reaping init stays, and its other threads must not keep what
+	// the command is denied: then every thread makes the calls, which Go
+	// can do unless cgo is linked in (strata's builds have none).
+	if allThreads {
+		_, _, errno := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_GET_KEEPCAPS, 0, 0)
+		allThreads = errno != syscall.ENOTSUP
+	}
+	sys := func(trap, a1, a2 uintptr) syscall.Errno {
+		var errno syscall.Errno
+		if allThreads {
+			_, _, errno = syscall.AllThreadsSyscall(trap, a1, a2, 0)
+		} else {
+			_, _, errno = unix.RawSyscall(trap, a1, a2, 0)
+		}
+		return errno
+	}
 	for c := 0; c <= unix.CAP_LAST_CAP; c++ {
 		if mask[c/32]&(1<<(c%32)) != 0 {
 			continue
 		}
-		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("init: drop capability %d: %w", c, err)
+		if errno := sys(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c)); errno != 0 && errno != unix.EINVAL {
+			return fmt.Errorf("init: drop capability %d: %w", c, errno)
 		}
 	}
-	if err := unix.Prctl(unix.PR_SET_KEEPCAPS, 1, 0, 0, 0); err != nil {
-		return fmt.Errorf("init: keepcaps: %w", err)
+	if errno := sys(unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 1); errno != 0 {
+		return fmt.Errorf("init: keepcaps: %w", errno)
 	}
+	// Go makes these on every thread itself.
 	if err := syscall.Setgroups(u.groups); err != nil {
 		return fmt.Errorf("init: setgroups: %w", err)
 	}
@@ -315,10 +334,17 @@ func setIdentity(u *execUser, keep []string) error {
 		{Effective: mask[0], Permitted: mask[0]},
 		{Effective: mask[1], Permitted: mask[1]},
 	}
-	if err := unix.Capset(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("init: set capabilities: %w", err)
+	// Pointers are passed in the calls themselves, which keeps them valid.
+	var errno syscall.Errno
+	if allThreads {
+		_, _, errno = syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
+	} else {
+		_, _, errno = unix.RawSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
 	}
-	unix.Prctl(unix.PR_SET_KEEPCAPS, 0, 0, 0, 0)
+	if errno != 0 {
+		return fmt.Errorf("init: set capabilities: %w", errno)
+	}
+	sys(unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 0)
 	unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 	return nil
 }

@@ -34,13 +34,19 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	strataBin = filepath.Join(dir, "strata")
-	out, err := exec.Command("go", "build", "-o", strataBin, ".").CombinedOutput()
+	// Static, as make builds them; strata-init beside strata, as make
+	// installs them.
+	build := func(out, pkg string) *exec.Cmd {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		return cmd
+	}
+	out, err := build(strataBin, ".").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build strata: %v\n%s", err, out)
 		os.Exit(1)
 	}
-	// Beside it, as make installs them: containers start from strata-init.
-	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "strata-init"), "../strata-init").CombinedOutput(); err != nil {
+	if out, err := build(filepath.Join(dir, "strata-init"), "../strata-init").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build strata-init: %v\n%s", err, out)
 		os.Exit(1)
 	}

@@ -314,7 +314,8 @@ func TestMemoryLimit(t *testing.T) {
 
 // Containers start from strata-init when it lies beside strata (PID 1 of
 // an --init container is that binary), and from strata itself when it
-// does not.
+// does not. Either way every thread of that PID 1 has the command's
+// capabilities, no more.
 func TestInitBinary(t *testing.T) {
 	root, ref := runImage(t)
 	size := func(p string) string {
@@ -324,10 +325,8 @@ func TestInitBinary(t *testing.T) {
 		}
 		return strconv.FormatInt(fi.Size(), 10)
 	}
-	pid1 := []string{"run", "--rm", "--init", ref, "stat", "-L", "-c", "%s", "/proc/1/exe"}
-	if got, want := strings.TrimSpace(mustStrata(t, root, pid1...)), size(filepath.Join(filepath.Dir(strataBin), "strata-init")); got != want {
-		t.Errorf("PID 1's binary has %s bytes, want strata-init's %s", got, want)
-	}
+	script := `stat -L -c %s /proc/1/exe; cat /proc/1/task/*/status | grep -E '^Cap(Eff|Prm|Bnd)' | sort -u | tr '\n' ' '; echo; grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status | sort | tr '\n' ' '`
+	args := []string{"--root", root, "run", "--rm", "--init", ref, "sh", "-c", script}
 	alone := filepath.Join(t.TempDir(), "strata")
 	b, err := os.ReadFile(strataBin)
 	if err != nil {
@@ -336,8 +335,21 @@ func TestInitBinary(t *testing.T) {
 	if err := os.WriteFile(alone, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(alone, "--root", root, "run", "--rm", ref, "echo", "alone").CombinedOutput()
-	if got := strings.TrimSpace(string(out)); err != nil || got != "alone" {
-		t.Errorf("without strata-init beside it: %v, %q", err, got)
+	for _, tc := range []struct{ strata, init string }{
+		{strataBin, filepath.Join(filepath.Dir(strataBin), "strata-init")},
+		{alone, alone},
+	} {
+		out, err := exec.Command(tc.strata, args...).CombinedOutput()
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if err != nil || len(lines) != 3 {
+			t.Errorf("%s: %v\n%s", tc.strata, err, out)
+			continue
+		}
+		if lines[0] != size(tc.init) {
+			t.Errorf("%s: PID 1's binary has %s bytes, want %s's %s", tc.strata, lines[0], tc.init, size(tc.init))
+		}
+		if strings.TrimSpace(lines[1]) != strings.TrimSpace(lines[2]) {
+			t.Errorf("%s: PID 1's threads have %q, the command %q", tc.strata, lines[1], lines[2])
+		}
 	}
 }
