@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -230,6 +231,10 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 			return nil, fs.ToErrno(err)
 		}
 		for _, e := range ents {
+			if e.Name == layertree.OpaqueMarker {
+				c.lowers = nil // nothing below shows
+				continue
+			}
 			if e.Whiteout {
 				hidden[e.Name] = true
 				continue
@@ -258,13 +263,20 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 		}
 	}
 	listings := n.u.readLowers(ctx, c.lowers)
+	lowers := c.lowers // the layers that show: up to an opaque one
 	for i, ref := range c.lowers {
 		ents, err := listings[i].ents, listings[i].err
 		if err != nil {
 			n.u.log.Warn("readdir of a layer failed", "layer", ref.idx, "path", ref.path, "err", err)
 			return nil, fs.ToErrno(err)
 		}
+		if slices.ContainsFunc(ents, func(e layertree.Entry) bool { return e.Name == layertree.OpaqueMarker }) {
+			lowers = c.lowers[:i+1]
+		}
 		for _, e := range ents {
+			if e.Name == layertree.OpaqueMarker {
+				continue
+			}
 			if hidden[e.Name] || closed[e.Name] {
 				if ch, ok := out[e.Name]; ok && ch.upper && !e.Whiteout {
 					ch.covers = true
@@ -315,11 +327,17 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 				closed[e.Name] = true
 			}
 		}
+		if len(lowers) == i+1 {
+			break
+		}
 	}
 	n.u.mu.Lock()
 	defer n.u.mu.Unlock()
 	if !n.merged {
 		n.children, n.merged = out, true
+		if len(lowers) < len(n.c.lowers) {
+			n.c.lowers = slices.Clone(lowers)
+		}
 	}
 	return n.children, 0
 }

@@ -25,6 +25,13 @@ import (
 // per layer in the kernel overlayfs's form; top first.
 func multiLayerDirs(t *testing.T) []string {
 	t.Helper()
+	return multiLayerDirsIn(t, whiteout.FormatOverlay)
+}
+
+// multiLayerDirsIn extracts the layers keeping whiteouts and opaque
+// markers in the given form.
+func multiLayerDirsIn(t *testing.T, format whiteout.WhiteoutFormat) []string {
+	t.Helper()
 	testenv.RequireBinary(t, "busybox")
 	base, err := testimage.BusyboxFiles()
 	if err != nil {
@@ -39,7 +46,7 @@ func multiLayerDirs(t *testing.T) []string {
 		}
 		rc, _ := l.Uncompressed()
 		d := filepath.Join(root, fmt.Sprint("layer", i))
-		if _, err := whiteout.Apply(context.Background(), rc, d, whiteout.Options{Mode: whiteout.Layer, Format: whiteout.FormatOverlay, Privileged: true}); err != nil {
+		if _, err := whiteout.Apply(context.Background(), rc, d, whiteout.Options{Mode: whiteout.Layer, Format: format, Privileged: true}); err != nil {
 			t.Fatal(err)
 		}
 		dirs = append([]string{d}, dirs...)
@@ -69,9 +76,16 @@ func mountUnion(t *testing.T, dirs []string) string {
 }
 
 func TestUnionShowsTheFlattenedImage(t *testing.T) {
-	mnt := mountUnion(t, multiLayerDirs(t))
-	if err := testimage.CheckMultiLayer(mnt); err != nil {
-		t.Error(err)
+	for _, f := range []struct {
+		name   string
+		format whiteout.WhiteoutFormat
+	}{{"overlay", whiteout.FormatOverlay}, {"oci", whiteout.FormatOCI}} {
+		t.Run(f.name, func(t *testing.T) {
+			mnt := mountUnion(t, multiLayerDirsIn(t, f.format))
+			if err := testimage.CheckMultiLayer(mnt); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }
 

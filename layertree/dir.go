@@ -18,7 +18,7 @@ import (
 // Markers of the OCI whiteout form, as files in a layer directory.
 const (
 	whPrefix = ".wh."
-	whOpaque = ".wh..wh..opq"
+	whOpaque = OpaqueMarker
 )
 
 // overrideStat is the xattr where ownership and mode are kept when the
@@ -178,6 +178,9 @@ func (d *Dir) entries(fd int, p string, names []string) ([]Entry, error) {
 	out := make([]Entry, 0, len(names))
 	for _, n := range names {
 		if n == whOpaque {
+			// Told here rather than by a lookup from the parent's
+			// listing, which would read every subdirectory.
+			out = append(out, Entry{Name: OpaqueMarker, Opaque: true})
 			continue
 		}
 		var st unix.Stat_t
@@ -346,6 +349,9 @@ func redirectOf(dir string) string {
 	return ""
 }
 
+// isOpaque tells whether a directory is opaque: by the overlay's xattr,
+// and for Stat (no parent open, f.dir < 0) by the OCI marker file too; a
+// listing leaves the marker to the directory's own listing.
 func isOpaque(f fileAt, xs markers) bool {
 	if xs&markOpaque != 0 {
 		buf := make([]byte, 2)
@@ -355,10 +361,10 @@ func isOpaque(f fileAt, xs markers) bool {
 			}
 		}
 	}
-	var st unix.Stat_t
 	if f.dir >= 0 {
-		return unix.Fstatat(f.dir, f.name+"/"+whOpaque, &st, unix.AT_SYMLINK_NOFOLLOW) == nil
+		return false
 	}
+	var st unix.Stat_t
 	return unix.Lstat(f.abs+"/"+whOpaque, &st) == nil
 }
 

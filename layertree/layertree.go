@@ -37,6 +37,11 @@ type Entry struct {
 	Redirect string
 }
 
+// OpaqueMarker names the entry a listing holds when an OCI marker file
+// makes the directory listed opaque: what lies below it in lower layers
+// does not show. The entry itself never shows.
+const OpaqueMarker = ".wh..wh..opq"
+
 // Type is the file-type bits of Mode.
 func (e Entry) Type() uint32 { return e.Mode & ModeType }
 
@@ -62,7 +67,9 @@ type Tree interface {
 	// Stat returns the entry at path.
 	Stat(ctx context.Context, path string) (Entry, error)
 	// ReadDir returns the entries of the directory at path, markers
-	// (whiteouts) included, in no particular order.
+	// (whiteouts) included, in no particular order. A directory entry's
+	// Opaque may leave out an OCI marker file inside it (Stat does not):
+	// listing that directory then shows an entry named OpaqueMarker.
 	ReadDir(ctx context.Context, path string) ([]Entry, error)
 	// Xattrs returns the extended attributes of the entry at path, the
 	// overlay-internal ones excluded.
