@@ -113,6 +113,12 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		return 125, err
 	}
 	spec.Files = append(files, spec.Files...)
+	prepared := make(chan struct{})
+	go func() {
+		defer close(prepared)
+		makeMountPoints(rootfs, spec.Files)
+	}()
+	defer func() { <-prepared }() // before the rootfs is unmounted
 	for _, mnt := range spec.Mounts {
 		if mnt.CopyUp {
 			if err := copyUp(rootfs, mnt); err != nil {

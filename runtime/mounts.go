@@ -69,6 +69,26 @@ func mkdirIn(root int, p string, file bool) error {
 
 func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
+// makeMountPoints makes, in the container's root filesystem, the mount
+// points init will need that the image may lack: through the union each
+// is a few FUSE round trips, which the monitor makes while init is still
+// starting. Init makes whatever is missing itself, and reports errors, so
+// failures here are left to it. Paths are resolved inside the root, as
+// init resolves them.
+func makeMountPoints(rootfs string, files []Mount) {
+	root, err := unix.Open(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(root)
+	for _, d := range []string{"/proc", "/dev", "/sys"} {
+		mkdirIn(root, d, false)
+	}
+	for _, f := range files {
+		mkdirIn(root, f.Destination, true)
+	}
+}
+
 // mountIn mounts source on dest inside the root, creating dest.
 func mountIn(root int, dest, source, fstype string, flags uintptr, data string, file bool) error {
 	if err := mkdirIn(root, dest, file); err != nil {
