@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -208,8 +209,7 @@ func TestLazyReadFaults(t *testing.T) {
 	tree := lazyTrees(t, s, res.Image, Options{Retry: fastRetry, ReadTimeout: 300 * time.Millisecond})[0]
 
 	// Wrong bytes from the registry: EIO, and no wrong bytes cached.
-	flip := func(b []byte) []byte { c := bytes.Clone(b); c[len(c)/2] ^= 0xff; return c }
-	bt.mangle.Store(&flip)
+	bt.mangle.Store(flipByte(2))
 	if _, err := readFile(t, tree, "bin/busybox"); !errors.Is(err, syscall.EIO) {
 		t.Errorf("read of corrupted chunks: %v, want EIO", err)
 	}
@@ -564,6 +564,27 @@ func TestLazyPackedLayerPulledWhole(t *testing.T) {
 	}
 }
 
+// readsBusybox reads the tree's bin/busybox and compares it with the
+// busybox the test images are built from.
+func readsBusybox(t *testing.T, tree layertree.Tree) error {
+	t.Helper()
+	want, err := os.ReadFile(testimage.BusyboxPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readFile(t, tree, "bin/busybox")
+	if err == nil && !bytes.Equal(got, want) {
+		err = fmt.Errorf("read %d bytes, not the %d of %s", len(got), len(want), testimage.BusyboxPath)
+	}
+	return err
+}
+
+// flipByte is a response mangler that flips the byte at len/div.
+func flipByte(div int) *func([]byte) []byte {
+	f := func(b []byte) []byte { c := bytes.Clone(b); c[len(c)/div] ^= 0xff; return c }
+	return &f
+}
+
 // unannotatedEstargz pushes busybox as eStargz without the TOC digest
 // annotation and pulls it lazily.
 func unannotatedEstargz(t *testing.T, bt *blobTraffic) (*Puller, *PullResult, int64) {
@@ -598,15 +619,13 @@ func TestLazyPullByFooter(t *testing.T) {
 		t.Errorf("pull fetched %d of %d blob bytes in %d requests, want the footer and the TOC only", pulled, blobSize, requests)
 	}
 	tree := lazyTrees(t, p.store, res.Image, Options{Retry: fastRetry, ReadTimeout: 300 * time.Millisecond})[0]
-	flip := func(b []byte) []byte { c := bytes.Clone(b); c[len(c)/2] ^= 0xff; return c }
-	bt.mangle.Store(&flip)
-	if _, err := readFile(t, tree, "bin/busybox"); !errors.Is(err, syscall.EIO) {
+	bt.mangle.Store(flipByte(2))
+	if err := readsBusybox(t, tree); !errors.Is(err, syscall.EIO) {
 		t.Errorf("read of corrupted chunks: %v, want EIO", err)
 	}
 	bt.mangle.Store(nil)
-	want, _ := os.ReadFile(testimage.BusyboxPath)
-	if got, err := readFile(t, tree, "bin/busybox"); err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("bin/busybox read lazily: %d bytes, %v", len(got), err)
+	if err := readsBusybox(t, tree); err != nil {
+		t.Fatalf("bin/busybox read lazily: %v", err)
 	}
 }
 
@@ -617,8 +636,7 @@ func TestLazyByFooterBlobMismatchStopsReads(t *testing.T) {
 	testenv.RequireRoot(t) // the background fetch extracts the layer
 	var bt blobTraffic
 	p, res, _ := unannotatedEstargz(t, &bt)
-	flip := func(b []byte) []byte { c := bytes.Clone(b); c[len(c)/3] ^= 0xff; return c }
-	bt.mangleWhole.Store(&flip)
+	bt.mangleWhole.Store(flipByte(3))
 	trees, err := p.Trees(context.Background(), res.Image, TreeOptions{Background: true})
 	if err != nil {
 		t.Fatal(err)
@@ -698,9 +716,8 @@ func TestCompletedLazyLayerPassesThrough(t *testing.T) {
 			t.Errorf("%s after the layer is whole: a local file %v, want %v", tc.path, local, tc.local)
 		}
 	}
-	want, _ := os.ReadFile(testimage.BusyboxPath)
-	if got, err := readFile(t, lt, "bin/busybox"); err != nil || !bytes.Equal(got, want) {
-		t.Errorf("bin/busybox from the completed layer: %d bytes, %v", len(got), err)
+	if err := readsBusybox(t, lt); err != nil {
+		t.Errorf("bin/busybox from the completed layer: %v", err)
 	}
 }
 
@@ -735,8 +752,7 @@ func TestLazyPullMixedImage(t *testing.T) {
 	if got, err := readFile(t, trees[0], "etc/plain"); err != nil || string(got) != "from a plain gzip layer\n" {
 		t.Errorf("file of the plain layer: %q, %v", got, err)
 	}
-	want, _ := os.ReadFile(testimage.BusyboxPath)
-	if got, err := readFile(t, trees[1], "bin/busybox"); err != nil || !bytes.Equal(got, want) {
-		t.Errorf("file of the lazy layer: %d bytes, %v", len(got), err)
+	if err := readsBusybox(t, trees[1]); err != nil {
+		t.Errorf("file of the lazy layer: %v", err)
 	}
 }
