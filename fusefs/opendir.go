@@ -20,6 +20,7 @@ import (
 // seeked to its offset, so the cache is only a shortcut.
 type withoutOpendir struct {
 	fuse.RawFileSystem
+	server *fuse.Server
 
 	mu      sync.Mutex
 	streams map[uint64]uint64 // node ID → handle of an open stream
@@ -29,7 +30,18 @@ func newWithoutOpendir(raw fuse.RawFileSystem) *withoutOpendir {
 	return &withoutOpendir{RawFileSystem: raw, streams: map[uint64]uint64{}}
 }
 
+func (w *withoutOpendir) Init(s *fuse.Server) {
+	w.server = s
+	w.RawFileSystem.Init(s)
+}
+
+// OpenDir answers ENOSYS where the kernel says it opens directories
+// without the server (FUSE_NO_OPENDIR_SUPPORT); an older kernel would
+// fail the opendir(2) instead, and gets a real handle.
 func (w *withoutOpendir) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if w.server.KernelSettings().Flags64()&fuse.CAP_NO_OPENDIR_SUPPORT == 0 {
+		return w.RawFileSystem.OpenDir(cancel, in, out)
+	}
 	return fuse.ENOSYS
 }
 
@@ -45,7 +57,7 @@ type readDirFunc func(<-chan struct{}, *fuse.ReadIn, *fuse.DirEntryList) fuse.St
 
 func (w *withoutOpendir) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList, read readDirFunc) fuse.Status {
 	if in.Fh != 0 {
-		return read(cancel, in, out) // a handle from before: never, once ENOSYS was answered
+		return read(cancel, in, out) // a handle OpenDir gave (older kernels)
 	}
 	fh, ok := w.take(in.NodeId, in.Offset)
 	if !ok {
