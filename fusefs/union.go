@@ -2,8 +2,10 @@ package fusefs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -160,6 +162,9 @@ type node struct {
 
 	merged   bool
 	children map[string]*child // merged directory, computed once
+	// looked are the records of names looked up one by one before the
+	// directory was merged (lookupOne); merge adopts them.
+	looked map[string]*child
 }
 
 // ino is stable across mounts of the same stack: the layer's own inode
@@ -212,6 +217,8 @@ func (u *Union) snapshot(c *child) child {
 // merge computes the directory's listing once, top down: the first layer
 // to name an entry decides what it is; whiteouts hide the name below; a
 // directory's lower layers stop at an opaque one or at a non-directory.
+// Records of names looked up one by one before (lookupOne) are kept, as
+// nodes hold them.
 func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 	n.u.mu.Lock()
 	if n.merged {
@@ -222,53 +229,139 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 	n.u.mu.Unlock()
 	c := n.u.snapshot(n.c)
 	path := n.path()
-	out := map[string]*child{}
-	hidden := map[string]bool{} // whited out, or shadowed by a non-directory
-	closed := map[string]bool{} // directories whose lower layers are hidden
+	var upperEnts []layertree.Entry
 	if c.upper {
-		ents, err := n.u.upper.ReadDir(ctx, path)
+		var err error
+		if upperEnts, err = n.u.upper.ReadDir(ctx, path); err != nil {
+			return nil, fs.ToErrno(err)
+		}
+	}
+	out, lowers, errno := n.u.resolve(ctx, path, c, upperEnts, n.u.readLowers(ctx, c.lowers))
+	if errno != 0 {
+		return nil, errno
+	}
+	n.u.mu.Lock()
+	defer n.u.mu.Unlock()
+	if !n.merged {
+		for name, lc := range n.looked {
+			if _, ok := out[name]; ok {
+				out[name] = lc
+			}
+		}
+		n.children, n.merged, n.looked = out, true, nil
+		if len(lowers) < len(n.c.lowers) {
+			n.c.lowers = slices.Clone(lowers)
+		}
+	}
+	return n.children, 0
+}
+
+// lookupOne resolves one name of a directory not merged yet, asking each
+// layer for that name only (and for an OCI opaque marker beside it), with
+// the rules merge applies to whole listings: a lookup in a large
+// directory of a fresh union reads one entry per layer, not all of them.
+func (n *node) lookupOne(ctx context.Context, name string) (*child, syscall.Errno) {
+	c := n.u.snapshot(n.c)
+	path := n.path()
+	var upperEnts []layertree.Entry
+	if c.upper {
+		ents, err := statEntries(ctx, n.u.upper, path, name)
 		if err != nil {
 			return nil, fs.ToErrno(err)
 		}
-		for _, e := range ents {
-			if e.Name == layertree.OpaqueMarker {
-				c.lowers = nil // nothing below shows
-				continue
-			}
-			if e.Whiteout {
-				hidden[e.Name] = true
-				continue
-			}
-			ino, kept := n.u.upperIno(join(path, e.Name), e)
-			ch := &child{entry: e, upper: true, ino: ino, inoKept: kept}
-			if !e.IsDir() && e.Nlink > 1 {
-				ch = n.u.shareLink(ch)
-			}
-			out[e.Name] = ch
-			switch {
-			case !e.IsDir():
-				hidden[e.Name] = true
-			case e.Redirect != "":
-				ch.lowers = n.u.resolveDir(ctx, redirectTarget(path, e.Redirect))
-				if len(ch.lowers) > 0 && !kept {
-					ref := ch.lowers[0]
-					if le, err := n.u.layers[ref.idx].Stat(ctx, ref.path); err == nil {
-						ch.ino = n.u.ino(ref.idx, ref.path, le)
-					}
+		upperEnts = ents
+	}
+	listings := make([]listing, len(c.lowers))
+	for i, ref := range c.lowers {
+		listings[i].ents, listings[i].err = statEntries(ctx, n.u.layers[ref.idx], ref.path, name)
+	}
+	out, _, errno := n.u.resolve(ctx, path, c, upperEnts, listings)
+	if errno != 0 {
+		return nil, errno
+	}
+	ch, ok := out[name]
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	n.u.mu.Lock()
+	defer n.u.mu.Unlock()
+	switch {
+	case n.merged: // merged meanwhile: its record is the one
+		if mc, ok := n.children[name]; ok {
+			return mc, 0
+		}
+		return nil, syscall.ENOENT
+	case n.looked[name] != nil:
+		return n.looked[name], 0
+	}
+	if n.looked == nil {
+		n.looked = map[string]*child{}
+	}
+	n.looked[name] = ch
+	return ch, 0
+}
+
+// statEntries is what a listing of dir in t says of name: its entry if
+// any, and the OCI opaque marker if dir has one.
+func statEntries(ctx context.Context, t layertree.Tree, dir, name string) ([]layertree.Entry, error) {
+	var out []layertree.Entry
+	e, err := t.Stat(ctx, join(dir, name))
+	switch {
+	case err == nil:
+		out = append(out, withName(e, name))
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, err
+	}
+	if _, err := t.Stat(ctx, join(dir, layertree.OpaqueMarker)); err == nil {
+		out = append(out, layertree.Entry{Name: layertree.OpaqueMarker, Opaque: true})
+	}
+	return out, nil
+}
+
+// resolve merges the upper listing (when the directory has an upper copy)
+// and its lower listings, top first, into the directory's records; it
+// also returns the lower layers that show (up to an opaque one).
+func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []layertree.Entry, listings []listing) (map[string]*child, []layerRef, syscall.Errno) {
+	out := map[string]*child{}
+	hidden := map[string]bool{} // whited out, or shadowed by a non-directory
+	closed := map[string]bool{} // directories whose lower layers are hidden
+	for _, e := range upperEnts {
+		if e.Name == layertree.OpaqueMarker {
+			c.lowers, listings = nil, nil // nothing below shows
+			continue
+		}
+		if e.Whiteout {
+			hidden[e.Name] = true
+			continue
+		}
+		ino, kept := u.upperIno(join(path, e.Name), e)
+		ch := &child{entry: e, upper: true, ino: ino, inoKept: kept}
+		if !e.IsDir() && e.Nlink > 1 {
+			ch = u.shareLink(ch)
+		}
+		out[e.Name] = ch
+		switch {
+		case !e.IsDir():
+			hidden[e.Name] = true
+		case e.Redirect != "":
+			ch.lowers = u.resolveDir(ctx, redirectTarget(path, e.Redirect))
+			if len(ch.lowers) > 0 && !kept {
+				ref := ch.lowers[0]
+				if le, err := u.layers[ref.idx].Stat(ctx, ref.path); err == nil {
+					ch.ino = u.ino(ref.idx, ref.path, le)
 				}
-				closed[e.Name] = true
-			case e.Opaque:
-				closed[e.Name] = true
 			}
+			closed[e.Name] = true
+		case e.Opaque:
+			closed[e.Name] = true
 		}
 	}
-	listings := n.u.readLowers(ctx, c.lowers)
 	lowers := c.lowers // the layers that show: up to an opaque one
 	for i, ref := range c.lowers {
 		ents, err := listings[i].ents, listings[i].err
 		if err != nil {
-			n.u.log.Warn("readdir of a layer failed", "layer", ref.idx, "path", ref.path, "err", err)
-			return nil, fs.ToErrno(err)
+			u.log.Warn("readdir of a layer failed", "layer", ref.idx, "path", ref.path, "err", err)
+			return nil, nil, fs.ToErrno(err)
 		}
 		if slices.ContainsFunc(ents, func(e layertree.Entry) bool { return e.Name == layertree.OpaqueMarker }) {
 			lowers = c.lowers[:i+1]
@@ -298,9 +391,9 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 			cref := layerRef{idx: ref.idx, path: join(ref.path, e.Name)}
 			ch, ok := out[e.Name]
 			if !ok {
-				nc := &child{entry: e, lowers: []layerRef{cref}, ino: n.u.ino(ref.idx, cref.path, e)}
+				nc := &child{entry: e, lowers: []layerRef{cref}, ino: u.ino(ref.idx, cref.path, e)}
 				if !e.IsDir() && e.Nlink > 1 {
-					nc = n.u.shareLink(nc)
+					nc = u.shareLink(nc)
 				}
 				out[e.Name] = nc
 				if !e.IsDir() {
@@ -317,7 +410,7 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 			// A lower directory under an upper one merges into it, and
 			// keeps the inode number of its lower origin.
 			if len(ch.lowers) == 0 && !ch.inoKept {
-				ch.ino = n.u.ino(ref.idx, cref.path, e)
+				ch.ino = u.ino(ref.idx, cref.path, e)
 			}
 			ch.lowers = append(ch.lowers, cref)
 			if !ch.upper && ch.entry.Implied && !e.Implied {
@@ -331,15 +424,7 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 			break
 		}
 	}
-	n.u.mu.Lock()
-	defer n.u.mu.Unlock()
-	if !n.merged {
-		n.children, n.merged = out, true
-		if len(lowers) < len(n.c.lowers) {
-			n.c.lowers = slices.Clone(lowers)
-		}
-	}
-	return n.children, 0
+	return out, lowers, 0
 }
 
 type listing struct {
@@ -449,15 +534,31 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 
 // lookup is Lookup for callers holding wmu.
 func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	children, errno := n.merge(ctx)
-	if errno != 0 {
-		return nil, errno
-	}
 	n.u.mu.Lock()
-	c, ok := children[name]
+	merged, layers, looked := n.merged, len(n.c.lowers), len(n.looked)
+	c, ok := n.children[name]
+	if !merged {
+		c, ok = n.looked[name]
+	}
 	n.u.mu.Unlock()
-	if !ok {
-		return nil, syscall.ENOENT
+	switch {
+	case ok:
+	case !merged && layers <= lookupOneLayers && looked < lookupOneMax && !strings.HasPrefix(name, ".wh."):
+		var errno syscall.Errno
+		if c, errno = n.lookupOne(ctx, name); errno != 0 {
+			return nil, errno
+		}
+	default:
+		children, errno := n.merge(ctx)
+		if errno != 0 {
+			return nil, errno
+		}
+		n.u.mu.Lock()
+		c, ok = children[name]
+		n.u.mu.Unlock()
+		if !ok {
+			return nil, syscall.ENOENT
+		}
 	}
 	cn := &node{u: n.u, c: c}
 	ch := n.u.snapshot(c)
@@ -473,6 +574,14 @@ func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	n.u.setTimeouts(out)
 	return n.NewInode(ctx, cn, fs.StableAttr{Mode: out.Attr.Mode & syscall.S_IFMT, Ino: ch.ino}), 0
 }
+
+// A lookup in a directory not merged yet asks each layer for the one name
+// while the directory lies in few layers and has had few lookups; past
+// either, merging it once is cheaper.
+const (
+	lookupOneLayers = 4
+	lookupOneMax    = 32
+)
 
 // setTimeouts: what lies in the layers never changes, and what lies in
 // the upper changes only through strata, whose replies and the kernel's

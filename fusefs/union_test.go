@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -274,5 +275,76 @@ func TestUnionOfMemoryTrees(t *testing.T) {
 	}
 	if strings.Join(names, ",") != "a" {
 		t.Errorf("root lists %v", names)
+	}
+}
+
+// countingTree counts the listings asked of a layer.
+type countingTree struct {
+	layertree.Tree
+	mu       sync.Mutex
+	listings map[string]int
+}
+
+func (c *countingTree) ReadDir(ctx context.Context, p string) ([]layertree.Entry, error) {
+	c.mu.Lock()
+	c.listings[p]++
+	c.mu.Unlock()
+	return c.Tree.ReadDir(ctx, p)
+}
+
+func (c *countingTree) listed(p string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.listings[p]
+}
+
+// A lookup in a directory of a fresh union asks each layer for that name
+// only; the directory is listed when it is listed, and what the lookups
+// found stays what it was (same inode numbers, whiteouts honoured).
+func TestLookupWithoutListing(t *testing.T) {
+	top, bottom := layertree.NewMem(), layertree.NewMem()
+	for i := 0; i < 200; i++ {
+		bottom.Add(fmt.Sprintf("big/f%03d", i), layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("bottom"), nil)
+	}
+	top.Add("big/f007", layertree.Entry{Mode: layertree.ModeRegular | 0o600}, []byte("top"), nil)
+	top.Add("big/f008", layertree.Entry{Mode: layertree.ModeChar, Whiteout: true}, nil, nil)
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	ct, cb := &countingTree{Tree: top, listings: map[string]int{}}, &countingTree{Tree: bottom, listings: map[string]int{}}
+	u, err := New(Options{Layers: []layertree.Tree{ct, cb}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := t.TempDir()
+	srv, err := Mount(mnt, u, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Unmount()
+	inos := map[string]uint64{}
+	for name, want := range map[string]string{"f001": "bottom", "f007": "top"} {
+		p := filepath.Join(mnt, "big", name)
+		if b, err := os.ReadFile(p); err != nil || string(b) != want {
+			t.Errorf("%s = %q, %v; want %q", name, b, err, want)
+		}
+		var st syscall.Stat_t
+		syscall.Stat(p, &st)
+		inos[name] = st.Ino
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "big", "f008")); !os.IsNotExist(err) {
+		t.Errorf("whited-out name found by a lookup: %v", err)
+	}
+	if n := ct.listed("big") + cb.listed("big"); n != 0 {
+		t.Errorf("lookups listed the directory %d times", n)
+	}
+	ents, err := os.ReadDir(filepath.Join(mnt, "big"))
+	if err != nil || len(ents) != 199 {
+		t.Fatalf("listing: %d entries, %v; want 199", len(ents), err)
+	}
+	for name, ino := range inos {
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(mnt, "big", name), &st); err != nil || st.Ino != ino {
+			t.Errorf("%s after the listing: inode %d, %v; was %d", name, st.Ino, err, ino)
+		}
 	}
 }

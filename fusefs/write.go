@@ -752,6 +752,10 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	n.u.wmu.Lock()
 	defer n.u.wmu.Unlock()
+	// Changes keep the records of merged directories.
+	if _, errno := n.merge(ctx); errno != 0 {
+		return errno
+	}
 	src, errno := n.childNode(ctx, name)
 	if errno != 0 {
 		return errno
