@@ -57,12 +57,18 @@ func multiLayerDirsIn(t *testing.T, format whiteout.WhiteoutFormat) []string {
 
 func mountUnion(t *testing.T, dirs []string) string {
 	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireFUSE(t)
 	layers, err := layertree.NewDirs(dirs...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return mountTrees(t, layers...)
+}
+
+// mountTrees mounts the union of layers (top first), read-only.
+func mountTrees(t *testing.T, layers ...layertree.Tree) string {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
 	u, err := New(Options{Layers: layers})
 	if err != nil {
 		t.Fatal(err)
@@ -248,18 +254,7 @@ func TestUnionOfMemoryTrees(t *testing.T) {
 	bottom.Add("gone/z", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("z"), nil)
 	top.Add("a/x", layertree.Entry{Mode: layertree.ModeRegular | 0o600}, []byte("top x"), nil)
 	top.Add("gone", layertree.Entry{Mode: layertree.ModeChar, Whiteout: true}, nil, nil)
-	testenv.RequireRoot(t)
-	testenv.RequireFUSE(t)
-	u, err := New(Options{Layers: []layertree.Tree{top, bottom}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt := t.TempDir()
-	srv, err := Mount(mnt, u, MountOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Unmount()
+	mnt := mountTrees(t, top, bottom)
 	for p, want := range map[string]string{"a/x": "top x", "a/y": "bottom y"} {
 		if b, err := os.ReadFile(filepath.Join(mnt, p)); err != nil || string(b) != want {
 			t.Errorf("%s = %q, %v; want %q", p, b, err, want)
@@ -308,19 +303,8 @@ func TestLookupWithoutListing(t *testing.T) {
 	}
 	top.Add("big/f007", layertree.Entry{Mode: layertree.ModeRegular | 0o600}, []byte("top"), nil)
 	top.Add("big/f008", layertree.Entry{Mode: layertree.ModeChar, Whiteout: true}, nil, nil)
-	testenv.RequireRoot(t)
-	testenv.RequireFUSE(t)
 	ct, cb := &countingTree{Tree: top, listings: map[string]int{}}, &countingTree{Tree: bottom, listings: map[string]int{}}
-	u, err := New(Options{Layers: []layertree.Tree{ct, cb}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt := t.TempDir()
-	srv, err := Mount(mnt, u, MountOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Unmount()
+	mnt := mountTrees(t, ct, cb)
 	inos := map[string]uint64{}
 	for name, want := range map[string]string{"f001": "bottom", "f007": "top"} {
 		p := filepath.Join(mnt, "big", name)

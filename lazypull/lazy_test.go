@@ -589,9 +589,16 @@ func flipByte(div int) *func([]byte) []byte {
 // annotation and pulls it lazily.
 func unannotatedEstargz(t *testing.T, bt *blobTraffic) (*Puller, *PullResult, int64) {
 	t.Helper()
+	return pullChanged(t, bt, func(img v1.Image) (v1.Image, error) { return replaceTOCDigest(img, "") })
+}
+
+// pullChanged pushes busybox as eStargz changed by change, and pulls it
+// lazily into a new store.
+func pullChanged(t *testing.T, bt *blobTraffic, change func(v1.Image) (v1.Image, error)) (*Puller, *PullResult, int64) {
+	t.Helper()
 	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
 	ref, blobSize := pushEstargz(t, reg, func(img v1.Image) v1.Image {
-		out, err := replaceTOCDigest(img, "")
+		out, err := change(img)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -726,25 +733,15 @@ func TestCompletedLazyLayerPassesThrough(t *testing.T) {
 func TestLazyPullMixedImage(t *testing.T) {
 	testenv.RequireRoot(t) // the plain layer is extracted
 	var bt blobTraffic
-	reg := testregistry.Start(t, testregistry.Options{Middleware: bt.middleware})
-	ref, _ := pushEstargz(t, reg, func(img v1.Image) v1.Image {
+	p, res, _ := pullChanged(t, &bt, func(img v1.Image) (v1.Image, error) {
 		plain, err := testimage.LayerFromFiles([]testimage.File{
 			{Path: "etc/", Type: tar.TypeDir}, {Path: "etc/plain", Data: []byte("from a plain gzip layer\n")},
 		}, testimage.Gzip)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
-		out, err := mutate.AppendLayers(img, plain)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
+		return mutate.AppendLayers(img, plain)
 	})
-	p := NewPuller(newStore(t), Options{Lazy: true, Retry: fastRetry})
-	res, err := p.Pull(context.Background(), ref)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if ls := res.Image.Layers; len(ls) != 2 || !ls[0].Lazy || ls[1].Lazy {
 		t.Fatalf("layers: %+v; want the eStargz one lazy and the gzip one whole", ls)
 	}
