@@ -65,23 +65,15 @@ func (p *Puller) pullLazy(ctx context.Context, src source, l *LayerRecord) (int6
 	if err != nil {
 		return fetched(), err
 	}
-	tocDigest := l.TOCDigest
-	if !annotated {
-		// Nothing names the TOC's digest: take the one it has, so that
-		// every later read checks against the TOC fetched now.
-		var gz estargz.GzipDecompressor
-		_, d, err := gz.ParseTOC(bytes.NewReader(tail))
-		if err != nil {
-			return fetched(), fmt.Errorf("layer %s: eStargz footer found, but its TOC: %w", l.Digest, err)
-		}
-		tocDigest = d.String()
-	}
-	_, unpacked, err := openTOC(tail, tocOffset, l.Size, tocDigest)
+	// Without an annotation nothing names the TOC's digest: the one it
+	// has is taken, so that every later read checks against the TOC
+	// fetched now.
+	_, unpacked, tocDigest, err := openTOC(tail, tocOffset, l.Size, l.TOCDigest)
 	if err != nil {
 		return fetched(), fmt.Errorf("layer %s: %w", l.Digest, err)
 	}
 	l.Lazy, l.Source, l.TOCOffset, l.UnpackedSize = true, src.repo.Name(), tocOffset, unpacked
-	l.TOCDigest, l.TOCFromFooter = tocDigest, !annotated
+	l.TOCDigest, l.TOCFromFooter = tocDigest.String(), !annotated
 
 	tmp, err := os.MkdirTemp(filepath.Dir(final), ".tmp-"+filepath.Base(final)+"-")
 	if err != nil {
@@ -102,20 +94,24 @@ func (p *Puller) pullLazy(ctx context.Context, src source, l *LayerRecord) (int6
 }
 
 // openTOC reads the TOC in a blob's tail (the bytes from tocOffset to
-// size), checks it against tocDigest and checks every entry: names a
-// layer tar may carry, data inside the blob before the TOC, a digest for
-// every chunk. It returns the reader and the layer's unpacked size.
-func openTOC(tail []byte, tocOffset, size int64, tocDigest string) (*estargz.Reader, int64, error) {
-	want, err := digest.Parse(tocDigest)
-	if err != nil {
-		return nil, 0, fmt.Errorf("TOC digest annotation %q: %w", tocDigest, err)
+// size), checks it against tocDigest ("" when nothing names it) and checks
+// every entry: names a layer tar may carry, data inside the blob before
+// the TOC, a digest for every chunk. It returns the reader, the layer's
+// unpacked size and the TOC's digest.
+func openTOC(tail []byte, tocOffset, size int64, tocDigest string) (*estargz.Reader, int64, digest.Digest, error) {
+	var want digest.Digest
+	if tocDigest != "" {
+		var err error
+		if want, err = digest.Parse(tocDigest); err != nil {
+			return nil, 0, "", fmt.Errorf("TOC digest annotation %q: %w", tocDigest, err)
+		}
 	}
-	unpacked, err := checkTOC(tail, tocOffset, want)
+	unpacked, got, err := checkTOC(tail, tocOffset, want)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
-	r, err := readTOC(tail, tocOffset, size, want)
-	return r, unpacked, err
+	r, err := readTOC(tail, tocOffset, size, got)
+	return r, unpacked, got, err
 }
 
 // readTOC opens a TOC checked before (at pull): its digest is checked
@@ -133,18 +129,19 @@ func readTOC(tail []byte, tocOffset, size int64, want digest.Digest) (*estargz.R
 	return r, nil
 }
 
-// checkTOC checks a TOC's digest and entries; it returns the layer's
-// unpacked size.
-func checkTOC(tail []byte, tocOffset int64, want digest.Digest) (int64, error) {
+// checkTOC checks a TOC's digest (against want, unless it is "") and its
+// entries; it returns the layer's unpacked size and the TOC's digest.
+func checkTOC(tail []byte, tocOffset int64, want digest.Digest) (int64, digest.Digest, error) {
 	var gz estargz.GzipDecompressor
 	toc, got, err := gz.ParseTOC(bytes.NewReader(tail))
 	if err != nil {
-		return 0, fmt.Errorf("eStargz TOC: %w", err)
+		return 0, "", fmt.Errorf("eStargz TOC: %w", err)
 	}
-	if got != want {
-		return 0, &DigestMismatchError{What: "eStargz TOC", Want: want.String(), Got: got.String()}
+	if want != "" && got != want {
+		return 0, "", &DigestMismatchError{What: "eStargz TOC", Want: want.String(), Got: got.String()}
 	}
-	return checkEntries(toc.Entries, tocOffset)
+	unpacked, err := checkEntries(toc.Entries, tocOffset)
+	return unpacked, got, err
 }
 
 // checkEntries refuses a TOC whose entries a layer tar could not carry
