@@ -84,12 +84,9 @@ func (w *withoutOpendir) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *f
 // starts over (offset 0) gets a fresh one, so it sees the directory as
 // it is now.
 func (w *withoutOpendir) take(node, offset uint64) (uint64, bool) {
-	w.mu.Lock()
-	fh, ok := w.streams[node]
-	delete(w.streams, node)
-	w.mu.Unlock()
+	fh, ok := w.pop(node)
 	if ok && offset == 0 {
-		w.RawFileSystem.ReleaseDir(&fuse.ReleaseIn{InHeader: fuse.InHeader{NodeId: node}, Fh: fh})
+		w.release(fuse.InHeader{NodeId: node}, fh)
 		return 0, false
 	}
 	return fh, ok
@@ -110,14 +107,19 @@ func (w *withoutOpendir) keep(h fuse.InHeader, fh uint64) {
 // Forget drops the node's kept stream first: go-fuse drops a node the
 // kernel forgets, open handles or not, as the kernel has none open.
 func (w *withoutOpendir) Forget(node, nlookup uint64) {
-	w.mu.Lock()
-	fh, ok := w.streams[node]
-	delete(w.streams, node)
-	w.mu.Unlock()
-	if ok {
+	if fh, ok := w.pop(node); ok {
 		w.release(fuse.InHeader{NodeId: node}, fh)
 	}
 	w.RawFileSystem.Forget(node, nlookup)
+}
+
+// pop removes the stream kept for the node, if any, and returns it.
+func (w *withoutOpendir) pop(node uint64) (uint64, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	fh, ok := w.streams[node]
+	delete(w.streams, node)
+	return fh, ok
 }
 
 func (w *withoutOpendir) release(h fuse.InHeader, fh uint64) {
