@@ -55,19 +55,14 @@ func (t *lazyTree) prefetch(ctx context.Context) {
 	}
 	// Readers of these chunks wait for this fetch rather than make their
 	// own.
-	type pending struct {
-		ce     *estargz.TOCEntry
-		digest string
-		f      *flight
-	}
-	var todo []pending
+	var todo []pendingChunk
 	for _, ce := range t.chunksBefore(mark.Offset) {
 		d := chunkDigest(ce)
 		if d == "" || t.cache.has(d) || min(ce.NextOffset(), mark.Offset) <= ce.Offset {
 			continue
 		}
 		if f, owner := t.cache.begin(d); owner {
-			todo = append(todo, pending{ce, d, f})
+			todo = append(todo, pendingChunk{ce, d, f})
 		}
 	}
 	if len(todo) == 0 {
@@ -80,7 +75,7 @@ func (t *lazyTree) prefetch(ctx context.Context) {
 	if err != nil {
 		t.log.Warn("prefetch failed", "layer", t.blob.digest, "err", err)
 		for _, p := range todo {
-			t.cache.abandon(p.digest, p.f)
+			t.cache.abandon(p.digest, p.flight)
 		}
 		return
 	}
@@ -98,16 +93,14 @@ func (t *lazyTree) prefetch(ctx context.Context) {
 		}
 		if err != nil {
 			// The stream broke: the readers of the rest fetch on their own.
-			t.cache.abandon(p.digest, p.f)
+			t.cache.abandon(p.digest, p.flight)
 			continue
 		}
-		path, _ := t.cache.path(p.digest)
-		data, derr := decompressChunk(raw, p.ce)
-		if _, derr := t.cache.finish(p.digest, path, p.f, data, derr); derr != nil {
+		if derr := t.cache.deliver(p, raw, nil); derr != nil {
 			t.log.Warn("prefetch: chunk refused", "layer", t.blob.digest, "offset", p.ce.Offset, "err", derr)
 		}
 		// Its bytes go once its readers have them.
-		todo[i] = pending{}
+		todo[i] = pendingChunk{}
 	}
 	if err != nil {
 		t.log.Warn("prefetch broke off", "layer", t.blob.digest, "err", err)
@@ -157,6 +150,25 @@ func chunkDigest(ce *estargz.TOCEntry) string {
 		return ce.Digest // a file of one chunk may carry only its own digest
 	}
 	return ""
+}
+
+// pendingChunk is a chunk whose fetch the caller began (chunkCache.begin).
+type pendingChunk struct {
+	ce     *estargz.TOCEntry
+	digest string
+	flight *flight
+}
+
+// deliver decompresses a pending chunk's compressed bytes (raw, or the
+// error fetching them) and finishes its fetch: checked, cached and handed
+// to the readers waiting.
+func (c *chunkCache) deliver(p pendingChunk, raw []byte, err error) error {
+	var data []byte
+	if err == nil {
+		data, err = decompressChunk(raw, p.ce)
+	}
+	_, err = c.finish(p.digest, p.flight, data, err)
+	return err
 }
 
 // decompressChunk returns a chunk's bytes from its compressed ones.

@@ -2,8 +2,6 @@ package lazypull
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -103,7 +101,7 @@ func (c *chunkCache) readAt(ctx context.Context, digest string, p []byte, off in
 		}
 		return n, err
 	}
-	data, err := c.fetchOnce(ctx, digest, path, fetch)
+	data, err := c.fetchOnce(ctx, digest, fetch)
 	if err != nil {
 		return 0, err
 	}
@@ -113,13 +111,13 @@ func (c *chunkCache) readAt(ctx context.Context, digest string, p []byte, off in
 	return copy(p, data[off:]), nil
 }
 
-func (c *chunkCache) fetchOnce(ctx context.Context, digest, path string, fetch func(context.Context) ([]byte, error)) ([]byte, error) {
+func (c *chunkCache) fetchOnce(ctx context.Context, digest string, fetch func(context.Context) ([]byte, error)) ([]byte, error) {
 	f, owner := c.begin(digest)
 	if !owner {
 		select {
 		case <-f.done:
 			if errors.Is(f.err, errAbandoned) {
-				return c.fetchOnce(ctx, digest, path, fetch)
+				return c.fetchOnce(ctx, digest, fetch)
 			}
 			return f.data, f.err
 		case <-ctx.Done():
@@ -127,7 +125,7 @@ func (c *chunkCache) fetchOnce(ctx context.Context, digest, path string, fetch f
 		}
 	}
 	data, err := fetch(ctx)
-	return c.finish(digest, path, f, data, err)
+	return c.finish(digest, f, data, err)
 }
 
 // begin returns the fetch of a chunk under way, or starts one that the
@@ -156,7 +154,7 @@ var errAbandoned = fmt.Errorf("fetch abandoned")
 
 // finish checks a fetched chunk against its digest, caches it and hands
 // it to those waiting.
-func (c *chunkCache) finish(digest, path string, f *flight, data []byte, err error) ([]byte, error) {
+func (c *chunkCache) finish(digest string, f *flight, data []byte, err error) ([]byte, error) {
 	defer func() {
 		c.mu.Lock()
 		delete(c.flights, digest)
@@ -167,13 +165,12 @@ func (c *chunkCache) finish(digest, path string, f *flight, data []byte, err err
 		f.err = err
 		return nil, err
 	}
-	sum := sha256.Sum256(data)
-	if got := "sha256:" + hex.EncodeToString(sum[:]); got != digest {
+	if got := sha256Digest(data); got != digest {
 		f.err = &DigestMismatchError{What: "chunk", Want: digest, Got: got}
 		return nil, f.err
 	}
 	// A failure to cache is no failure to read.
-	if fsutil.WriteFileAtomic(path, data, 0o600) == nil {
+	if path, err := c.path(digest); err == nil && fsutil.WriteFileAtomic(path, data, 0o600) == nil {
 		c.grew(int64(len(data)))
 	}
 	f.data = data

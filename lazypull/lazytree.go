@@ -295,12 +295,7 @@ func (f *lazyFile) fetchMissing(ctx context.Context, off, n int64) {
 	if first, ok := f.t.r.ChunkEntryForOffset(f.e.Name, off); !ok || off+n <= first.ChunkOffset+first.ChunkSize {
 		return // within one chunk: the read fetches it as it would anyway
 	}
-	type pending struct {
-		ce     *estargz.TOCEntry
-		digest string
-		fl     *flight
-	}
-	var runs [][]pending
+	var runs [][]pendingChunk
 	for pos := off; pos < min(off+n, f.e.Size); {
 		ce, ok := f.t.r.ChunkEntryForOffset(f.e.Name, pos)
 		if !ok || ce.ChunkSize <= 0 {
@@ -315,15 +310,15 @@ func (f *lazyFile) fetchMissing(ctx context.Context, off, n int64) {
 		if !owner {
 			continue // someone fetches it already
 		}
-		p := pending{ce, d, fl}
+		p := pendingChunk{ce, d, fl}
 		if last := len(runs) - 1; last >= 0 && runs[last][len(runs[last])-1].ce.NextOffset() == ce.Offset {
 			runs[last] = append(runs[last], p)
 		} else {
-			runs = append(runs, []pending{p})
+			runs = append(runs, []pendingChunk{p})
 		}
 	}
 	if len(runs) == 1 && len(runs[0]) == 1 {
-		f.t.cache.abandon(runs[0][0].digest, runs[0][0].fl)
+		f.t.cache.abandon(runs[0][0].digest, runs[0][0].flight)
 		return
 	}
 	if len(runs) == 0 {
@@ -339,15 +334,14 @@ func (f *lazyFile) fetchMissing(ctx context.Context, off, n int64) {
 	f.t.blob.r.onDemand.Add(-1)
 	for i, run := range runs {
 		for _, p := range run {
-			path, _ := f.t.cache.path(p.digest)
-			data, derr := []byte(nil), err
-			if derr == nil {
+			var raw []byte
+			if err == nil {
 				start := spans[i].off
-				data, derr = decompressChunk(raws[i][p.ce.Offset-start:end(p.ce)-start], p.ce)
+				raw = raws[i][p.ce.Offset-start : end(p.ce)-start]
 			}
 			// The reads waiting get the outcome, a failure too: the
 			// registry was retried for as long as a read waits.
-			f.t.cache.finish(p.digest, path, p.fl, data, derr)
+			f.t.cache.deliver(p, raw, err)
 		}
 		if err == nil {
 			raws[i] = nil // done with: let it go
