@@ -15,8 +15,8 @@ import (
 var ErrNotRunning = errors.New("is not running")
 
 // Exec starts a process in a running container (strata exec): in its
-// namespaces and cgroups, through strata's helper run from a read-only
-// mount of the binary, as its init was. spec says what to run (Args, Env,
+// namespaces and cgroups, through strata's init binary run from a
+// read-only mount of it, as its init was. spec says what to run (Args, Env,
 // Cwd, User, Capabilities, Tty);
 // the rest of it is ignored. It returns once the command runs, or with an
 // *InitError when it could not be started.

@@ -30,10 +30,10 @@ type Process struct {
 	Console *os.File
 }
 
-// StartProcess starts the container's first process: strata's own binary,
-// bind-mounted read-only at self (a path in the container's directory),
-// run as `strata init` in new mount, PID, UTS, IPC and cgroup namespaces
-// (and network, unless spec.Network is "host").
+// StartProcess starts the container's first process: strata's init
+// binary (initBinary), bind-mounted read-only at self (a path in the
+// container's directory), run as `strata init` in new mount, PID, UTS, IPC
+// and cgroup namespaces (and network, unless spec.Network is "host").
 // place is called with its PID before it does anything, to put it in its
 // cgroups. It returns once the command runs, or with an *InitError when
 // it could not be started.
@@ -125,9 +125,8 @@ func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, clon
 		cmd.Wait()
 		return nil, err
 	}
-	sent := *spec
-	sent.Protocol = specProtocol
-	if err := json.NewEncoder(specW).Encode(&sent); err != nil {
+	spec.Protocol = specProtocol // spec is start's own copy
+	if err := json.NewEncoder(specW).Encode(spec); err != nil {
 		return fail(fmt.Errorf("send spec to container init: %w", err))
 	}
 	if place != nil {
