@@ -44,20 +44,7 @@ func TestLazyRun(t *testing.T) {
 			next.ServeHTTP(w, r)
 		})
 	}})
-	img, err := testimage.Busybox()
-	if err != nil {
-		t.Fatal(err)
-	}
-	eimg, err := lazypull.EstargzImage(img, lazypull.ConvertOptions{ChunkSize: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := reg.Ref("lazy/busybox:v1")
-	if err := testimage.Push(context.Background(), ref, eimg); err != nil {
-		t.Fatal(err)
-	}
-	layers, _ := eimg.Layers()
-	size, _ := layers[0].Size()
+	ref, size := pushEstargzBusybox(t, reg, 64<<10)
 
 	root := t.TempDir()
 	t.Cleanup(func() { cleanupContainers(t, root) })
@@ -237,18 +224,7 @@ func TestLazyKilledMidFetch(t *testing.T) {
 			next.ServeHTTP(w, r)
 		})
 	}})
-	img, err := testimage.Busybox()
-	if err != nil {
-		t.Fatal(err)
-	}
-	eimg, err := lazypull.EstargzImage(img, lazypull.ConvertOptions{ChunkSize: 256 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := reg.Ref("lazy/busybox:v1")
-	if err := testimage.Push(context.Background(), ref, eimg); err != nil {
-		t.Fatal(err)
-	}
+	ref, _ := pushEstargzBusybox(t, reg, 256<<10)
 	root := t.TempDir()
 	t.Cleanup(func() { cleanupContainers(t, root) })
 	mustStrata(t, root, "pull", "-q", ref)
@@ -307,4 +283,31 @@ func (s *tricklingWriter) Write(b []byte) (int, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return n, nil
+}
+
+// pushEstargzBusybox pushes the test busybox image as eStargz in chunks of
+// chunkSize and returns its reference and the size of its layer's blob.
+func pushEstargzBusybox(t *testing.T, reg *testregistry.Registry, chunkSize int) (string, int64) {
+	t.Helper()
+	img, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eimg, err := lazypull.EstargzImage(img, lazypull.ConvertOptions{ChunkSize: chunkSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Ref("lazy/busybox:v1")
+	if err := testimage.Push(context.Background(), ref, eimg); err != nil {
+		t.Fatal(err)
+	}
+	layers, err := eimg.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	size, err := layers[0].Size()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref, size
 }
