@@ -534,6 +534,9 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 
 // lookup is Lookup for callers holding wmu.
 func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if validName(name) != 0 {
+		return nil, syscall.ENOENT // whiteout markers never show
+	}
 	n.u.mu.Lock()
 	merged, layers, looked := n.merged, len(n.c.lowers), len(n.looked)
 	c, ok := n.children[name]
@@ -543,7 +546,7 @@ func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	n.u.mu.Unlock()
 	switch {
 	case ok:
-	case !merged && layers <= lookupOneLayers && looked < lookupOneMax && !strings.HasPrefix(name, ".wh."):
+	case !merged && layers <= lookupOneLayers && looked < lookupOneMax:
 		var errno syscall.Errno
 		if c, errno = n.lookupOne(ctx, name); errno != 0 {
 			return nil, errno
