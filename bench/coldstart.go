@@ -240,14 +240,15 @@ func completeLayers(ctx context.Context, strata, root, ref string) error {
 		return fmt.Errorf("run -d: %w", err)
 	}
 	defer exec.Command(strata, "--root", root, "rm", "-f", strings.TrimSpace(string(out))).Run()
+	s, err := lazypull.OpenStore(root)
+	if err != nil {
+		return err
+	}
 	deadline := time.Now().Add(10 * time.Minute)
 	for time.Now().Before(deadline) {
-		lazy := false
-		metas, _ := filepath.Glob(filepath.Join(root, "layers", "*", "layer.json"))
-		for _, m := range metas {
-			if b, err := os.ReadFile(m); err == nil && bytes.Contains(b, []byte(`"lazy": true`)) {
-				lazy = true
-			}
+		lazy, err := anyLazyLayer(s)
+		if err != nil {
+			return err
 		}
 		if !lazy {
 			return nil
@@ -255,6 +256,23 @@ func completeLayers(ctx context.Context, strata, root, ref string) error {
 		time.Sleep(200 * time.Millisecond)
 	}
 	return fmt.Errorf("layers not complete after 10 minutes")
+}
+
+// anyLazyLayer tells whether a layer of an image in the store is still
+// lazy.
+func anyLazyLayer(s *lazypull.Store) (bool, error) {
+	imgs, err := s.Images()
+	if err != nil {
+		return false, err
+	}
+	for _, img := range imgs {
+		for _, l := range img.Layers {
+			if rec, err := s.Layer(l.DiffID); err == nil && rec.Lazy {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 func podmanArgs(root string) []string {
