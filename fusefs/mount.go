@@ -22,6 +22,12 @@ type MountOptions struct {
 	// nosuid,nodev unless Options say suid or dev, as libfuse's are.
 	Container bool
 	Debug     bool
+	// NoLocalClients says this process never opens files of the mount
+	// through the os package. Its poller cannot wait for the FUSE POLL
+	// request that registering such a file sends, and deadlocks; so by
+	// default the mount is made to answer POLL with ENOSYS once, at mount
+	// time (go-fuse's poll hack), which costs six round trips.
+	NoLocalClients bool
 }
 
 // Mount serves u at dir and returns once the mount is live: shared with
@@ -76,8 +82,12 @@ func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	go srv.Serve()
-	if err := srv.WaitMount(); err != nil {
-		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	// NewServer has mounted and answered INIT: the mount is live. What
+	// WaitMount adds is the poll hack.
+	if !o.NoLocalClients {
+		if err := srv.WaitMount(); err != nil {
+			return nil, fmt.Errorf("mount %s: %w", dir, err)
+		}
 	}
 	return srv, nil
 }

@@ -492,7 +492,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, errno
 	}
-	return inode, n.u.openedUpper(inode.Operations().(*node).c, fd), 0, 0
+	return inode, n.u.openedUpper(inode.Operations().(*node).c, fd), fuse.FOPEN_NOFLUSH, 0
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -1060,7 +1060,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	c.ino, c.inoKept = n.u.newIno(st.Ino, func(key string, v []byte) error { return unix.Fsetxattr(fd, key, v, 0) })
 	fillFromStat(&out.Attr, &st, c.ino)
 	n.u.setTimeouts(out)
-	return n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: c.ino}), n.u.openedUpper(c, fd), 0, 0
+	return n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: c.ino}), n.u.openedUpper(c, fd), fuse.FOPEN_NOFLUSH, 0
 }
 
 // OnForget closes what a nameless file held once the kernel drops it.
@@ -1125,7 +1125,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		if err != nil {
 			return nil, 0, fs.ToErrno(err)
 		}
-		return n.u.openedUpper(n.c, fd), 0, 0
+		return n.u.openedUpper(n.c, fd), fuse.FOPEN_NOFLUSH, 0
 	}
 	if c.upper {
 		fd, err := unix.Open(n.upperPath(), int(flags)&^unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -1139,7 +1139,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			unix.Close(fd)
 			return nil, 0, syscall.ENOENT
 		}
-		return n.u.openedUpper(n.c, fd), 0, 0
+		return n.u.openedUpper(n.c, fd), fuse.FOPEN_NOFLUSH, 0
 	}
 	ref := c.lowers[0]
 	if n.u.onOpen != nil {
@@ -1150,7 +1150,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		return nil, 0, fs.ToErrno(err)
 	}
 	// Layer files never change: the kernel keeps their pages across opens.
-	return &file{f: f}, fuse.FOPEN_KEEP_CACHE, 0
+	return &file{f: f}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 }
 
 // upperFile is an open file of the upper directory.
@@ -1216,6 +1216,10 @@ func (f *upperFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	return fs.ToErrno(unix.Fsync(f.fd))
 }
 
+// Flush has nothing to do: writes reach the upper file as they are made,
+// and locks are the descriptor's own, released with it. Opens say
+// FOPEN_NOFLUSH, so that close(2) does not wait for a round trip; a kernel
+// that still sends FLUSH gets this.
 func (f *upperFile) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 func (f *upperFile) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {

@@ -101,10 +101,14 @@ func copyTree(src, dst string) error {
 }
 
 func copyFile(src, dst string) error {
-	in, err := os.Open(src)
+	// Opened without os.Open, which would register the file with Go's
+	// poller: src lies in the union this process serves, and registering
+	// a FUSE file asks the server (fusefs.MountOptions.NoLocalClients).
+	fd, err := unix.Open(src, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return &os.PathError{Op: "open", Path: src, Err: err}
 	}
+	in := os.NewFile(uintptr(fd), src)
 	defer in.Close()
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {

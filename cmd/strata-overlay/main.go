@@ -160,7 +160,7 @@ func serve(c *config, live func(), stderr io.Writer) error {
 	if subtype == "" {
 		subtype = "strata-overlay"
 	}
-	srv, err := fusefs.Mount(c.mountpoint, u, fusefs.MountOptions{FsName: fsName, Subtype: subtype, Options: c.kernel, Debug: c.debug})
+	srv, err := fusefs.Mount(c.mountpoint, u, fusefs.MountOptions{FsName: fsName, Subtype: subtype, Options: c.kernel, Debug: c.debug, NoLocalClients: true})
 	if err != nil {
 		return err
 	}
