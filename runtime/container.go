@@ -112,10 +112,11 @@ func (s *Store) Create(ctx context.Context, c *Container) error {
 		return err
 	}
 	defer l.Unlock()
-	all, err := s.List()
+	all, broken, err := s.list()
 	if err != nil {
 		return err
 	}
+	s.removeBroken(broken)
 	taken := map[string]string{}
 	for _, o := range all {
 		taken[o.Name] = o.ID
@@ -152,7 +153,7 @@ func (s *Store) Create(ctx context.Context, c *Container) error {
 		os.RemoveAll(dir)
 		return err
 	}
-	if err := fsutil.WriteFileAtomic(filepath.Join(dir, "image"), []byte(c.ImageManifest+"\n"), 0o600); err != nil {
+	if err := s.writeRecord(c, "image", []byte(c.ImageManifest+"\n")); err != nil {
 		os.RemoveAll(dir)
 		return err
 	}
@@ -164,7 +165,20 @@ func (s *Store) writeConfig(c *Container) error {
 	if err != nil {
 		return err
 	}
-	return fsutil.WriteFileAtomic(filepath.Join(s.Dir(c.ID), "config.json"), b, 0o600)
+	return s.writeRecord(c, "config.json", b)
+}
+
+// writeRecord replaces one of the container's record files. The record
+// of a container that removes itself when it ends (run --rm) is not
+// synced: it must not outlive the container, and after a crash one the
+// disk lost part of is removed (removeBroken); the others wait for the
+// disk, as a record that outlives crashes must.
+func (s *Store) writeRecord(c *Container, name string, data []byte) error {
+	p := filepath.Join(s.Dir(c.ID), name)
+	if c.AutoRemove {
+		return fsutil.ReplaceFile(p, data, 0o600)
+	}
+	return fsutil.WriteFileAtomic(p, data, 0o600)
 }
 
 func (s *Store) load(id string) (*Container, error) {
@@ -181,24 +195,57 @@ func (s *Store) load(id string) (*Container, error) {
 
 // List returns every container, newest first.
 func (s *Store) List() ([]*Container, error) {
+	out, _, err := s.list()
+	return out, err
+}
+
+// list returns the containers, and the directories that hold none: being
+// created or removed, or left broken by a crash.
+func (s *Store) list() (cs []*Container, broken []string, err error) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []*Container
 	for _, e := range ents {
-		if !e.IsDir() {
+		switch {
+		case !e.IsDir():
+			continue
+		case strings.HasPrefix(e.Name(), removing):
+			broken = append(broken, e.Name())
 			continue
 		}
 		c, err := s.load(e.Name())
 		if err != nil {
-			continue // being created or removed
+			broken = append(broken, e.Name())
+			continue
 		}
-		out = append(out, c)
+		cs = append(cs, c)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
-	return out, nil
+	sort.Slice(cs, func(i, j int) bool { return cs[i].Created.After(cs[j].Created) })
+	return cs, broken, nil
 }
+
+// removeBroken removes, under the store's lock, container directories
+// without a readable configuration and the remains of removals. Create
+// writes a configuration and Remove removes a directory under the same
+// lock, so these are what a crash left: of a container being created, of
+// a run --rm container whose unsynced record the disk lost, of a removal.
+// A directory whose monitor lives is left alone.
+func (s *Store) removeBroken(names []string) {
+	for _, name := range names {
+		if !strings.HasPrefix(name, removing) {
+			if s.MonitorAlive(name) {
+				continue
+			}
+			reapMounts(s.Dir(name))
+		}
+		os.RemoveAll(s.Dir(name))
+	}
+}
+
+// removing prefixes the name a container's directory takes while Remove
+// deletes it.
+const removing = ".rm-"
 
 // Get finds a container by ID, name or unique ID prefix.
 func (s *Store) Get(ref string) (*Container, error) {
@@ -311,9 +358,15 @@ func (s *Store) reap(id string, pid int) {
 	if pid > 0 && sameContainer(pid, id) {
 		unix.Kill(pid, unix.SIGKILL)
 	}
-	unix.Unmount(filepath.Join(s.Dir(id), "rootfs"), unix.MNT_DETACH)
-	detachAll(s.Dir(id))
+	reapMounts(s.Dir(id))
 	cg.Remove()
+}
+
+// reapMounts detaches what a dead monitor left mounted in a container's
+// directory: the root filesystem and the read-only binds of strata-init.
+func reapMounts(dir string) {
+	unix.Unmount(filepath.Join(dir, "rootfs"), unix.MNT_DETACH)
+	detachAll(dir)
 }
 
 // sameContainer tells whether pid is still the container's init: its
@@ -351,10 +404,9 @@ func (s *Store) Remove(ctx context.Context, c *Container) error {
 		return fmt.Errorf("container %s is running: stop it first, or use rm -f", c.ID[:12])
 	}
 	dir := s.Dir(c.ID)
-	unix.Unmount(filepath.Join(dir, "rootfs"), unix.MNT_DETACH)
-	detachAll(dir)
+	reapMounts(dir)
 	// Rename first, so a half-removed container never lists.
-	gone := filepath.Join(s.dir, ".rm-"+c.ID)
+	gone := filepath.Join(s.dir, removing+c.ID)
 	if err := os.Rename(dir, gone); err != nil {
 		return fmt.Errorf("remove container %s: %w", c.ID[:12], err)
 	}

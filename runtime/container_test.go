@@ -35,3 +35,43 @@ func TestStateLostInACrash(t *testing.T) {
 		t.Errorf("container directory left: %v", err)
 	}
 }
+
+// The record of a run --rm container is not synced: a crash can leave its
+// directory with an empty configuration, and a removal half done. The next
+// Create removes both, and leaves real containers alone.
+func TestCreateRemovesWhatACrashLeft(t *testing.T) {
+	s, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	kept := &Container{Image: "busybox"}
+	if err := s.Create(ctx, kept); err != nil {
+		t.Fatal(err)
+	}
+	lost := &Container{Image: "busybox", AutoRemove: true}
+	if err := s.Create(ctx, lost); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir(lost.ID), "config.json"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	halfRemoved := filepath.Join(s.dir, removing+"0123456789ab")
+	if err := os.MkdirAll(filepath.Join(halfRemoved, "upper", "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if all, err := s.List(); err != nil || len(all) != 1 || all[0].ID != kept.ID {
+		t.Fatalf("list with a broken record: %v, %v", all, err)
+	}
+	if err := s.Create(ctx, &Container{Image: "busybox"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, gone := range []string{s.Dir(lost.ID), halfRemoved} {
+		if _, err := os.Stat(gone); !os.IsNotExist(err) {
+			t.Errorf("%s left after Create: %v", gone, err)
+		}
+	}
+	if _, err := s.Get(kept.ID); err != nil {
+		t.Errorf("a whole container went: %v", err)
+	}
+}

@@ -22,9 +22,28 @@ import (
 
 // RootfsMounter mounts a container's root filesystem: its image's layers
 // under the container layer in upper (with work beside it), at dir. The
-// runtime does not know where images come from.
+// runtime does not know where images come from. Where the image lacks
+// one of points, the mounter provides it beneath the image's layers, as
+// Docker's init layer does, so that it need not be made in the container
+// layer at every start (and removed at every rm).
 type RootfsMounter interface {
-	MountRootfs(ctx context.Context, c *Container, dir, upper, work string) (unmount func() error, err error)
+	MountRootfs(ctx context.Context, c *Container, dir, upper, work string, points []MountPoint) (unmount func() error, err error)
+}
+
+// MountPoint is a path that every container's set-up mounts on.
+type MountPoint struct {
+	Path string // absolute, inside the container
+	Dir  bool   // a directory; else a file, for a bind mount of a file
+}
+
+// mountPoints are the mount points of a container: /proc, /dev and /sys,
+// and the files it is given.
+func mountPoints(files []Mount) []MountPoint {
+	out := []MountPoint{{Path: "/proc", Dir: true}, {Path: "/dev", Dir: true}, {Path: "/sys", Dir: true}}
+	for _, f := range files {
+		out = append(out, MountPoint{Path: f.Destination})
+	}
+	return out
 }
 
 // RunOptions are how a monitor connects a container to its caller.
@@ -87,12 +106,13 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		defer close(cgReady)
 		cg, cgErr = NewCgroup(c.ID, c.Resources)
 	}()
-	defer func() {
+	removeCgroups := sync.OnceFunc(func() {
 		<-cgReady
 		if cg != nil {
 			cg.Remove()
 		}
-	}()
+	})
+	defer removeCgroups()
 	dir := s.Dir(c.ID)
 	rootfs, upper, work := filepath.Join(dir, "rootfs"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
 	for _, d := range []string{rootfs, upper, work} {
@@ -100,12 +120,6 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 			return 125, err
 		}
 	}
-	unmount, err := m.MountRootfs(ctx, c, rootfs, upper, work)
-	if err != nil {
-		return 125, err
-	}
-	defer unmount()
-
 	spec := c.Spec
 	spec.Rootfs = rootfs
 	files, err := writeEtcFiles(dir, spec.Hostname, spec.Network)
@@ -113,6 +127,11 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		return 125, err
 	}
 	spec.Files = append(files, spec.Files...)
+	unmount, err := m.MountRootfs(ctx, c, rootfs, upper, work, mountPoints(files))
+	if err != nil {
+		return 125, err
+	}
+	defer unmount()
 	prepared := make(chan struct{})
 	go func() {
 		defer close(prepared)
@@ -201,6 +220,9 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 			s.SetState(c.ID, st)
 		}
 	}
+	// The container's processes are gone: its cgroups go while its root
+	// filesystem is unmounted.
+	go removeCgroups()
 	return code, err
 }
 

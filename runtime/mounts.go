@@ -70,11 +70,12 @@ func mkdirIn(root int, p string, file bool) error {
 func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
 // makeMountPoints makes, in the container's root filesystem, the mount
-// points init will need that the image may lack: through the union each
-// is a few FUSE round trips, which the monitor makes while init is still
-// starting. Init makes whatever is missing itself, and reports errors, so
-// failures here are left to it. Paths are resolved inside the root, as
-// init resolves them.
+// points init will need that it lacks. The mounter provides them
+// (MountPoint), so this mostly looks them up, which fills the kernel's
+// cache for init while it is still starting; what is made here is what a
+// layer's whiteout or opaque directory hid. Init makes whatever is still
+// missing itself, and reports errors, so failures here are left to it.
+// Paths are resolved inside the root, as init resolves them.
 func makeMountPoints(rootfs string, files []Mount) {
 	root, err := unix.Open(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {

@@ -15,12 +15,14 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/daemon"
 	"github.com/stratafs/strata/internal/term"
+	"github.com/stratafs/strata/layertree"
 	"github.com/stratafs/strata/lazypull"
 	"github.com/stratafs/strata/runtime"
 	"github.com/stratafs/strata/volumes"
@@ -322,7 +324,7 @@ type storeMounter struct {
 	onOpen func(string)
 }
 
-func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir, upper, work string) (func() error, error) {
+func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir, upper, work string, points []runtime.MountPoint) (func() error, error) {
 	s, err := m.a.Store()
 	if err != nil {
 		return nil, err
@@ -339,7 +341,7 @@ func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	srv, err := m.a.mountImage(ctx, rec, dir, upper, work, "strata:"+c.ID[:12], c.Annotations[backgroundFetchAnnotation] != "false", m.onOpen)
+	srv, err := m.a.mountImage(ctx, rec, dir, upper, work, "strata:"+c.ID[:12], c.Annotations[backgroundFetchAnnotation] != "false", m.onOpen, mountPointLayer(points, c.Created))
 	if err != nil {
 		cancel()
 		unpin()
@@ -357,6 +359,22 @@ func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir
 	}, nil
 }
 
+// mountPointLayer is the layer beneath the image's that holds the
+// container's mount points: the image's own entries of those names show
+// over it, and where the image has none these do, so no container layer
+// needs them made. It lives in memory.
+func mountPointLayer(points []runtime.MountPoint, created time.Time) layertree.Tree {
+	l := layertree.NewMem()
+	for _, p := range points {
+		e := layertree.Entry{Mode: layertree.ModeRegular | 0o644, Mtime: created}
+		if p.Dir {
+			e = layertree.Entry{Mode: layertree.ModeDir | 0o755, Nlink: 2, Mtime: created}
+		}
+		l.Add(strings.Trim(path.Clean(p.Path), "/"), e, nil, nil)
+	}
+	return l
+}
+
 func (a *app) containers() (*runtime.Store, error) {
 	if _, err := a.Store(); err != nil {
 		return nil, err
@@ -372,6 +390,10 @@ func runVerb() *verb {
 			detach := fs.BoolP("detach", "d", false, "run in the background and print the container ID")
 			return func(ctx context.Context, a *app, args []string) error {
 				runtime.WarmMigration()
+				var relay *signalRelay
+				if !*detach {
+					relay = relaySignals()
+				}
 				f.entrypointSet = fs.Changed("entrypoint")
 				c, err := a.newContainer(ctx, &f, args[0], args[1:])
 				if err != nil {
@@ -384,7 +406,7 @@ func runVerb() *verb {
 					fmt.Fprintln(a.stdout, c.ID)
 					return nil
 				}
-				return a.runForeground(ctx, c, f.interactive)
+				return a.runForeground(ctx, c, f.interactive, relay)
 			}
 		}}
 }
@@ -414,17 +436,15 @@ func (a *app) failedStart(ctx context.Context, c *runtime.Container, err error) 
 }
 
 // runForeground is the monitor in the calling process: the container's
-// output goes to the terminal and its log, signals to the container.
-func (a *app) runForeground(ctx context.Context, c *runtime.Container, interactive bool) error {
+// output goes to the terminal and its log, signals (those relay
+// registered) to the container.
+func (a *app) runForeground(ctx context.Context, c *runtime.Container, interactive bool, relay *signalRelay) error {
 	serverMemory()
 	cs, err := a.containers()
 	if err != nil {
 		return runError(err)
 	}
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, forwardedSignals()...)
-	defer signal.Stop(sigs)
-	o := runtime.RunOptions{Stdout: a.stdout, Stderr: a.stderr, Signals: sigs}
+	o := runtime.RunOptions{Stdout: a.stdout, Stderr: a.stderr, Signals: relay.signals()}
 	if interactive {
 		o.Stdin = os.Stdin
 	}
@@ -466,6 +486,31 @@ func serverMemory() {
 // errSilent ends strata with an exit code and no message: the
 // container's own.
 var errSilent = errors.New("")
+
+// signalRelay catches the signals strata passes on to a container. Each
+// registration is a round trip to the Go runtime's signal thread (for the
+// 27 signals, about a millisecond), so it is done while the container is
+// being made, and never undone: the process exits when its container
+// does.
+type signalRelay struct {
+	c          chan os.Signal
+	registered chan struct{}
+}
+
+func relaySignals() *signalRelay {
+	r := &signalRelay{c: make(chan os.Signal, 8), registered: make(chan struct{})}
+	go func() {
+		signal.Notify(r.c, forwardedSignals()...)
+		close(r.registered)
+	}()
+	return r
+}
+
+// signals is the channel, once every signal is registered.
+func (r *signalRelay) signals() <-chan os.Signal {
+	<-r.registered
+	return r.c
+}
 
 // forwardedSignals are those strata run passes to the container: all that
 // can be caught, but SIGCHLD, SIGWINCH, SIGURG (Go's preemption) and

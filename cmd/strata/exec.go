@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path"
 	"slices"
 	"sync"
@@ -68,6 +67,10 @@ func (a *app) execIn(ref string, argv []string, o execOptions) (int, error) {
 		}
 		return 0, &exitError{code: exitExecFailure, err: err}
 	}
+	var relay *signalRelay
+	if !o.detach {
+		relay = relaySignals()
+	}
 	if o.workdir != "" && !path.IsAbs(o.workdir) {
 		return failed(&usageError{msg: fmt.Sprintf("the working directory %q is invalid: it needs to be an absolute path", o.workdir)})
 	}
@@ -103,9 +106,10 @@ func (a *app) execIn(ref string, argv []string, o execOptions) (int, error) {
 	if terminal {
 		spec.ConsoleSize = runtime.TerminalSize(os.Stdin)
 	}
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, forwardedSignals()...)
-	defer signal.Stop(sigs)
+	var sigs <-chan os.Signal
+	if relay != nil {
+		sigs = relay.signals()
+	}
 	p, err := cs.Exec(c, &spec, stdio)
 	if err != nil {
 		return failed(err)

@@ -68,6 +68,10 @@ func startVerb() *verb {
 			attach := fs.BoolP("attach", "a", false, "attach to the output and wait for the exit code")
 			interactive := fs.BoolP("interactive", "i", false, "attach standard input")
 			return func(ctx context.Context, a *app, args []string) error {
+				var relay *signalRelay
+				if *attach || *interactive {
+					relay = relaySignals()
+				}
 				cs, c, err := a.containerArg(args[0])
 				if err != nil {
 					return err
@@ -84,7 +88,7 @@ func startVerb() *verb {
 					return nil
 				}
 				if *attach || *interactive {
-					return a.runForeground(ctx, c, *interactive)
+					return a.runForeground(ctx, c, *interactive, relay)
 				}
 				if err := a.startDetached(c); err != nil {
 					return a.failedStart(ctx, c, err)

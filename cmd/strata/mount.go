@@ -18,6 +18,7 @@ import (
 
 	"github.com/stratafs/strata/fusefs"
 	"github.com/stratafs/strata/internal/daemon"
+	"github.com/stratafs/strata/layertree"
 	"github.com/stratafs/strata/lazypull"
 )
 
@@ -152,7 +153,7 @@ func (a *app) serveMount(ctx context.Context, image, dir, upper string, backgrou
 // dir as a container root, served by this process.
 // Lazy layers fetch their prioritized files at once and, with background,
 // the rest after, until ctx ends.
-func (a *app) mountImage(ctx context.Context, rec *lazypull.ImageRecord, dir, upper, work, fsName string, background bool, onOpen func(string)) (*fuse.Server, error) {
+func (a *app) mountImage(ctx context.Context, rec *lazypull.ImageRecord, dir, upper, work, fsName string, background bool, onOpen func(string), below ...layertree.Tree) (*fuse.Server, error) {
 	opts, err := a.pullOptions("", nil)
 	if err != nil {
 		return nil, err
@@ -161,11 +162,14 @@ func (a *app) mountImage(ctx context.Context, rec *lazypull.ImageRecord, dir, up
 	if err != nil {
 		return nil, err
 	}
+	layers = append(layers, below...)
 	u, err := fusefs.New(fusefs.Options{Layers: layers, UpperDir: upper, WorkDir: work, Logger: a.log, OnOpen: onOpen})
 	if err != nil {
 		return nil, err
 	}
-	return fusefs.Mount(dir, u, fusefs.MountOptions{FsName: fsName, Container: true})
+	// The serving process (a container's monitor, a mount's server) reads
+	// the mount only through raw syscalls.
+	return fusefs.Mount(dir, u, fusefs.MountOptions{FsName: fsName, Container: true, NoLocalClients: true})
 }
 
 func umountVerb() *verb {

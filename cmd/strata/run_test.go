@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/stratafs/strata/internal/testenv"
@@ -158,6 +160,68 @@ func TestContainerLayerGoesWithRm(t *testing.T) {
 	}
 	if r := strata(t, root, "rm", "c1"); r.code == 0 || !strings.Contains(r.stderr, "no such container") {
 		t.Errorf("rm twice: exit %d %s", r.code, r.stderr)
+	}
+}
+
+// The mount points a container needs and the image lacks (busybox has no
+// /proc, /dev, /sys or /etc/hostname) come from beneath the image's
+// layers, not from the container layer: a container that changes nothing
+// leaves its layer empty. Where an image's layer hides them (an opaque
+// /etc), they are made in the container layer, and still work.
+func TestMountPointsOutsideTheContainerLayer(t *testing.T) {
+	root, ref := runImage(t)
+	base, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opaque, err := testimage.LayerFromFiles([]testimage.File{
+		{Path: "etc/", Type: tar.TypeDir, Mode: 0o755},
+		{Path: "etc/.wh..wh..opq"},
+		{Path: "etc/passwd", Data: []byte("root:x:0:0:root:/root:/bin/sh\n")},
+	}, testimage.Gzip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(base, opaque)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The image runImage pushed has a working directory and a volume,
+	// which are made in the container layer: these have neither.
+	plainRef := strings.Replace(ref, "demo/run:v1", "demo/plain:v1", 1)
+	opaqueRef := strings.Replace(ref, "demo/run:v1", "demo/opaque-etc:v1", 1)
+	for r, img := range map[string]v1.Image{plainRef: base, opaqueRef: img} {
+		if err := testimage.Push(context.Background(), r, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	script := "ls -d /proc/self /dev/null /sys/kernel; cat /etc/hostname; grep -c mp-host /etc/hosts; ls /etc"
+	for _, c := range []struct {
+		ref       string
+		etc       string // what /etc lists besides the files strata gives
+		upperKept bool
+	}{
+		{plainRef, "group", false},
+		{opaqueRef, "passwd", true},
+	} {
+		out := mustStrata(t, root, "run", "--name", "mp", "-h", "mp-host", c.ref, "sh", "-c", script)
+		for _, want := range []string{"/proc/self\n", "/dev/null\n", "/sys/kernel\n", "mp-host\n", "1\n", "hostname\n", "hosts\n", "resolv.conf\n", c.etc + "\n"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s: output lacks %q:\n%s", c.ref, want, out)
+			}
+		}
+		id := strings.TrimSpace(mustStrata(t, root, "ps", "-a", "-q", "--no-trunc"))
+		var upper []string
+		filepath.WalkDir(filepath.Join(root, "containers", id, "upper"), func(p string, d os.DirEntry, err error) error {
+			if err == nil {
+				upper = append(upper, p)
+			}
+			return nil
+		})
+		if kept := len(upper) > 1; kept != c.upperKept {
+			t.Errorf("%s: container layer holds %v (want mount points there: %v)", c.ref, upper, c.upperKept)
+		}
+		mustStrata(t, root, "rm", "mp")
 	}
 }
 
