@@ -44,6 +44,12 @@ type DirOptions struct {
 	// extracted with privilege have no such attribute, and not asking
 	// spares a syscall per file.
 	IgnoreOverrideStat bool
+	// OverlayForm: the directory keeps whiteouts and opaque markers only
+	// in the kernel overlayfs's form (char 0/0, xattrs), as strata
+	// extracts layers, so no OCI marker file is looked for: the lookup
+	// of a name the layer lacks costs one stat, not two, and asking for a
+	// marker none.
+	OverlayForm bool
 }
 
 // NewDir returns the Tree rooted at dir, honouring override_stat.
@@ -90,9 +96,12 @@ func (d *Dir) abs(path string) string {
 // whites out is reported as a whiteout.
 func (d *Dir) Stat(_ context.Context, path string) (Entry, error) {
 	dir, name := splitPath(path)
+	if d.opts.OverlayForm && strings.HasPrefix(name, whPrefix) {
+		return Entry{}, &os.PathError{Op: "stat", Path: d.abs(path), Err: os.ErrNotExist}
+	}
 	var st unix.Stat_t
 	err := unix.Lstat(d.abs(path), &st)
-	if errors.Is(err, unix.ENOENT) && path != "" {
+	if errors.Is(err, unix.ENOENT) && path != "" && !d.opts.OverlayForm {
 		if unix.Lstat(d.abs(joinPath(dir, whPrefix+name)), &st) == nil {
 			return Entry{Name: name, Whiteout: true, Mode: ModeChar}, nil
 		}
@@ -229,7 +238,7 @@ func (d *Dir) entry(f fileAt, st *unix.Stat_t) Entry {
 	case ModeChar:
 		e.Whiteout = st.Rdev == 0
 	case ModeDir:
-		e.Opaque = isOpaque(f, xs)
+		e.Opaque = isOpaque(f, xs, !d.opts.OverlayForm)
 		e.Implied = xs&markImplied != 0
 		if xs&markRedirect != 0 {
 			e.Redirect = redirectOf(f.abs)
@@ -350,9 +359,10 @@ func redirectOf(dir string) string {
 }
 
 // isOpaque tells whether a directory is opaque: by the overlay's xattr,
-// and for Stat (no parent open, f.dir < 0) by the OCI marker file too; a
-// listing leaves the marker to the directory's own listing.
-func isOpaque(f fileAt, xs markers) bool {
+// and for Stat (no parent open, f.dir < 0) by the OCI marker file too
+// when the tree may have one (oci); a listing leaves the marker to the
+// directory's own listing.
+func isOpaque(f fileAt, xs markers, oci bool) bool {
 	if xs&markOpaque != 0 {
 		buf := make([]byte, 2)
 		for _, x := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
@@ -361,7 +371,7 @@ func isOpaque(f fileAt, xs markers) bool {
 			}
 		}
 	}
-	if f.dir >= 0 {
+	if f.dir >= 0 || !oci {
 		return false
 	}
 	var st unix.Stat_t

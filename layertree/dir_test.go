@@ -152,3 +152,33 @@ func TestDirOverrideStat(t *testing.T) {
 		}
 	}
 }
+
+// A tree in the overlay form (as strata extracts layers) reads char 0/0
+// whiteouts and opaque xattrs, and takes no file for an OCI marker: a
+// missing name is just missing.
+func TestDirInOverlayForm(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "opaque"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(filepath.Join(root, "opaque"), "user.overlay.opaque", []byte("y"), 0); err != nil {
+		t.Skipf("user xattrs not supported here: %v", err)
+	}
+	privileged := unix.Mknod(filepath.Join(root, "gone"), unix.S_IFCHR, 0) == nil
+	d, err := NewDirWith(root, DirOptions{OverlayForm: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if e, err := d.Stat(ctx, "opaque"); err != nil || !e.Opaque {
+		t.Errorf("Stat of an opaque directory: %+v, %v", e, err)
+	}
+	if e, err := d.Stat(ctx, "gone"); privileged && (err != nil || !e.Whiteout) {
+		t.Errorf("Stat of a char 0/0 whiteout: %+v, %v", e, err)
+	}
+	for _, p := range []string{"missing", "opaque/" + OpaqueMarker, whPrefix + "x"} {
+		if _, err := d.Stat(ctx, p); !os.IsNotExist(err) {
+			t.Errorf("Stat(%q) = %v, want not found", p, err)
+		}
+	}
+}

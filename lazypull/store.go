@@ -51,6 +51,12 @@ type ImageRecord struct {
 // ID is Docker's image ID: the config digest.
 func (r *ImageRecord) ID() string { return r.ConfigDigest }
 
+// PulledLazily tells whether some of the image's layers were pulled
+// lazily: a mount of it may read chunks, which eviction must then keep.
+func (r *ImageRecord) PulledLazily() bool {
+	return slices.ContainsFunc(r.Layers, func(l LayerRecord) bool { return l.Lazy })
+}
+
 // LayerRecord describes one layer of an image and of the store.
 type LayerRecord struct {
 	Digest       string `json:"digest"`
@@ -627,11 +633,13 @@ func (s *Store) removeLayer(diffID string) error {
 }
 
 // layerDir opens an extracted layer's tree, reading override_stat only
-// where an extraction without root may have written it.
+// where an extraction without root may have written it. Layers are
+// extracted with the kernel overlayfs's markers (layerFormat), so no OCI
+// marker file is looked for.
 func (s *Store) layerDir(l LayerRecord) (*layertree.Dir, error) {
 	d, err := s.LayerTree(l.DiffID)
 	if err != nil {
 		return nil, err
 	}
-	return layertree.NewDirWith(d, layertree.DirOptions{IgnoreOverrideStat: l.Privileged})
+	return layertree.NewDirWith(d, layertree.DirOptions{IgnoreOverrideStat: l.Privileged, OverlayForm: true})
 }
