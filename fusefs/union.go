@@ -579,10 +579,11 @@ func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 }
 
 // A lookup in a directory not merged yet asks each layer for the one name
-// while the directory lies in few layers and has had few lookups; past
-// either, merging it once is cheaper.
+// (a stat each) while the directory lies in few layers and has had few
+// lookups; past either, merging it once is cheaper. A container's stack is
+// its image's layers and the small layer of its mount points.
 const (
-	lookupOneLayers = 4
+	lookupOneLayers = 8
 	lookupOneMax    = 32
 )
 

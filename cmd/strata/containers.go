@@ -336,9 +336,12 @@ func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir
 	// A FUSE mount left by a monitor that was killed.
 	unix.Unmount(dir, unix.MNT_DETACH)
 	// In use while the container runs: eviction keeps its lazy chunks.
-	unpin, err := s.Pin(rec, "container-"+c.ID)
-	if err != nil {
-		return nil, err
+	// (The container's record keeps the image itself from removal.)
+	unpin := func() {}
+	if rec.PulledLazily() {
+		if unpin, err = s.Pin(rec, "container-"+c.ID); err != nil {
+			return nil, err
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	srv, err := m.a.mountImage(ctx, rec, dir, upper, work, "strata:"+c.ID[:12], c.Annotations[backgroundFetchAnnotation] != "false", m.onOpen, mountPointLayer(points, c.Created))
