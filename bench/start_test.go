@@ -20,11 +20,11 @@ func TestStartScenario(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Peers) != 4 || rep.Peers[0].Name != "strata" || len(rep.Peers[0].Runs) != 2 {
+	if len(rep.Peers) != 4 || rep.Peers[0].Name != "strata" || len(rep.Peers[0].Runs) != 2 || len(rep.Peers[0].IdleRuns) != 2 {
 		t.Fatalf("peers: %+v", rep.Peers)
 	}
 	for _, p := range rep.Peers {
-		if p.Skipped == "" && len(p.Runs) != 2 {
+		if p.Skipped == "" && (len(p.Runs) != 2 || len(p.IdleRuns) != 2) {
 			t.Errorf("%s: %d runs and no reason", p.Name, len(p.Runs))
 		}
 		// runc is what the tests install; it works on this kind of host.
