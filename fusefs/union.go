@@ -163,8 +163,10 @@ type node struct {
 	merged   bool
 	children map[string]*child // merged directory, computed once
 	// looked are the records of names looked up one by one before the
-	// directory was merged (lookupOne); merge adopts them.
-	looked map[string]*child
+	// directory was merged (lookupOne); merge adopts them. lookups counts
+	// those lookups, of names found or not.
+	looked  map[string]*child
+	lookups int
 }
 
 // ino is stable across mounts of the same stack: the layer's own inode
@@ -538,15 +540,16 @@ func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		return nil, syscall.ENOENT // whiteout markers never show
 	}
 	n.u.mu.Lock()
-	merged, layers, looked := n.merged, len(n.c.lowers), len(n.looked)
+	merged, layers, lookups := n.merged, len(n.c.lowers), n.lookups
 	c, ok := n.children[name]
 	if !merged {
 		c, ok = n.looked[name]
+		n.lookups++
 	}
 	n.u.mu.Unlock()
 	switch {
 	case ok:
-	case !merged && layers <= lookupOneLayers && looked < lookupOneMax:
+	case !merged && layers <= lookupOneLayers && lookups < lookupOneMax:
 		var errno syscall.Errno
 		if c, errno = n.lookupOne(ctx, name); errno != 0 {
 			return nil, errno
@@ -564,18 +567,22 @@ func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		}
 	}
 	cn := &node{u: n.u, c: c}
-	ch := n.u.snapshot(c)
-	if ch.upper {
+	// Only these fields are read: no snapshot, which copies the layers
+	// (a READDIRPLUS looks up every entry it lists).
+	n.u.mu.Lock()
+	upper, entry, ino := c.upper, c.entry, c.ino
+	n.u.mu.Unlock()
+	if upper {
 		var st syscall.Stat_t
 		if err := syscall.Lstat(filepath.Join(n.upperPath(), name), &st); err != nil {
 			return nil, fs.ToErrno(err)
 		}
-		fillFromStat(&out.Attr, &st, ch.ino)
+		fillFromStat(&out.Attr, &st, ino)
 	} else {
-		fillAttr(&out.Attr, ch.entry, ch.ino)
+		fillAttr(&out.Attr, entry, ino)
 	}
 	n.u.setTimeouts(out)
-	return n.NewInode(ctx, cn, fs.StableAttr{Mode: out.Attr.Mode & syscall.S_IFMT, Ino: ch.ino}), 0
+	return n.NewInode(ctx, cn, fs.StableAttr{Mode: out.Attr.Mode & syscall.S_IFMT, Ino: ino}), 0
 }
 
 // A lookup in a directory not merged yet asks each layer for the one name

@@ -332,3 +332,28 @@ func TestLookupWithoutListing(t *testing.T) {
 		}
 	}
 }
+
+// Lookups of names a directory lacks count toward merging it too: a
+// PATH search or an import path asks for many missing names, and after a
+// few dozen the directory is listed once and the rest are answered from
+// memory, not by asking every layer again.
+func TestMissingNamesMergeTheDirectory(t *testing.T) {
+	top, bottom := layertree.NewMem(), layertree.NewMem()
+	bottom.Add("bin/sh", layertree.Entry{Mode: layertree.ModeRegular | 0o755}, []byte("sh"), nil)
+	top.Add("bin/ls", layertree.Entry{Mode: layertree.ModeRegular | 0o755}, []byte("ls"), nil)
+	ct, cb := &countingTree{Tree: top, listings: map[string]int{}}, &countingTree{Tree: bottom, listings: map[string]int{}}
+	mnt := mountTrees(t, ct, cb)
+	for i := 0; i < 3*lookupOneMax; i++ {
+		if _, err := os.Lstat(filepath.Join(mnt, "bin", fmt.Sprintf("missing-%d", i))); !os.IsNotExist(err) {
+			t.Fatalf("missing-%d: %v", i, err)
+		}
+	}
+	if n := ct.listed("bin") + cb.listed("bin"); n != 2 {
+		t.Errorf("after %d lookups of missing names the directory was listed %d times in its 2 layers, want once each", 3*lookupOneMax, n)
+	}
+	for _, name := range []string{"sh", "ls"} {
+		if _, err := os.Lstat(filepath.Join(mnt, "bin", name)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}

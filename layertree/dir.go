@@ -292,7 +292,8 @@ var markerNames = map[string]markers{
 
 // markers tells which marker attributes the file has.
 func (d *Dir) markers(f fileAt) markers {
-	buf := make([]byte, 512)
+	var stack [512]byte
+	buf := stack[:]
 	n, err := d.listxattr(f, buf)
 	if errors.Is(err, unix.ERANGE) {
 		if size, err2 := d.listxattr(f, nil); err2 == nil {
