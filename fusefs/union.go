@@ -324,16 +324,24 @@ func statEntries(ctx context.Context, t layertree.Tree, dir, name string) ([]lay
 // and its lower listings, top first, into the directory's records; it
 // also returns the lower layers that show (up to an opaque one).
 func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []layertree.Entry, listings []listing) (map[string]*child, []layerRef, syscall.Errno) {
-	out := map[string]*child{}
-	hidden := map[string]bool{} // whited out, or shadowed by a non-directory
-	closed := map[string]bool{} // directories whose lower layers are hidden
+	size := len(upperEnts)
+	for _, l := range listings {
+		size += len(l.ents)
+	}
+	out := make(map[string]*child, size)
+	// What the layers above say of a name: whited out or shadowed by a
+	// non-directory (hidden), or a directory whose lower layers do not
+	// show (closed). One map sized once: merging is per entry.
+	flags := make(map[string]uint8, size)
+	hidden := func(name string) bool { return flags[name]&hiddenFlag != 0 }
+	closed := func(name string) bool { return flags[name]&closedFlag != 0 }
 	for _, e := range upperEnts {
 		if e.Name == layertree.OpaqueMarker {
 			c.lowers, listings = nil, nil // nothing below shows
 			continue
 		}
 		if e.Whiteout {
-			hidden[e.Name] = true
+			flags[e.Name] |= hiddenFlag
 			continue
 		}
 		ino, kept := u.upperIno(join(path, e.Name), e)
@@ -344,7 +352,7 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 		out[e.Name] = ch
 		switch {
 		case !e.IsDir():
-			hidden[e.Name] = true
+			flags[e.Name] |= hiddenFlag
 		case e.Redirect != "":
 			ch.lowers = u.resolveDir(ctx, redirectTarget(path, e.Redirect))
 			if len(ch.lowers) > 0 && !kept {
@@ -353,9 +361,9 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 					ch.ino = u.ino(ref.idx, ref.path, le)
 				}
 			}
-			closed[e.Name] = true
+			flags[e.Name] |= closedFlag
 		case e.Opaque:
-			closed[e.Name] = true
+			flags[e.Name] |= closedFlag
 		}
 	}
 	lowers := c.lowers // the layers that show: up to an opaque one
@@ -372,11 +380,11 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 			if e.Name == layertree.OpaqueMarker {
 				continue
 			}
-			if hidden[e.Name] || closed[e.Name] {
+			if flags[e.Name] != 0 {
 				if ch, ok := out[e.Name]; ok && ch.upper && !e.Whiteout {
 					ch.covers = true
 				}
-				if hidden[e.Name] {
+				if hidden(e.Name) {
 					continue
 				}
 			}
@@ -384,9 +392,9 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 				// Below a whiteout nothing of the name shows: not even
 				// in a directory of that name above it.
 				if _, ok := out[e.Name]; ok {
-					closed[e.Name] = true
+					flags[e.Name] |= closedFlag
 				} else {
-					hidden[e.Name] = true
+					flags[e.Name] |= hiddenFlag
 				}
 				continue
 			}
@@ -399,14 +407,14 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 				}
 				out[e.Name] = nc
 				if !e.IsDir() {
-					hidden[e.Name] = true
+					flags[e.Name] |= hiddenFlag
 				} else if e.Opaque {
-					closed[e.Name] = true
+					flags[e.Name] |= closedFlag
 				}
 				continue
 			}
-			if !e.IsDir() || closed[e.Name] {
-				closed[e.Name] = true
+			if !e.IsDir() || closed(e.Name) {
+				flags[e.Name] |= closedFlag
 				continue
 			}
 			// A lower directory under an upper one merges into it, and
@@ -419,7 +427,7 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 				ch.entry = withName(e, ch.entry.Name)
 			}
 			if e.Opaque {
-				closed[e.Name] = true
+				flags[e.Name] |= closedFlag
 			}
 		}
 		if len(lowers) == i+1 {
@@ -428,6 +436,12 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 	}
 	return out, lowers, 0
 }
+
+// Flags of a name during a merge (resolve).
+const (
+	hiddenFlag uint8 = 1 << iota
+	closedFlag
+)
 
 type listing struct {
 	ents []layertree.Entry
