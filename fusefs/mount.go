@@ -1,9 +1,15 @@
 package fusefs
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -35,6 +41,25 @@ type MountOptions struct {
 // (default_permissions), as a container rootfs needs; read-only when the
 // union has no upper directory.
 func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
+	mo := serverOptions(o, u.readOnly())
+	srv, err := fuse.NewServer(rawFS(u, mo), dir, &mo)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	}
+	go srv.Serve()
+	// NewServer has mounted and answered INIT: the mount is live. What
+	// WaitMount adds is the poll hack.
+	if !o.NoLocalClients {
+		if err := srv.WaitMount(); err != nil {
+			return nil, fmt.Errorf("mount %s: %w", dir, err)
+		}
+	}
+	return srv, nil
+}
+
+// serverOptions are the FUSE server's options for a union, read-only or
+// not.
+func serverOptions(o MountOptions, readOnly bool) fuse.MountOptions {
 	if o.FsName == "" {
 		o.FsName = "strata"
 	}
@@ -47,7 +72,7 @@ func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 		opts = append(opts, "suid", "dev")
 	}
 	opts = append(opts, o.Options...)
-	if u.readOnly() {
+	if readOnly {
 		opts = append(opts, "ro")
 	}
 	mo := fuse.MountOptions{
@@ -71,25 +96,113 @@ func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 	} else {
 		mo.Options = opts // fusermount3 understands them all
 	}
-	raw := fs.NewNodeFS(u.Root(), &fs.Options{
+	return mo
+}
+
+// rawFS is the file system go-fuse serves for u.
+func rawFS(u *Union, mo fuse.MountOptions) fuse.RawFileSystem {
+	return newWithoutOpendir(fs.NewNodeFS(u.Root(), &fs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &u.timeout,
 		AttrTimeout:     &u.timeout,
 		NegativeTimeout: &u.timeout,
-	})
-	srv, err := fuse.NewServer(newWithoutOpendir(raw), dir, &mo)
+	}))
+}
+
+// Device is a FUSE connection for a mount that another process makes: a
+// container's init mounts its root filesystem in the container's own
+// mount namespace, so that only the container sees it and it goes with
+// the container's last process, with no mount in the host's namespace to
+// remove or to leave behind. Open one, hand the process File and the
+// mount(2) arguments (Source, FSType, Flags, Data), and Serve a writable
+// union once it has mounted.
+type Device struct {
+	// File is the device for the mounting process, a duplicate of the
+	// server's; the caller closes it once handed over.
+	File *os.File
+	// Source, FSType and Flags are mount(2)'s; Data has %d where the
+	// mounting process's number for File goes.
+	Source, FSType, Data string
+	Flags                uintptr
+
+	fd   int // the server's
+	mo   fuse.MountOptions
+	srv  *fuse.Server
+	done chan struct{}
+}
+
+// OpenDevice opens a FUSE device, to be mounted by root (the kernel takes
+// a mount from the descriptor with CAP_SYS_ADMIN).
+func OpenDevice(o MountOptions) (*Device, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("a FUSE device is mounted by root")
+	}
+	mo := serverOptions(o, false)
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", dir, err)
+		return nil, fmt.Errorf("open /dev/fuse: %w", err)
 	}
-	go srv.Serve()
-	// NewServer has mounted and answered INIT: the mount is live. What
-	// WaitMount adds is the poll hack.
-	if !o.NoLocalClients {
-		if err := srv.WaitMount(); err != nil {
-			return nil, fmt.Errorf("mount %s: %w", dir, err)
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	mo.MaxWrite = maxWrite
+	data := []string{"fd=%d", "rootmode=40000", fmt.Sprintf("user_id=%d", os.Geteuid()),
+		fmt.Sprintf("group_id=%d", os.Getegid()), fmt.Sprintf("max_read=%d", mo.MaxWrite), "allow_other"}
+	data = append(data, mo.Options...)
+	// The server reads the device it is given (go-fuse's /dev/fd/N) and
+	// mounts nothing itself.
+	mo.DirectMount = false
+	return &Device{
+		File: os.NewFile(uintptr(dup), "/dev/fuse"), Source: mo.FsName, FSType: "fuse." + mo.Name,
+		Data: strings.Join(data, ","), Flags: mo.DirectMountFlags,
+		fd: fd, mo: mo, done: make(chan struct{}),
+	}, nil
+}
+
+// maxWrite is the largest write the server takes (go-fuse's default), set
+// here because the mount's max_read names it too.
+const maxWrite = 128 << 10
+
+// Serve answers the kernel's INIT, which the mount has queued, and serves
+// u on the mount until it goes away. Call it once the mount is made:
+// before, the device has no connection to read.
+func (d *Device) Serve(u *Union) error {
+	if u.readOnly() {
+		return errors.New("a device serves a writable union")
+	}
+	srv, err := fuse.NewServer(rawFS(u, d.mo), "/dev/fd/"+strconv.Itoa(d.fd), &d.mo)
+	if err != nil {
+		close(d.done) // go-fuse closed the device
+		return fmt.Errorf("serve the mount: %w", err)
+	}
+	d.srv = srv
+	go func() {
+		srv.Serve()
+		close(d.done)
+	}()
+	return nil
+}
+
+// Close ends the device. A mounted one ends when its mount goes, with the
+// last process of the mount namespace holding it; Close waits for that
+// for at most wait, and returns: if something outside the container keeps
+// the namespace, the connection ends with this process, as with any FUSE
+// server. One never served is closed at once.
+func (d *Device) Close(wait time.Duration) {
+	if d.srv == nil {
+		select {
+		case <-d.done:
+		default:
+			unix.Close(d.fd)
 		}
+		return
 	}
-	return srv, nil
+	select {
+	case <-d.done:
+	case <-time.After(wait):
+	}
 }
 
 // vfsFlags turns the VFS options among opts into mount(2) flags, starting

@@ -14,7 +14,8 @@ import (
 // copyUp copies what the image has at m.Destination into the volume
 // directory m.Source when that is empty: files, directories and symlinks
 // with their owners, modes and times. The destination is resolved inside
-// the rootfs, so an image's symlink cannot make it copy host files.
+// the rootfs, so an image's symlink cannot make it copy host files. Init
+// does it, with the root filesystem mounted in its namespace.
 func copyUp(rootfs string, m Mount) error {
 	ents, err := os.ReadDir(m.Source)
 	if err != nil {
@@ -101,14 +102,10 @@ func copyTree(src, dst string) error {
 }
 
 func copyFile(src, dst string) error {
-	// Opened without os.Open, which would register the file with Go's
-	// poller: src lies in the union this process serves, and registering
-	// a FUSE file asks the server (fusefs.MountOptions.NoLocalClients).
-	fd, err := unix.Open(src, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	in, err := os.Open(src)
 	if err != nil {
-		return &os.PathError{Op: "open", Path: src, Err: err}
+		return err
 	}
-	in := os.NewFile(uintptr(fd), src)
 	defer in.Close()
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {

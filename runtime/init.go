@@ -23,6 +23,8 @@ const (
 	statusFd  = 4 // close-on-exec: EOF means the command started, a JSON InitError means it did not
 	consoleFd = 5 // with Spec.Tty: a socket to send the terminal's master side over
 	joinFd    = 6 // with Spec.Join: a pidfd of the container's first process
+	rootfsFd  = 7 // with Spec.RootfsMount: the device the root filesystem is mounted from
+	mountedFd = 8 // with Spec.RootfsMount: a byte written once it is mounted, so it is served
 )
 
 // InitError is why the container's command could not be started, with the
@@ -116,6 +118,11 @@ func setupContainer(spec *Spec, enterCgroup func() error) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("init: make mounts private: %w", err)
 	}
+	if m := spec.RootfsMount; m != nil {
+		if err := mountRootfs(spec.Rootfs, m); err != nil {
+			return err
+		}
+	}
 	if err := setupRootfs(spec); err != nil {
 		return err
 	}
@@ -145,6 +152,24 @@ func setupContainer(spec *Spec, enterCgroup func() error) error {
 		}
 	}
 	unix.Umask(0o022)
+	return nil
+}
+
+// mountRootfs mounts the root filesystem from its device, here in the
+// container's mount namespace, closes the device and tells the monitor,
+// which then serves the mount.
+func mountRootfs(dir string, m *DeviceMount) error {
+	err := unix.Mount(m.Source, dir, m.FSType, m.Flags, fmt.Sprintf(m.Data, rootfsFd))
+	unix.Close(rootfsFd)
+	if err != nil {
+		unix.Close(mountedFd)
+		return fmt.Errorf("init: mount the root filesystem: %w", err)
+	}
+	_, err = unix.Write(mountedFd, []byte{1})
+	unix.Close(mountedFd)
+	if err != nil {
+		return fmt.Errorf("init: report the root filesystem mounted: %w", err)
+	}
 	return nil
 }
 

@@ -20,14 +20,30 @@ import (
 	"github.com/stratafs/strata/internal/fsutil"
 )
 
-// RootfsMounter mounts a container's root filesystem: its image's layers
-// under the container layer in upper (with work beside it), at dir. The
+// RootfsMounter provides a container's root filesystem: its image's
+// layers under the container layer in upper (with work beside it). The
 // runtime does not know where images come from. Where the image lacks
 // one of points, the mounter provides it beneath the image's layers, as
 // Docker's init layer does, so that it need not be made in the container
 // layer at every start (and removed at every rm).
 type RootfsMounter interface {
-	MountRootfs(ctx context.Context, c *Container, dir, upper, work string, points []MountPoint) (unmount func() error, err error)
+	PrepareRootfs(ctx context.Context, c *Container, upper, work string, points []MountPoint) (*Rootfs, error)
+}
+
+// Rootfs is a root filesystem the container's init mounts, in the
+// container's own mount namespace, from a device: only the container
+// sees it, and it goes with the container's last process, so nothing is
+// mounted in the host's namespace to remove, or to leave behind when the
+// monitor is killed.
+type Rootfs struct {
+	// Device is what init mounts from; the runtime hands it over and
+	// closes it.
+	Device *os.File
+	Mount  DeviceMount
+	// Serve serves the file system once init has mounted it.
+	Serve func() error
+	// Release ends it once the container is gone.
+	Release func()
 }
 
 // MountPoint is a path that every container's set-up mounts on.
@@ -127,24 +143,12 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		return 125, err
 	}
 	spec.Files = append(files, spec.Files...)
-	unmount, err := m.MountRootfs(ctx, c, rootfs, upper, work, mountPoints(files))
+	fs, err := m.PrepareRootfs(ctx, c, upper, work, mountPoints(files))
 	if err != nil {
 		return 125, err
 	}
-	defer unmount()
-	prepared := make(chan struct{})
-	go func() {
-		defer close(prepared)
-		makeMountPoints(rootfs, spec.Files)
-	}()
-	defer func() { <-prepared }() // before the rootfs is unmounted
-	for _, mnt := range spec.Mounts {
-		if mnt.CopyUp {
-			if err := copyUp(rootfs, mnt); err != nil {
-				return 125, err
-			}
-		}
-	}
+	defer fs.Release()
+	spec.RootfsMount = &fs.Mount
 
 	logw, err := openLog(filepath.Join(dir, "container.log"))
 	if err != nil {
@@ -181,7 +185,7 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		}
 		return cg.Add(pid)
 	}
-	p, err := StartProcess(&spec, stdio, filepath.Join(dir, "init"), place)
+	p, err := StartProcess(&spec, stdio, filepath.Join(dir, "init"), place, fs)
 	outW.Close()
 	errW.Close()
 	if err != nil {

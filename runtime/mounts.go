@@ -69,24 +69,32 @@ func mkdirIn(root int, p string, file bool) error {
 
 func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
-// makeMountPoints makes, in the container's root filesystem, the mount
-// points init will need that it lacks. The mounter provides them
-// (MountPoint), so this mostly looks them up, which fills the kernel's
-// cache for init while it is still starting; what is made here is what a
-// layer's whiteout or opaque directory hid. Init makes whatever is still
-// missing itself, and reports errors, so failures here are left to it.
-// Paths are resolved inside the root, as init resolves them.
-func makeMountPoints(rootfs string, files []Mount) {
-	root, err := unix.Open(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+// lookAhead looks up, in the root filesystem init (pid) has just
+// mounted, the paths its set-up and the command's start look up: its
+// mount points, the user database, the command on PATH. Init does the
+// same next; through the union each is a round trip, and made here while
+// init is busy, they are in the kernel's cache when it gets there. What
+// is missing is left to init. Paths are resolved inside the root (its
+// mount is in init's namespace, reached through /proc/PID/root).
+func lookAhead(pid int, spec *Spec) {
+	root, err := unix.Open(fmt.Sprintf("/proc/%d/root%s", pid, spec.Rootfs), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return
 	}
 	defer unix.Close(root)
-	for _, d := range []string{"/proc", "/dev", "/sys"} {
-		mkdirIn(root, d, false)
+	paths := []string{"/proc", "/dev", "/sys", "/etc/passwd", "/etc/group"}
+	for _, f := range spec.Files {
+		paths = append(paths, f.Destination)
 	}
-	for _, f := range files {
-		mkdirIn(root, f.Destination, true)
+	if len(spec.Args) > 0 && !strings.Contains(spec.Args[0], "/") {
+		for _, dir := range strings.Split(envValue(containerEnv(spec.Env, "", ""), "PATH"), ":") {
+			paths = append(paths, path.Join(dir, spec.Args[0]))
+		}
+	}
+	for _, p := range paths {
+		if fd, err := openIn(root, p); err == nil {
+			unix.Close(fd)
+		}
 	}
 }
 
@@ -208,6 +216,15 @@ func setupRootfs(spec *Spec) error {
 	for _, f := range spec.Files {
 		if err := mountIn(root, f.Destination, f.Source, "", unix.MS_BIND, "", true); err != nil {
 			return fmt.Errorf("init: %w", err)
+		}
+	}
+	// New volumes get the image's content where they are mounted, read
+	// before anything is mounted over it.
+	for _, m := range spec.Mounts {
+		if m.CopyUp {
+			if err := copyUp(spec.Rootfs, m); err != nil {
+				return fmt.Errorf("init: %w", err)
+			}
 		}
 	}
 	// Parents before children, so a mount inside another lands on it.

@@ -11,7 +11,7 @@ import (
 
 // specProtocol numbers the form of Spec and of the descriptors init is
 // given: change it with either.
-const specProtocol = 1
+const specProtocol = 2
 
 // Spec is everything the container's first process needs: the monitor
 // hands it to the init process over a pipe.
@@ -20,10 +20,15 @@ type Spec struct {
 	// may be a strata-init of another build, which must refuse a spec it
 	// may not read right.
 	Protocol int `json:"protocol"`
-	// Rootfs is the host path of the mounted root filesystem.
-	Rootfs string   `json:"rootfs"`
-	Args   []string `json:"args"`
-	Env    []string `json:"env"`
+	// Rootfs is the host path of the root filesystem: init mounts it
+	// there (RootfsMount), or it is mounted already.
+	Rootfs string `json:"rootfs"`
+	// RootfsMount, when set, is how init mounts the root filesystem, in
+	// the container's own mount namespace, from the descriptor it is
+	// given (rootfsFd).
+	RootfsMount *DeviceMount `json:"rootfsMount,omitempty"`
+	Args        []string     `json:"args"`
+	Env         []string     `json:"env"`
 	// Cwd is created when missing, as Docker does for WorkingDir.
 	Cwd string `json:"cwd"`
 	// User is "", NAME, UID, or either with ":GROUP|GID", resolved through
@@ -50,6 +55,15 @@ type Spec struct {
 	// Files are written over paths of the container (hostname, hosts,
 	// resolv.conf): host path → container path, bind-mounted.
 	Files []Mount `json:"files,omitempty"`
+}
+
+// DeviceMount is mount(2)'s arguments for a file system mounted from a
+// device descriptor; Data has %d where the descriptor's number goes.
+type DeviceMount struct {
+	Source string  `json:"source"`
+	FSType string  `json:"fstype"`
+	Flags  uintptr `json:"flags"`
+	Data   string  `json:"data"`
 }
 
 // ConsoleSize is a terminal's size in characters.

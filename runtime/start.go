@@ -35,27 +35,31 @@ type Process struct {
 // container's directory), run as `strata init` in new mount, PID, UTS, IPC
 // and cgroup namespaces (and network, unless spec.Network is "host").
 // place is called with its PID before it does anything, to put it in its
-// cgroups. It returns once the command runs, or with an *InitError when
-// it could not be started.
-func StartProcess(spec *Spec, stdio Stdio, self string, place func(pid int) error) (*Process, error) {
+// cgroups. Init mounts rootfs (nil: spec.Rootfs is mounted already) and
+// rootfs is served once it has. It returns once the command runs, or with
+// an *InitError when it could not be started.
+func StartProcess(spec *Spec, stdio Stdio, self string, place func(pid int) error, rootfs *Rootfs) (*Process, error) {
 	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC)
 	if spec.Network != "host" {
 		flags |= unix.CLONE_NEWNET
 	}
 	s := *spec
 	s.Join = false
-	return start(&s, stdio, self, place, flags, nil)
+	if rootfs == nil {
+		s.RootfsMount = nil
+	}
+	return start(&s, stdio, self, place, flags, nil, rootfs)
 }
 
 // execProcess starts a process in the namespaces of a running container,
 // whose first process pidfd refers to.
 func execProcess(pidfd *os.File, spec *Spec, stdio Stdio, self string, place func(pid int) error) (*Process, error) {
 	s := *spec
-	s.Join = true
-	return start(&s, stdio, self, place, 0, pidfd)
+	s.Join, s.RootfsMount = true, nil
+	return start(&s, stdio, self, place, 0, pidfd, nil)
 }
 
-func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, cloneFlags uintptr, join *os.File) (*Process, error) {
+func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, cloneFlags uintptr, join *os.File, rootfs *Rootfs) (*Process, error) {
 	release, err := readOnlyInit(self)
 	if err != nil {
 		return nil, err
@@ -84,8 +88,19 @@ func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, clon
 		defer consoleThere.Close()
 	}
 
-	extra := make([]*os.File, joinFd-specFd+1)
+	var mountedR, mountedW *os.File
+	if rootfs != nil {
+		if mountedR, mountedW, err = os.Pipe(); err != nil {
+			return nil, err
+		}
+		defer mountedR.Close()
+		defer mountedW.Close()
+	}
+	extra := make([]*os.File, mountedFd-specFd+1)
 	extra[specFd-3], extra[statusFd-3], extra[consoleFd-3], extra[joinFd-3] = specR, statusW, consoleThere, join
+	if rootfs != nil {
+		extra[rootfsFd-3], extra[mountedFd-3] = rootfs.Device, mountedW
+	}
 	cmd := &exec.Cmd{
 		Path:       self,
 		Args:       []string{"strata", "init"},
@@ -119,6 +134,31 @@ func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, clon
 	if consoleThere != nil {
 		consoleThere.Close()
 	}
+	// Init mounts the root filesystem once it has read the spec: serve it
+	// then. If init fails first, the pipe closes empty.
+	served := make(chan error, 1)
+	if rootfs != nil {
+		rootfs.Device.Close()
+		mountedW.Close()
+		go func() {
+			var b [1]byte
+			if n, _ := mountedR.Read(b[:]); n == 0 {
+				served <- nil
+				return
+			}
+			err := rootfs.Serve()
+			if err != nil {
+				// Init waits for the mount to answer: it cannot go on.
+				cmd.Process.Kill()
+			}
+			served <- err
+			if err == nil {
+				lookAhead(cmd.Process.Pid, spec)
+			}
+		}()
+	} else {
+		served <- nil
+	}
 	p := &Process{cmd: cmd, Pid: cmd.Process.Pid}
 	fail := func(err error) (*Process, error) {
 		cmd.Process.Kill()
@@ -138,6 +178,10 @@ func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, clon
 	msg, err := io.ReadAll(statusR)
 	if err != nil {
 		return fail(err)
+	}
+	if err := <-served; err != nil {
+		cmd.Wait()
+		return nil, err
 	}
 	if len(msg) > 0 {
 		var ie InitError

@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 
+	"github.com/stratafs/strata/fusefs"
 	"github.com/stratafs/strata/internal/daemon"
 	"github.com/stratafs/strata/internal/term"
 	"github.com/stratafs/strata/layertree"
@@ -324,7 +324,7 @@ type storeMounter struct {
 	onOpen func(string)
 }
 
-func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir, upper, work string, points []runtime.MountPoint) (func() error, error) {
+func (m storeMounter) PrepareRootfs(ctx context.Context, c *runtime.Container, upper, work string, points []runtime.MountPoint) (*runtime.Rootfs, error) {
 	s, err := m.a.Store()
 	if err != nil {
 		return nil, err
@@ -333,8 +333,6 @@ func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir
 	if err != nil {
 		return nil, err
 	}
-	// A FUSE mount left by a monitor that was killed.
-	unix.Unmount(dir, unix.MNT_DETACH)
 	// In use while the container runs: eviction keeps its lazy chunks.
 	// (The container's record keeps the image itself from removal.)
 	unpin := func() {}
@@ -343,22 +341,40 @@ func (m storeMounter) MountRootfs(ctx context.Context, c *runtime.Container, dir
 			return nil, err
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	srv, err := m.a.mountImage(ctx, rec, dir, upper, work, "strata:"+c.ID[:12], c.Annotations[backgroundFetchAnnotation] != "false", m.onOpen, mountPointLayer(points, c.Created))
+	dev, err := fusefs.OpenDevice(fusefs.MountOptions{FsName: "strata:" + c.ID[:12], Container: true})
 	if err != nil {
-		cancel()
 		unpin()
 		return nil, err
 	}
-	return func() error {
-		defer unpin()
-		defer cancel()
-		err := srv.Unmount()
-		if err != nil {
-			err = unix.Unmount(dir, unix.MNT_DETACH)
-		}
-		srv.Wait()
-		return err
+	// The union is made while init starts; it is served once init has
+	// mounted the device.
+	ctx, cancel := context.WithCancel(ctx)
+	type union struct {
+		u   *fusefs.Union
+		err error
+	}
+	made := make(chan union, 1)
+	go func() {
+		u, err := m.a.imageUnion(ctx, rec, upper, work, c.Annotations[backgroundFetchAnnotation] != "false", m.onOpen, mountPointLayer(points, c.Created))
+		made <- union{u, err}
+	}()
+	return &runtime.Rootfs{
+		Device: dev.File,
+		Mount:  runtime.DeviceMount{Source: dev.Source, FSType: dev.FSType, Flags: dev.Flags, Data: dev.Data},
+		Serve: func() error {
+			u := <-made
+			if u.err != nil {
+				return u.err
+			}
+			return dev.Serve(u.u)
+		},
+		Release: func() {
+			// The mount goes with the container's mount namespace, as its
+			// last process ends; the server then ends too.
+			dev.Close(time.Second)
+			cancel()
+			unpin()
+		},
 	}, nil
 }
 

@@ -141,7 +141,7 @@ func (a *app) serveMount(ctx context.Context, image, dir, upper string, backgrou
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	srv, err := a.mountImage(ctx, rec, dir, upperDir, workDir, "strata:"+lazypull.ShortID(rec.ConfigDigest), background, nil)
+	srv, err := a.mountImage(ctx, rec, dir, upperDir, workDir, "strata:"+lazypull.ShortID(rec.ConfigDigest), background)
 	if err != nil {
 		return err
 	}
@@ -153,7 +153,20 @@ func (a *app) serveMount(ctx context.Context, image, dir, upper string, backgrou
 // dir as a container root, served by this process.
 // Lazy layers fetch their prioritized files at once and, with background,
 // the rest after, until ctx ends.
-func (a *app) mountImage(ctx context.Context, rec *lazypull.ImageRecord, dir, upper, work, fsName string, background bool, onOpen func(string), below ...layertree.Tree) (*fuse.Server, error) {
+func (a *app) mountImage(ctx context.Context, rec *lazypull.ImageRecord, dir, upper, work, fsName string, background bool) (*fuse.Server, error) {
+	u, err := a.imageUnion(ctx, rec, upper, work, background, nil)
+	if err != nil {
+		return nil, err
+	}
+	// The serving process reads the mount only through raw syscalls.
+	return fusefs.Mount(dir, u, fusefs.MountOptions{FsName: fsName, Container: true, NoLocalClients: true})
+}
+
+// imageUnion is the union of an image's layers, and of the layers below
+// them, under upper (none: read-only). Lazy layers fetch their
+// prioritized files at once and, with background, the rest after, until
+// ctx ends.
+func (a *app) imageUnion(ctx context.Context, rec *lazypull.ImageRecord, upper, work string, background bool, onOpen func(string), below ...layertree.Tree) (*fusefs.Union, error) {
 	opts, err := a.pullOptions("", nil)
 	if err != nil {
 		return nil, err
@@ -162,14 +175,7 @@ func (a *app) mountImage(ctx context.Context, rec *lazypull.ImageRecord, dir, up
 	if err != nil {
 		return nil, err
 	}
-	layers = append(layers, below...)
-	u, err := fusefs.New(fusefs.Options{Layers: layers, UpperDir: upper, WorkDir: work, Logger: a.log, OnOpen: onOpen})
-	if err != nil {
-		return nil, err
-	}
-	// The serving process (a container's monitor, a mount's server) reads
-	// the mount only through raw syscalls.
-	return fusefs.Mount(dir, u, fusefs.MountOptions{FsName: fsName, Container: true, NoLocalClients: true})
+	return fusefs.New(fusefs.Options{Layers: append(layers, below...), UpperDir: upper, WorkDir: work, Logger: a.log, OnOpen: onOpen})
 }
 
 func umountVerb() *verb {

@@ -272,6 +272,14 @@ func TestDetachedLogsStopKill(t *testing.T) {
 func TestMonitorKilled(t *testing.T) {
 	root, ref := runImage(t)
 	id := strings.TrimSpace(mustStrata(t, root, "run", "-d", ref, "sleep", "1000"))
+	// The root filesystem is mounted in the container's own mount
+	// namespace only: the host's has no mount of it.
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), id) {
+		t.Errorf("a running container's root filesystem is mounted in the host's namespace:\n%s", b)
+	}
+	if out := mustStrata(t, root, "exec", id, "sh", "-c", "grep ' / / ' /proc/self/mountinfo"); !strings.Contains(out, "fuse.strata") {
+		t.Errorf("the container's root is not the union: %s", out)
+	}
 	pid := monitorPID(t, id)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
