@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	goruntime "runtime"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -160,9 +161,12 @@ func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, clon
 		served <- nil
 	}
 	p := &Process{cmd: cmd, Pid: cmd.Process.Pid}
+	// Whatever happens, the device is not served after start returns.
+	waitServed := sync.OnceValue(func() error { return <-served })
 	fail := func(err error) (*Process, error) {
 		cmd.Process.Kill()
 		cmd.Wait()
+		waitServed()
 		return nil, err
 	}
 	spec.Protocol = specProtocol // spec is start's own copy
@@ -179,7 +183,7 @@ func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, clon
 	if err != nil {
 		return fail(err)
 	}
-	if err := <-served; err != nil {
+	if err := waitServed(); err != nil {
 		cmd.Wait()
 		return nil, err
 	}

@@ -425,3 +425,32 @@ func TestInitBinary(t *testing.T) {
 		}
 	}
 }
+
+// A root filesystem that cannot be served (a layer gone from the store)
+// fails the start with strata's code and a message naming the layer; init,
+// waiting for its mount, is not left behind, and --rm leaves nothing.
+func TestRunWithALayerGone(t *testing.T) {
+	root, ref := runImage(t)
+	layers, err := os.ReadDir(filepath.Join(root, "layers"))
+	if err != nil || len(layers) == 0 {
+		t.Fatalf("layers: %v %v", layers, err)
+	}
+	fs := filepath.Join(root, "layers", layers[0].Name(), "fs")
+	if err := os.Rename(fs, fs+".gone"); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Rename(fs+".gone", fs)
+	done := make(chan result, 1)
+	go func() { done <- strata(t, root, "run", "--rm", ref, "true") }()
+	select {
+	case r := <-done:
+		if r.code != 125 || !strings.Contains(r.stderr, layers[0].Name()) {
+			t.Errorf("run with a layer gone: exit %d, stderr %q", r.code, r.stderr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("run with a layer gone hangs")
+	}
+	if out := mustStrata(t, root, "ps", "-a", "-q"); out != "" {
+		t.Errorf("containers left: %s", out)
+	}
+}
