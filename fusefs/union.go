@@ -354,7 +354,7 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 		case !e.IsDir():
 			flags[e.Name] |= hiddenFlag
 		case e.Redirect != "":
-			ch.lowers = u.resolveDir(ctx, redirectTarget(path, e.Redirect))
+			ch.lowers = u.resolveDir(ctx, 0, redirectTarget(path, e.Redirect))
 			if len(ch.lowers) > 0 && !kept {
 				ref := ch.lowers[0]
 				if le, err := u.layers[ref.idx].Stat(ctx, ref.path); err == nil {
@@ -399,16 +399,22 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 				continue
 			}
 			cref := layerRef{idx: ref.idx, path: join(ref.path, e.Name)}
+			// A directory renamed in this layer (as an upper it was) has
+			// its content below at the redirect's path, not at its name.
+			var redirected []layerRef
+			if e.IsDir() && e.Redirect != "" && !e.Opaque {
+				redirected = u.resolveDir(ctx, ref.idx+1, redirectTarget(ref.path, e.Redirect))
+			}
 			ch, ok := out[e.Name]
 			if !ok {
-				nc := &child{entry: e, lowers: []layerRef{cref}, ino: u.ino(ref.idx, cref.path, e)}
+				nc := &child{entry: e, lowers: append([]layerRef{cref}, redirected...), ino: u.ino(ref.idx, cref.path, e)}
 				if !e.IsDir() && e.Nlink > 1 {
 					nc = u.shareLink(nc)
 				}
 				out[e.Name] = nc
 				if !e.IsDir() {
 					flags[e.Name] |= hiddenFlag
-				} else if e.Opaque {
+				} else if e.Opaque || e.Redirect != "" {
 					flags[e.Name] |= closedFlag
 				}
 				continue
@@ -422,11 +428,11 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 			if len(ch.lowers) == 0 && !ch.inoKept {
 				ch.ino = u.ino(ref.idx, cref.path, e)
 			}
-			ch.lowers = append(ch.lowers, cref)
+			ch.lowers = append(append(ch.lowers, cref), redirected...)
 			if !ch.upper && ch.entry.Implied && !e.Implied {
 				ch.entry = withName(e, ch.entry.Name)
 			}
-			if e.Opaque {
+			if e.Opaque || e.Redirect != "" {
 				flags[e.Name] |= closedFlag
 			}
 		}
@@ -487,12 +493,14 @@ func (u *Union) shareLink(c *child) *child {
 	return c
 }
 
-// resolveDir finds the lower directories at path, top first, stopping at
-// an opaque one or where a layer has something else there.
-func (u *Union) resolveDir(ctx context.Context, path string) []layerRef {
+// resolveDir finds the lower directories at path in layers from the
+// index from on, top first, stopping at an opaque one or where a layer
+// has something else there, and following each layer's redirect to the
+// path its directory was renamed from.
+func (u *Union) resolveDir(ctx context.Context, from int, path string) []layerRef {
 	var out []layerRef
-	for i, l := range u.layers {
-		e, err := l.Stat(ctx, path)
+	for i := from; i < len(u.layers); i++ {
+		e, err := u.layers[i].Stat(ctx, path)
 		if err != nil {
 			continue
 		}
@@ -503,8 +511,20 @@ func (u *Union) resolveDir(ctx context.Context, path string) []layerRef {
 		if e.Opaque {
 			break
 		}
+		if e.Redirect != "" {
+			parent, _ := splitLast(path)
+			path = redirectTarget(parent, e.Redirect)
+		}
 	}
 	return out
+}
+
+// splitLast splits a path at its last slash: parent and name.
+func splitLast(p string) (string, string) {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[:i], p[i+1:]
+	}
+	return "", p
 }
 
 // redirectTarget turns a redirect xattr into a lower path: absolute ones

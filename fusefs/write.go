@@ -812,6 +812,16 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	from := filepath.Join(n.upperPath(), name)
 	to := filepath.Join(np.upperPath(), newName)
+	n.u.mu.Lock()
+	covered := dstExists && (len(dst.lowers) > 0 || dst.covers) || !dstExists && np.lowerHas(ctx, newName)
+	n.u.mu.Unlock()
+	if srcEntry.IsDir() && len(sc.lowers) == 0 && covered {
+		// A directory of the upper alone, moved where a lower directory
+		// was (shown or deleted), must hide that one's content.
+		if err := unix.Lsetxattr(from, n.u.format.prefix+"opaque", []byte("y"), 0); err != nil {
+			return fs.ToErrno(err)
+		}
+	}
 	if srcEntry.IsDir() && len(sc.lowers) > 0 {
 		redirect := "/" + sc.lowers[0].path
 		if err := unix.Lsetxattr(from, n.u.format.prefix+"redirect", []byte(redirect), 0); err != nil {
@@ -828,10 +838,6 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 					return fs.ToErrno(err)
 				}
 			}
-		}
-		if len(dc.lowers) > 0 && srcEntry.IsDir() && len(sc.lowers) == 0 {
-			// The moved directory must hide the lower one it replaces.
-			unix.Lsetxattr(from, n.u.format.prefix+"opaque", []byte("y"), 0)
 		}
 	} else {
 		// A whiteout may hold the target name in the upper.
@@ -852,8 +858,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	n.u.mu.Lock()
 	delete(n.children, name)
 	// What the target name covered below, it still covers.
-	src.c.covers = dstExists && (dst.covers || len(dst.lowers) > 0) ||
-		!dstExists && np.lowerHas(ctx, newName)
+	src.c.covers = covered
 	if np.merged {
 		np.children[newName] = src.c
 	}
@@ -965,9 +970,13 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	}
 	if sz, ok := in.GetSize(); ok {
 		var err error
-		if f != nil {
+		if f != nil && writable(f.fd) {
 			err = unix.Ftruncate(f.fd, int64(sz))
 		} else {
+			// truncate(2) and O_TRUNC name no descriptor, and the one
+			// borrowed may be read-only: truncate by name (through the
+			// descriptor's magic link when there is one, which reaches
+			// the file whatever its name now).
 			err = unix.Truncate(p, int64(sz))
 		}
 		if err != nil {
@@ -1221,6 +1230,12 @@ func (f *upperFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 // FOPEN_NOFLUSH, so that close(2) does not wait for a round trip; a kernel
 // that still sends FLUSH gets this.
 func (f *upperFile) Flush(ctx context.Context) syscall.Errno { return 0 }
+
+// writable tells whether a descriptor is open for writing.
+func writable(fd int) bool {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	return err == nil && fl&unix.O_ACCMODE != unix.O_RDONLY
+}
 
 func (f *upperFile) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
 	return fs.ToErrno(unix.Fallocate(f.fd, mode, int64(off), int64(size)))
