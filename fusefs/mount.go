@@ -106,6 +106,10 @@ func rawFS(u *Union, mo fuse.MountOptions) fuse.RawFileSystem {
 		EntryTimeout:    &u.timeout,
 		AttrTimeout:     &u.timeout,
 		NegativeTimeout: &u.timeout,
+		// A file's mode is its own, 0000 too (go-fuse would show 0644,
+		// and the kernel's permission checks would let anyone read a
+		// 0000 /etc/shadow).
+		NullPermissions: true,
 	}))
 }
 

@@ -2,9 +2,11 @@ package fusefs
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -248,4 +250,65 @@ func TestLowerWhiteoutClosesUpperDirectory(t *testing.T) {
 	srv.Unmount()
 	mountKernel(t, []string{top, bottom}, upper, kwork, kmnt)
 	check("kernel overlayfs", kmnt)
+}
+
+// A new entry gets the mode its creator asked for, the creator's umask
+// applied (by the kernel) and not the server's; root keeps set-user-ID
+// and set-group-ID bits, and mode 0000 stays 0000.
+func TestCreatedModes(t *testing.T) {
+	old := unix.Umask(0o022) // the server's, here the test's own
+	defer unix.Umask(old)
+	mnt, _ := mountWritable(t, twoLayers(t))
+	script := `set -e; cd "$1"; umask 0
+mkdir -m 0777 d777; mkdir -m 01777 sticky; mkdir -m 0 d0
+python3 -c 'import os; [os.close(os.open(n, os.O_CREAT|os.O_WRONLY, m)) for n, m in (("f620", 0o620), ("f0", 0), ("suid", 0o4777), ("sgid", 0o2755))]'
+mkfifo -m 0666 fifo; umask 027; python3 -c 'import os; os.mkdir("masked", 0o777)'`
+	if out, err := exec.Command("sh", "-c", script, "sh", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	for name, want := range map[string]uint32{"d777": 0o777, "sticky": 0o1777, "d0": 0, "f620": 0o620, "f0": 0,
+		"suid": 0o4777, "sgid": 0o2755, "fifo": 0o666, "masked": 0o750} {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(mnt, name), &st); err != nil || st.Mode&0o7777 != want {
+			t.Errorf("%s: mode %o, %v; want %o", name, st.Mode&0o7777, err, want)
+		}
+	}
+}
+
+// A file of mode 0000 shows as such, and the kernel's permission checks
+// keep it from other users (go-fuse by default shows 0000 as 0644).
+func TestNullPermissions(t *testing.T) {
+	layers := twoLayers(t)
+	secret := filepath.Join(layers[1], "etc/shadow")
+	if err := os.WriteFile(secret, []byte("secret\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	mnt, _ := mountWritable(t, layers)
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(mnt, "etc/shadow"), &st); err != nil || st.Mode&0o7777 != 0 {
+		t.Errorf("etc/shadow: mode %o, %v; want 0", st.Mode&0o7777, err)
+	}
+	cat := exec.Command("cat", filepath.Join(mnt, "etc/shadow"))
+	cat.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := cat.CombinedOutput(); err == nil || bytes.Contains(out, []byte("secret")) {
+		t.Errorf("another user read a 0000 file: %q, %v", out, err)
+	}
+}
+
+// A name longer than NAME_MAX is refused with ENAMETOOLONG, as by the
+// layers' file systems, not reported missing.
+func TestNameTooLong(t *testing.T) {
+	mnt, _ := mountWritable(t, twoLayers(t))
+	os.ReadDir(filepath.Join(mnt, "etc")) // merged: answered from the merge, not by the layers
+	long := filepath.Join(mnt, "etc", string(bytes.Repeat([]byte("x"), 256)))
+	var st unix.Stat_t
+	if err := unix.Lstat(long, &st); err != unix.ENAMETOOLONG {
+		t.Errorf("lstat of a 256-byte name: %v; want ENAMETOOLONG", err)
+	}
+	if err := os.WriteFile(long, nil, 0o644); !errors.Is(err, unix.ENAMETOOLONG) {
+		t.Errorf("create of a 256-byte name: %v; want ENAMETOOLONG", err)
+	}
+	if err := os.WriteFile(long[:len(long)-1], nil, 0o644); err != nil {
+		t.Errorf("create of a 255-byte name: %v", err)
+	}
 }

@@ -570,7 +570,11 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 
 // lookup is Lookup for callers holding wmu.
 func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	if validName(name) != 0 {
+	switch validName(name) {
+	case 0:
+	case syscall.ENAMETOOLONG:
+		return nil, syscall.ENAMETOOLONG
+	default:
 		return nil, syscall.ENOENT // whiteout markers never show
 	}
 	n.u.mu.Lock()

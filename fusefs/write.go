@@ -73,13 +73,20 @@ func (u *Union) openUpper(upper, work string) error {
 
 func (u *Union) readOnly() bool { return u.upper == nil }
 
-// validName refuses names the union reserves.
+// validName refuses names longer than the layers' file systems take
+// (NAME_MAX), and names the union reserves.
 func validName(name string) syscall.Errno {
+	if len(name) > nameMax {
+		return syscall.ENAMETOOLONG
+	}
 	if strings.HasPrefix(name, whiteout.Prefix) {
 		return syscall.EINVAL
 	}
 	return 0
 }
+
+// nameMax is the longest name the union takes, as Linux's file systems.
+const nameMax = 255
 
 // copyUp makes n exist in the upper: its parents first, then n itself,
 // built in the work directory and renamed into place whole, so a crash
@@ -425,14 +432,37 @@ func (u *Union) allocIno() (uint64, syscall.Errno) {
 }
 
 // own gives a new upper entry to the caller, with the group of a setgid
-// directory as the kernel would.
-func (n *node) own(ctx context.Context, path string) syscall.Errno {
+// directory as the kernel would, and then the mode the caller asked for
+// (mode's permission bits, the caller's umask applied by the kernel):
+// this process's own umask took bits off at creation, and the chown took
+// the set-user- and set-group-ID bits. A directory in a setgid one is
+// setgid too; a file there keeps set-group-ID only for a member of the
+// group (as far as the request tells: its primary group) or root. A
+// symlink has no mode of its own.
+func (n *node) own(ctx context.Context, path string, mode uint32) syscall.Errno {
 	uid, gid := caller(ctx)
 	var pst unix.Stat_t
-	if unix.Stat(n.upperPath(), &pst) == nil && pst.Mode&unix.S_ISGID != 0 {
+	inherit := unix.Stat(n.upperPath(), &pst) == nil && pst.Mode&unix.S_ISGID != 0
+	if inherit {
 		gid = pst.Gid
 	}
-	return fs.ToErrno(unix.Lchown(path, int(uid), int(gid)))
+	if err := unix.Lchown(path, int(uid), int(gid)); err != nil {
+		return fs.ToErrno(err)
+	}
+	perm := mode & 0o7777
+	switch mode & unix.S_IFMT {
+	case unix.S_IFLNK:
+		return 0
+	case unix.S_IFDIR:
+		if inherit {
+			perm |= unix.S_ISGID
+		}
+	default:
+		if inherit && uid != 0 && gid != pst.Gid {
+			perm &^= unix.S_ISGID
+		}
+	}
+	return fs.ToErrno(unix.Chmod(path, perm))
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -449,13 +479,9 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if err := unix.Mkdir(p, mode&0o7777); err != nil {
 		return nil, fs.ToErrno(err)
 	}
-	if errno := n.own(ctx, p); errno != 0 {
+	if errno := n.own(ctx, p, unix.S_IFDIR|mode); errno != 0 {
 		os.Remove(p)
 		return nil, errno
-	}
-	var pst unix.Stat_t
-	if unix.Stat(n.upperPath(), &pst) == nil && pst.Mode&unix.S_ISGID != 0 {
-		unix.Chmod(p, mode&0o7777|unix.S_ISGID)
 	}
 	if hadWhiteout {
 		// A new directory where one was deleted must not show the old
@@ -482,7 +508,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if err != nil {
 		return nil, nil, 0, fs.ToErrno(err)
 	}
-	if errno := n.own(ctx, p); errno != 0 {
+	if errno := n.own(ctx, p, unix.S_IFREG|mode&0o7777); errno != 0 {
 		unix.Close(fd)
 		unix.Unlink(p)
 		return nil, nil, 0, errno
@@ -509,7 +535,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	if err := unix.Symlink(target, p); err != nil {
 		return nil, fs.ToErrno(err)
 	}
-	if errno := n.own(ctx, p); errno != 0 {
+	if errno := n.own(ctx, p, unix.S_IFLNK); errno != 0 {
 		unix.Unlink(p)
 		return nil, errno
 	}
@@ -533,7 +559,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 	if err := unix.Mknod(p, mode, int(dev)); err != nil {
 		return nil, fs.ToErrno(err)
 	}
-	if errno := n.own(ctx, p); errno != 0 {
+	if errno := n.own(ctx, p, mode); errno != 0 {
 		unix.Unlink(p)
 		return nil, errno
 	}
@@ -1054,6 +1080,11 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	uid, gid := caller(ctx)
 	var st syscall.Stat_t
 	if err := unix.Fchown(fd, int(uid), int(gid)); err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, fs.ToErrno(err)
+	}
+	// The mode asked for, as own makes it.
+	if err := unix.Fchmod(fd, mode&0o7777); err != nil {
 		unix.Close(fd)
 		return nil, nil, 0, fs.ToErrno(err)
 	}
