@@ -312,3 +312,127 @@ func TestNameTooLong(t *testing.T) {
 		t.Errorf("create of a 255-byte name: %v", err)
 	}
 }
+
+// TestDeepPaths makes, renames, reads and removes files whose paths below
+// the mount are longer than PATH_MAX, as a process can by working
+// relative to open directories: the upper has them at paths just as
+// long, and a lower layer made of it shows them.
+func TestDeepPaths(t *testing.T) {
+	mnt, upper := mountWritable(t, twoLayers(t))
+	var names []string
+	for i := range 25 { // 25 × 201 bytes: past PATH_MAX
+		names = append(names, fmt.Sprintf("%02d%s", i, bytes.Repeat([]byte("d"), 198)))
+	}
+	dir := openChain(t, mnt, nil)
+	for i, name := range names {
+		if err := unix.Mkdirat(dir, name, 0o755); err != nil {
+			t.Fatalf("mkdir at depth %d: %v", i, err)
+		}
+		next := openAt(t, dir, name)
+		unix.Close(dir)
+		dir = next
+	}
+	fd, err := unix.Openat(dir, "f", unix.O_CREAT|unix.O_WRONLY|unix.O_EXCL|unix.O_CLOEXEC, 0o640)
+	if err != nil {
+		t.Fatalf("create below a path longer than PATH_MAX: %v", err)
+	}
+	unix.Write(fd, []byte("deep"))
+	unix.Close(fd)
+	if err := unix.Symlinkat("f", dir, "l"); err != nil {
+		t.Fatalf("symlink: %v", err)
+	}
+	if err := unix.Renameat(dir, "l", dir, "l2"); err != nil {
+		t.Fatalf("rename: %v", err)
+	}
+	if err := unix.Fchmodat(dir, "f", 0o600, 0); err != nil {
+		t.Fatalf("chmod: %v", err)
+	}
+	unix.Close(dir)
+
+	// Moving a shallow directory moves the deep tree; its files are then
+	// found by the new path.
+	if err := os.Rename(filepath.Join(mnt, names[0], names[1]), filepath.Join(mnt, names[0], "moved")); err != nil {
+		t.Fatal(err)
+	}
+	moved := append([]string{names[0], "moved"}, names[2:]...)
+	readDeep := func(root, what string) {
+		t.Helper()
+		dir := openChain(t, root, moved)
+		defer unix.Close(dir)
+		buf := make([]byte, 16)
+		fd, err := unix.Openat(dir, "l2", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatalf("%s: open through the symlink: %v", what, err)
+		}
+		n, _ := unix.Read(fd, buf)
+		unix.Close(fd)
+		var st unix.Stat_t
+		if err := unix.Fstatat(dir, "f", &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&0o7777 != 0o600 {
+			t.Errorf("%s: stat: %v, mode %o; want 600", what, err, st.Mode&0o7777)
+		}
+		if string(buf[:n]) != "deep" {
+			t.Errorf("%s: read %q; want %q", what, buf[:n], "deep")
+		}
+	}
+	readDeep(mnt, "the union")
+	readDeep(upper, "the upper")
+	readDeep(mountUnion(t, []string{upper}), "the upper as a lower layer")
+
+	dir = openChain(t, mnt, moved)
+	for _, name := range []string{"f", "l2"} {
+		if err := unix.Unlinkat(dir, name, 0); err != nil {
+			t.Errorf("unlink %s: %v", name, err)
+		}
+	}
+	for i := len(moved) - 1; i >= 0; i-- {
+		parent := openAt(t, dir, "..")
+		unix.Close(dir)
+		dir = parent
+		if err := unix.Unlinkat(dir, moved[i], unix.AT_REMOVEDIR); err != nil {
+			t.Fatalf("rmdir at depth %d: %v", i, err)
+		}
+	}
+	unix.Close(dir)
+	if ents, _ := os.ReadDir(upper); hasName(ents, names[0]) {
+		t.Errorf("the upper still has %.10s… after the tree was removed", names[0])
+	}
+}
+
+const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC
+
+// openChain opens the directory root/names..., one name at a time.
+func openChain(t *testing.T, root string, names []string) int {
+	t.Helper()
+	dir, err := unix.Open(root, dirFlags, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range names {
+		next, err := unix.Openat(dir, name, dirFlags, 0)
+		unix.Close(dir)
+		if err != nil {
+			t.Fatalf("open at depth %d below %s: %v", i, root, err)
+		}
+		dir = next
+	}
+	return dir
+}
+
+// openAt opens the directory name in the open directory dir.
+func openAt(t *testing.T, dir int, name string) int {
+	t.Helper()
+	fd, err := unix.Openat(dir, name, dirFlags, 0)
+	if err != nil {
+		t.Fatalf("open %.10s…: %v", name, err)
+	}
+	return fd
+}
+
+func hasName(ents []os.DirEntry, name string) bool {
+	for _, e := range ents {
+		if e.Name() == name {
+			return true
+		}
+	}
+	return false
+}

@@ -196,13 +196,35 @@ func (n *node) path() string {
 	return n.Path(n.Root())
 }
 
-// upperPath is where the node lives, or would live, in the upper.
-func (n *node) upperPath() string {
+// upperPath is where the node lives, or would live, in the upper, as one
+// syscall can take it (see layertree.Dir.Path).
+func (n *node) upperPath() string { return n.u.upperAt(n.path()) }
+
+// upperChild is where the node's entry name lives, or would live, in the
+// upper.
+func (n *node) upperChild(name string) string {
 	p := n.path()
 	if p == "" {
-		return n.u.upperDir
+		return n.u.upperAt(name)
 	}
-	return n.u.upperDir + "/" + p
+	return n.u.upperAt(p + "/" + name)
+}
+
+// unlockWrite ends a change. The upper's descriptors of deep directories
+// are dropped first, while no one holds a path through them: the change
+// may have renamed or removed those directories.
+func (u *Union) unlockWrite() {
+	if u.upper != nil {
+		u.upper.Forget()
+	}
+	u.wmu.Unlock()
+}
+
+func (u *Union) upperAt(path string) string {
+	if u.upper == nil {
+		return filepath.Join(u.upperDir, path)
+	}
+	return u.upper.Path(path)
 }
 
 func (u *Union) tree(idx int) layertree.Tree { return u.layers[idx] }
@@ -612,7 +634,7 @@ func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	n.u.mu.Unlock()
 	if upper {
 		var st syscall.Stat_t
-		if err := syscall.Lstat(filepath.Join(n.upperPath(), name), &st); err != nil {
+		if err := syscall.Lstat(n.upperChild(name), &st); err != nil {
 			return nil, fs.ToErrno(err)
 		}
 		fillFromStat(&out.Attr, &st, ino)
@@ -845,7 +867,7 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 // upperIno is the inode number of an upper entry: the one it had before
 // copy-up when recorded, else the upper's own.
 func (u *Union) upperIno(path string, e layertree.Entry) (uint64, bool) {
-	if v, err := getxattr(filepath.Join(u.upperDir, path), u.inoKey()); err == nil && len(v) == 8 {
+	if v, err := getxattr(u.upperAt(path), u.inoKey()); err == nil && len(v) == 8 {
 		return leUint64(v), true
 	}
 	return u.ino(-1, path, e), false

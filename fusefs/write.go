@@ -194,7 +194,7 @@ func (n *node) linkOtherNames(ctx context.Context, c child, upperFile string) {
 		if !same || pn.copyUp(ctx) != 0 {
 			continue
 		}
-		target := filepath.Join(pn.upperPath(), name)
+		target := pn.upperChild(name)
 		if _, err := os.Lstat(target); err == nil {
 			continue
 		}
@@ -339,7 +339,7 @@ func (n *node) prepareName(ctx context.Context, name string) (hadWhiteout bool, 
 	if errno := n.copyUp(ctx); errno != 0 {
 		return false, errno
 	}
-	p := filepath.Join(n.upperPath(), name)
+	p := n.upperChild(name)
 	var st unix.Stat_t
 	if unix.Lstat(p, &st) == nil {
 		if err := unix.Unlink(p); err != nil {
@@ -347,8 +347,8 @@ func (n *node) prepareName(ctx context.Context, name string) (hadWhiteout bool, 
 		}
 		hadWhiteout = true
 	}
-	if unix.Lstat(filepath.Join(n.upperPath(), whiteout.Prefix+name), &st) == nil {
-		unix.Unlink(filepath.Join(n.upperPath(), whiteout.Prefix+name))
+	if unix.Lstat(n.upperChild(whiteout.Prefix+name), &st) == nil {
+		unix.Unlink(n.upperChild(whiteout.Prefix + name))
 		hadWhiteout = true
 	}
 	// A name whited out in the upper may still exist below it.
@@ -369,7 +369,7 @@ func (n *node) prepareName(ctx context.Context, name string) (hadWhiteout bool, 
 // and a file still open under its old number must not be confused with a
 // new one.
 func (n *node) created(ctx context.Context, name string, covers bool, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	p := filepath.Join(n.upperPath(), name)
+	p := n.upperChild(name)
 	var st syscall.Stat_t
 	if err := syscall.Lstat(p, &st); err != nil {
 		return nil, fs.ToErrno(err)
@@ -470,12 +470,12 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 		return nil, syscall.EROFS
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	hadWhiteout, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, errno
 	}
-	p := filepath.Join(n.upperPath(), name)
+	p := n.upperChild(name)
 	if err := unix.Mkdir(p, mode&0o7777); err != nil {
 		return nil, fs.ToErrno(err)
 	}
@@ -498,12 +498,12 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, syscall.EROFS
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	covers, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
-	p := filepath.Join(n.upperPath(), name)
+	p := n.upperChild(name)
 	fd, err := unix.Open(p, int(flags)|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, mode&0o7777)
 	if err != nil {
 		return nil, nil, 0, fs.ToErrno(err)
@@ -526,12 +526,12 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 		return nil, syscall.EROFS
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	covers, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, errno
 	}
-	p := filepath.Join(n.upperPath(), name)
+	p := n.upperChild(name)
 	if err := unix.Symlink(target, p); err != nil {
 		return nil, fs.ToErrno(err)
 	}
@@ -547,7 +547,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 		return nil, syscall.EROFS
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	if mode&unix.S_IFMT == unix.S_IFCHR && dev == 0 {
 		return nil, syscall.EPERM // that is a whiteout
 	}
@@ -555,7 +555,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 	if errno != 0 {
 		return nil, errno
 	}
-	p := filepath.Join(n.upperPath(), name)
+	p := n.upperChild(name)
 	if err := unix.Mknod(p, mode, int(dev)); err != nil {
 		return nil, fs.ToErrno(err)
 	}
@@ -575,7 +575,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		return nil, syscall.EXDEV
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	covers, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, errno
@@ -583,7 +583,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if errno := tn.copyUp(ctx); errno != 0 {
 		return nil, errno
 	}
-	p := filepath.Join(n.upperPath(), name)
+	p := n.upperChild(name)
 	if anon := n.u.snapshot(tn.c).anonFd; anon != 0 {
 		// An O_TMPFILE file gets its first name.
 		if err := unix.Linkat(unix.AT_FDCWD, fdPath(anon), unix.AT_FDCWD, p, unix.AT_SYMLINK_FOLLOW); err != nil {
@@ -619,11 +619,11 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 
 // whiteoutName hides name of directory n's lower layers.
 func (n *node) whiteoutName(name string) syscall.Errno {
-	p := filepath.Join(n.upperPath(), name)
+	p := n.upperChild(name)
 	if n.u.format.charWhiteout {
 		return fs.ToErrno(unix.Mknod(p, unix.S_IFCHR, 0))
 	}
-	f, err := os.OpenFile(filepath.Join(n.upperPath(), whiteout.Prefix+name), os.O_CREATE|os.O_WRONLY, 0o600)
+	f, err := os.OpenFile(n.upperChild(whiteout.Prefix+name), os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {
 		return fs.ToErrno(err)
 	}
@@ -679,7 +679,7 @@ func (n *node) removeName(ctx context.Context, name string, dir bool) syscall.Er
 		}
 		cs.upper = true
 	}
-	p := filepath.Join(n.upperPath(), name)
+	p := n.upperChild(name)
 	if cs.upper {
 		var err error
 		if dir {
@@ -749,7 +749,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		return syscall.EROFS
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	return n.removeName(ctx, name, false)
 }
 
@@ -758,7 +758,7 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return syscall.EROFS
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	return n.removeName(ctx, name, true)
 }
 
@@ -777,7 +777,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		return errno
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	// Changes keep the records of merged directories.
 	if _, errno := n.merge(ctx); errno != 0 {
 		return errno
@@ -836,8 +836,8 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if errno := np.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	from := filepath.Join(n.upperPath(), name)
-	to := filepath.Join(np.upperPath(), newName)
+	from := n.upperChild(name)
+	to := np.upperChild(newName)
 	n.u.mu.Lock()
 	covered := dstExists && (len(dst.lowers) > 0 || dst.covers) || !dstExists && np.lowerHas(ctx, newName)
 	n.u.mu.Unlock()
@@ -871,7 +871,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		if unix.Lstat(to, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0 {
 			unix.Unlink(to)
 		}
-		unix.Unlink(filepath.Join(np.upperPath(), whiteout.Prefix+newName))
+		unix.Unlink(np.upperChild(whiteout.Prefix + newName))
 	}
 	if err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, 0); err != nil {
 		return fs.ToErrno(err)
@@ -918,7 +918,7 @@ func (n *node) exchange(ctx context.Context, name string, src *node, np *node, n
 			return errno
 		}
 	}
-	if err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(n.upperPath(), name), unix.AT_FDCWD, filepath.Join(np.upperPath(), newName), unix.RENAME_EXCHANGE); err != nil {
+	if err := unix.Renameat2(unix.AT_FDCWD, n.upperChild(name), unix.AT_FDCWD, np.upperChild(newName), unix.RENAME_EXCHANGE); err != nil {
 		return fs.ToErrno(err)
 	}
 	n.u.mu.Lock()
@@ -950,7 +950,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		return syscall.EROFS
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
@@ -1068,7 +1068,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		return nil, nil, 0, syscall.EROFS
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	if errno := n.copyUp(ctx); errno != 0 {
 		return nil, nil, 0, errno
 	}
@@ -1122,7 +1122,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 		return syscall.EPERM
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
@@ -1137,7 +1137,7 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 		return syscall.ENODATA
 	}
 	n.u.wmu.Lock()
-	defer n.u.wmu.Unlock()
+	defer n.u.unlockWrite()
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
@@ -1151,7 +1151,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	if write {
 		n.u.wmu.Lock()
-		defer n.u.wmu.Unlock()
+		defer n.u.unlockWrite()
 		if errno := n.copyUp(ctx); errno != 0 {
 			return nil, 0, errno
 		}

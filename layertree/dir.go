@@ -34,6 +34,7 @@ type Dir struct {
 	opts DirOptions
 	// noListxattrat: the kernel lacks listxattrat(2) (before 6.13).
 	noListxattrat atomic.Bool
+	deep          deepDirs
 }
 
 // DirOptions say how a Dir reads its directory.
@@ -85,13 +86,6 @@ func NewDirs(dirs ...string) ([]Tree, error) {
 // Root is the directory the tree reads.
 func (d *Dir) Root() string { return d.root }
 
-func (d *Dir) abs(path string) string {
-	if path == "" {
-		return d.root
-	}
-	return d.root + "/" + path
-}
-
 // Stat returns the entry at path; a missing name that an OCI marker file
 // whites out is reported as a whiteout.
 func (d *Dir) Stat(_ context.Context, path string) (Entry, error) {
@@ -99,31 +93,37 @@ func (d *Dir) Stat(_ context.Context, path string) (Entry, error) {
 	if d.opts.OverlayForm && strings.HasPrefix(name, whPrefix) {
 		return Entry{}, &os.PathError{Op: "stat", Path: d.abs(path), Err: os.ErrNotExist}
 	}
+	p, err := d.at(path)
 	var st unix.Stat_t
-	err := unix.Lstat(d.abs(path), &st)
+	if err == nil {
+		err = unix.Lstat(p, &st)
+	}
 	if errors.Is(err, unix.ENOENT) && path != "" && !d.opts.OverlayForm {
-		if unix.Lstat(d.abs(joinPath(dir, whPrefix+name)), &st) == nil {
+		if m, err := d.at(joinPath(dir, whPrefix+name)); err == nil && unix.Lstat(m, &st) == nil {
 			return Entry{Name: name, Whiteout: true, Mode: ModeChar}, nil
 		}
 	}
 	if err != nil {
 		return Entry{}, &os.PathError{Op: "stat", Path: d.abs(path), Err: err}
 	}
-	return d.entry(fileAt{dir: -1, name: name, abs: d.abs(path)}, &st), nil
+	return d.entry(fileAt{dir: -1, name: name, abs: p}, &st), nil
 }
 
 // ReadDir lists a directory, turning OCI marker files into whiteout
 // entries and dropping the opaque marker (reported on the directory).
 func (d *Dir) ReadDir(_ context.Context, path string) ([]Entry, error) {
-	p := d.abs(path)
+	p, err := d.at(path)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: d.abs(path), Err: err}
+	}
 	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: p, Err: err}
+		return nil, &os.PathError{Op: "open", Path: d.abs(path), Err: err}
 	}
 	defer unix.Close(fd)
 	names, err := readNames(fd)
 	if err != nil {
-		return nil, fmt.Errorf("readdir %s: %w", p, err)
+		return nil, fmt.Errorf("readdir %s: %w", d.abs(path), err)
 	}
 	// Large directories are statted by several goroutines: the syscalls
 	// are independent, and on a cold cache each may wait for the disk.
@@ -135,7 +135,7 @@ func (d *Dir) ReadDir(_ context.Context, path string) ([]Entry, error) {
 	for i := range parts {
 		lo, hi := i*chunk, min((i+1)*chunk, len(names))
 		work := func() {
-			parts[i], errs[i] = d.entries(fd, p, names[lo:hi])
+			parts[i], errs[i] = d.entries(fd, path, p, names[lo:hi])
 		}
 		if len(parts) == 1 {
 			work()
@@ -182,8 +182,8 @@ func readNames(fd int) ([]string, error) {
 	}
 }
 
-// entries stats names of the directory p (open as fd).
-func (d *Dir) entries(fd int, p string, names []string) ([]Entry, error) {
+// entries stats names of the directory path (open as fd, reached as p).
+func (d *Dir) entries(fd int, path, p string, names []string) ([]Entry, error) {
 	out := make([]Entry, 0, len(names))
 	for _, n := range names {
 		if n == whOpaque {
@@ -203,7 +203,11 @@ func (d *Dir) entries(fd int, p string, names []string) ([]Entry, error) {
 			out = append(out, Entry{Name: target, Whiteout: true, Mode: ModeChar})
 			continue
 		}
-		out = append(out, d.entry(fileAt{dir: fd, name: n, abs: p + "/" + n}, &st))
+		abs := p + "/" + n
+		if len(abs) > pathMax {
+			abs = d.Path(joinPath(path, n))
+		}
+		out = append(out, d.entry(fileAt{dir: fd, name: n, abs: abs}, &st))
 	}
 	return out, nil
 }
@@ -404,7 +408,10 @@ func applyOverride(e *Entry, abs string) {
 // Xattrs returns the entry's extended attributes without the overlay's
 // own.
 func (d *Dir) Xattrs(_ context.Context, path string) (map[string][]byte, error) {
-	p := d.abs(path)
+	p, err := d.at(path)
+	if err != nil {
+		return nil, &os.PathError{Op: "listxattr", Path: d.abs(path), Err: err}
+	}
 	size, err := unix.Llistxattr(p, nil)
 	if err != nil || size == 0 {
 		if errors.Is(err, unix.ENOTSUP) {
@@ -455,7 +462,11 @@ func lgetxattr(path, name string) ([]byte, error) {
 
 // Open opens a regular file; the result is a LocalFile.
 func (d *Dir) Open(_ context.Context, path string) (File, error) {
-	fd, err := unix.Open(d.abs(path), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	p, err := d.at(path)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: d.abs(path), Err: err}
+	}
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: d.abs(path), Err: err}
 	}

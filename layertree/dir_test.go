@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -180,5 +181,79 @@ func TestDirInOverlayForm(t *testing.T) {
 		if _, err := d.Stat(ctx, p); !os.IsNotExist(err) {
 			t.Errorf("Stat(%q) = %v, want not found", p, err)
 		}
+	}
+}
+
+// TestDirDeepPaths reads entries whose paths are longer than PATH_MAX,
+// and the descriptors it keeps for them go with Forget.
+func TestDirDeepPaths(t *testing.T) {
+	root := t.TempDir()
+	var rel []string
+	dir, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 30 { // 30 × 201 bytes
+		name := string(rune('a'+i%26)) + strings.Repeat("x", 199)
+		if err := unix.Mkdirat(dir, name, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		next, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		unix.Close(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir, rel = next, append(rel, name)
+	}
+	fd, err := unix.Openat(dir, "f", unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Write(fd, []byte("deep"))
+	unix.Close(fd)
+	unix.Close(dir)
+
+	d, err := NewDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	deep := strings.Join(rel, "/")
+	ents, err := d.ReadDir(ctx, deep)
+	if err != nil || len(ents) != 1 || ents[0].Name != "f" || ents[0].Size != 4 {
+		t.Fatalf("ReadDir of a %d-byte path: %v, %v; want f of 4 bytes", len(deep), ents, err)
+	}
+	if e, err := d.Stat(ctx, deep+"/f"); err != nil || e.Size != 4 {
+		t.Fatalf("Stat: %v, %v", e, err)
+	}
+	if _, err := d.Stat(ctx, deep+"/missing"); !os.IsNotExist(err) {
+		t.Errorf("Stat of a missing deep name: %v; want not exist", err)
+	}
+	f, err := d.Open(ctx, deep+"/f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8)
+	n, _ := f.ReadAt(buf, 0)
+	f.Close()
+	if string(buf[:n]) != "deep" {
+		t.Errorf("read %q; want %q", buf[:n], "deep")
+	}
+	// After Forget the path is opened afresh: a directory moved meanwhile
+	// is found at its new path, not through a stale descriptor.
+	d.Forget()
+	if len(d.deep.fds) != 0 {
+		t.Errorf("Forget left %d descriptors", len(d.deep.fds))
+	}
+	parent := filepath.Join(root, rel[0])
+	if err := os.Rename(filepath.Join(parent, rel[1]), filepath.Join(parent, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Stat(ctx, deep+"/f"); !os.IsNotExist(err) {
+		t.Errorf("Stat by the old path after the move and Forget: %v; want not exist", err)
+	}
+	moved := strings.Join(append([]string{rel[0], "moved"}, rel[2:]...), "/")
+	if _, err := d.Stat(ctx, moved+"/f"); err != nil {
+		t.Errorf("Stat by the new path: %v", err)
 	}
 }
