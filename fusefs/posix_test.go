@@ -9,7 +9,6 @@ import (
 	"github.com/hanwen/go-fuse/v2/posixtest"
 
 	"github.com/stratafs/strata/internal/testenv"
-	"github.com/stratafs/strata/layertree"
 )
 
 // mountWritable mounts a union of dirs (top first) under a fresh upper.
@@ -17,22 +16,10 @@ func mountWritable(t *testing.T, dirs []string) (mnt, upper string) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireFUSE(t)
-	layers, err := layertree.NewDirs(dirs...)
-	if err != nil {
-		t.Fatal(err)
-	}
 	base := t.TempDir()
 	upper, work, mnt := filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "mnt")
 	os.Mkdir(mnt, 0o755)
-	u, err := New(Options{Layers: layers, UpperDir: upper, WorkDir: work})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := Mount(mnt, u, MountOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Unmount() })
+	mountStrata(t, dirs, upper, work, mnt)
 	return mnt, upper
 }
 
