@@ -347,8 +347,8 @@ func (n *node) prepareName(ctx context.Context, name string) (hadWhiteout bool, 
 		}
 		hadWhiteout = true
 	}
-	if unix.Lstat(n.upperChild(whiteout.Prefix+name), &st) == nil {
-		unix.Unlink(n.upperChild(whiteout.Prefix + name))
+	if marker := n.upperChild(whiteout.Prefix + name); unix.Lstat(marker, &st) == nil {
+		unix.Unlink(marker)
 		hadWhiteout = true
 	}
 	// A name whited out in the upper may still exist below it.

@@ -148,7 +148,6 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		return 125, err
 	}
 	defer fs.Release()
-	spec.RootfsMount = &fs.Mount
 
 	logw, err := openLog(filepath.Join(dir, "container.log"))
 	if err != nil {

@@ -45,9 +45,9 @@ func StartProcess(spec *Spec, stdio Stdio, self string, place func(pid int) erro
 		flags |= unix.CLONE_NEWNET
 	}
 	s := *spec
-	s.Join = false
-	if rootfs == nil {
-		s.RootfsMount = nil
+	s.Join, s.RootfsMount = false, nil
+	if rootfs != nil {
+		s.RootfsMount = &rootfs.Mount
 	}
 	return start(&s, stdio, self, place, flags, nil, rootfs)
 }
