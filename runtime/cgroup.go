@@ -168,6 +168,22 @@ func (c *Cgroup) all() []string {
 	return out
 }
 
+// SelfTasks are the v1 tasks files a thread enters the cgroups by,
+// writing "0" to each: a thread moving itself alone skips the lock the
+// move of a whole process takes, which on a v1 host waits for an RCU
+// grace period (6-12 ms here) when it has not been taken lately, and
+// holds every other cgroup change meanwhile. nil on v2.
+func (c *Cgroup) SelfTasks() []string {
+	if c.v2 != "" {
+		return nil
+	}
+	var out []string
+	for _, d := range c.dirs {
+		out = append(out, filepath.Join(d, "tasks"))
+	}
+	return out
+}
+
 // Add puts a process into the cgroups.
 func (c *Cgroup) Add(pid int) error {
 	for _, d := range c.all() {
@@ -246,30 +262,4 @@ func OpenCgroup(id string) *Cgroup {
 		}
 	}
 	return c
-}
-
-// WarmMigration starts, in the background, the wait the first move of a
-// process between v1 cgroups makes: the kernel's cgroup threadgroup lock
-// waits for an RCU grace period (10-20 ms here) when it has not been
-// taken lately, and stays cheap for a while after. Moving this process
-// into the memory cgroup it is already in takes the lock and changes
-// nothing, so the container's own move, a few milliseconds later, finds
-// the lock warm. Not needed on v2, where the process is born in its
-// cgroup.
-func WarmMigration() {
-	if isCgroup2(cgroupRoot) {
-		return
-	}
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.SplitN(line, ":", 3)
-		if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "memory") {
-			p := filepath.Join(cgroupRoot, "memory", f[2], "cgroup.procs")
-			go os.WriteFile(p, []byte(strconv.Itoa(os.Getpid())), 0)
-			return
-		}
-	}
 }

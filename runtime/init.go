@@ -75,15 +75,31 @@ func initContainer(status *os.File) (int, error) {
 	if spec.Protocol != specProtocol {
 		return 0, fmt.Errorf("init: this init reads spec protocol %d, strata sent %d: install strata and strata-init from one build", specProtocol, spec.Protocol)
 	}
-	// The starter closes the pipe once the process is in its cgroups; on
-	// v1 that move waits for an RCU grace period, so the container is set
-	// up meanwhile, and only the command must wait.
+	// Opened while the host's cgroup filesystem is in reach: before the
+	// pivot into the container's root, or the join of its mounts.
+	tasks, err := openFiles(spec.CgroupTasks)
+	if err != nil {
+		return 0, fmt.Errorf("init: cgroup: %w", err)
+	}
+	// The starter closes the pipe once the process is in its cgroups (or
+	// at once when it enters them itself), so the container is set up
+	// meanwhile, and only the command must wait.
 	placed := sync.OnceFunc(func() {
 		io.Copy(io.Discard, in)
 		in.Close()
 	})
 	enterCgroup := sync.OnceValue(func() error {
 		placed()
+		// This thread alone: the one that starts the command. (In
+		// strata-init it is also the first thread, whose memory cgroup
+		// the process's pages are charged to.)
+		for _, f := range tasks {
+			_, err := f.WriteString("0")
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("init: enter cgroup %s: %w", f.Name(), err)
+			}
+		}
 		if spec.Join {
 			return nil // joined with the container's other namespaces
 		}
@@ -227,6 +243,22 @@ func startCommand(spec *Spec, status *os.File, enterCgroup func() error) (int, e
 	}
 	err = unix.Exec(bin, spec.Args, env)
 	return 0, execError(spec.Args[0], err)
+}
+
+// openFiles opens files for writing.
+func openFiles(paths []string) ([]*os.File, error) {
+	var out []*os.File
+	for _, p := range paths {
+		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err != nil {
+			for _, o := range out {
+				o.Close()
+			}
+			return nil, err
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }
 
 // execError classifies a failed exec as docker does.

@@ -110,11 +110,7 @@ func (s *Store) Run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 }
 
 func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOptions) (int, error) {
-	WarmMigration()
-	// The cgroups are made while the rootfs is mounted and init starts:
-	// on a v1 host the first cgroup change in a while waits for an RCU
-	// grace period (see WarmMigration), and that wait now overlaps the
-	// rest. Init is placed in them before it runs the command.
+	// The cgroups are made while the rootfs is prepared.
 	var cg *Cgroup
 	var cgErr error
 	cgReady := make(chan struct{})
@@ -122,8 +118,10 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		defer close(cgReady)
 		cg, cgErr = NewCgroup(c.ID, c.Resources)
 	}()
+	var moving sync.WaitGroup // a reaping init's move into them
 	removeCgroups := sync.OnceFunc(func() {
 		<-cgReady
+		moving.Wait()
 		if cg != nil {
 			cg.Remove()
 		}
@@ -177,12 +175,18 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 			spec.ConsoleSize = TerminalSize(o.Terminal)
 		}
 	}
-	place := func(pid int) error {
-		<-cgReady
-		if cgErr != nil {
-			return cgErr
-		}
-		return cg.Add(pid)
+	<-cgReady
+	if cgErr != nil {
+		outW.Close()
+		errW.Close()
+		copying.Wait()
+		return 125, cgErr
+	}
+	// On v1 init's thread enters the cgroups itself, at no wait; else
+	// init is placed in them before it runs the command.
+	place := cg.Add
+	if spec.CgroupTasks = cg.SelfTasks(); spec.CgroupTasks != nil {
+		place = nil
 	}
 	p, err := StartProcess(&spec, stdio, filepath.Join(dir, "init"), place, fs)
 	outW.Close()
@@ -194,6 +198,12 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 			return ie.Code, err
 		}
 		return 125, err
+	}
+	if spec.Init && place == nil {
+		// A reaping init lives on beside the command: its other threads
+		// join too, while the command runs. (Gone already: nothing to
+		// move.)
+		moving.Go(func() { cg.Add(p.Pid) })
 	}
 	if p.Console != nil {
 		copying.Add(1)

@@ -11,7 +11,7 @@ import (
 
 // specProtocol numbers the form of Spec and of the descriptors init is
 // given: change it with either.
-const specProtocol = 2
+const specProtocol = 3
 
 // Spec is everything the container's first process needs: the monitor
 // hands it to the init process over a pipe.
@@ -52,6 +52,11 @@ type Spec struct {
 	// Join starts the process in the namespaces of a running container
 	// (exec) instead of setting up new ones.
 	Join bool `json:"join,omitempty"`
+	// CgroupTasks are host paths of the v1 cgroup tasks files init's
+	// thread enters the container's cgroups by, itself, before the
+	// command starts (see Cgroup.SelfTasks); without them the starter
+	// places init.
+	CgroupTasks []string `json:"cgroupTasks,omitempty"`
 	// Files are written over paths of the container (hostname, hosts,
 	// resolv.conf): host path → container path, bind-mounted.
 	Files []Mount `json:"files,omitempty"`

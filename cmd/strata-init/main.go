@@ -10,9 +10,15 @@ package main
 import (
 	"fmt"
 	"os"
+	goruntime "runtime"
 
 	"github.com/stratafs/strata/runtime"
 )
+
+// The main goroutine stays on the process's first thread, which enters
+// the container's cgroups by itself (runtime.Spec.CgroupTasks): the
+// kernel charges the process's memory to that thread's memory cgroup.
+func init() { goruntime.LockOSThread() }
 
 func main() {
 	if len(os.Args) != 2 || os.Args[1] != "init" {

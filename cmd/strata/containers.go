@@ -408,7 +408,6 @@ func runVerb() *verb {
 			f.register(fs)
 			detach := fs.BoolP("detach", "d", false, "run in the background and print the container ID")
 			return func(ctx context.Context, a *app, args []string) error {
-				runtime.WarmMigration()
 				var relay *signalRelay
 				if !*detach {
 					relay = relaySignals()

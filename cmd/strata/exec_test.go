@@ -82,8 +82,8 @@ func TestExec(t *testing.T) {
 	id := strings.TrimSpace(mustStrata(t, root, "ps", "-q", "--no-trunc"))
 	var sleeper int
 	waitFor(t, "the detached exec", func() bool { sleeper = findProcess("sleep\x009731\x00"); return sleeper > 0 })
-	if b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(sleeper), "cgroup")); !strings.Contains(string(b), "/strata/"+id) {
-		t.Errorf("exec'd process is not in the container's cgroups:\n%s", b)
+	if bad := outsideCgroups(sleeper, id); bad != "" {
+		t.Errorf("exec'd process is not in the container's cgroups: %s", bad)
 	}
 	out = mustStrata(t, root, "exec", "box", "sh", "-c", "for i in $(seq 60); do sleep 5 & done 2>&1 | head -1; echo done")
 	if !strings.Contains(out, "done") || !strings.Contains(strings.ToLower(out), "resource") && !strings.Contains(out, "fork") {
@@ -104,6 +104,44 @@ func TestExec(t *testing.T) {
 		t.Error("the exec'd process outlived its container")
 	}
 	mustStrata(t, root, "rm", "box")
+}
+
+// outsideCgroups names the cgroups of the process's threads that are not
+// container id's ("" when all are): on v1 those of every controller
+// strata uses, on v2 the unified one.
+func outsideCgroups(pid int, id string) string {
+	want := "/strata/" + id
+	tasks, _ := filepath.Glob(filepath.Join("/proc", strconv.Itoa(pid), "task", "*", "cgroup"))
+	if len(tasks) == 0 {
+		return fmt.Sprintf("process %d is gone", pid)
+	}
+	var bad []string
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // a thread that ended
+		}
+		v1 := false
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			parts := strings.SplitN(line, ":", 3)
+			if len(parts) != 3 {
+				continue
+			}
+			for _, ctl := range strings.Split(parts[1], ",") {
+				switch ctl {
+				case "memory", "cpu", "pids", "freezer":
+					v1 = true
+					if parts[2] != want {
+						bad = append(bad, f+": "+line)
+					}
+				}
+			}
+		}
+		if !v1 && !strings.Contains(string(b), "0::"+want+"\n") {
+			bad = append(bad, f+": "+strings.TrimSpace(string(b)))
+		}
+	}
+	return strings.Join(bad, "; ")
 }
 
 // findProcess finds a process by a part of its command line.
@@ -132,6 +170,19 @@ func TestInit(t *testing.T) {
 	if strings.Contains(r.stdout, "pid=1\n") || !strings.Contains(r.stdout, "strata-init") {
 		t.Errorf("--init: the command is PID 1, or init is not:\n%s", r.stdout)
 	}
+	// The command and every thread of the reaping init are in the
+	// container's cgroups (init's threads join while the command runs).
+	sleeper := strings.TrimSpace(mustStrata(t, root, "run", "-d", "--init", ref, "sleep", "9732"))
+	var cmdPid, initPid int
+	waitFor(t, "the container's command", func() bool { cmdPid = findProcess("sleep\x009732\x00"); return cmdPid > 0 })
+	if bad := outsideCgroups(cmdPid, sleeper); bad != "" {
+		t.Errorf("--init: the command is not in the container's cgroups: %s", bad)
+	}
+	if _, after, ok := strings.Cut(mustStrata(t, root, "inspect", sleeper), `"pid": `); ok {
+		fmt.Sscanf(after, "%d", &initPid)
+	}
+	waitFor(t, "init's threads in the container's cgroups", func() bool { return initPid > 0 && outsideCgroups(initPid, sleeper) == "" })
+	mustStrata(t, root, "rm", "-f", sleeper)
 	for _, line := range strings.Split(r.stdout, "\n") {
 		if f := strings.Fields(line); len(f) == 3 && strings.HasPrefix(f[1], "Z") {
 			t.Errorf("--init left a zombie: %q\n%s", line, r.stdout)
