@@ -97,16 +97,16 @@ func New(opts Options) (*Union, error) {
 		}
 	}
 	ctx := context.Background()
-	root := &child{entry: layertree.Entry{Mode: layertree.ModeDir | 0o755, Nlink: 2}, ino: fuse.FUSE_ROOT_ID}
+	root := &child{attrs: attrs{mode: layertree.ModeDir | 0o755, nlink: 2}, ino: fuse.FUSE_ROOT_ID}
 	found := false
 	if u.upper != nil {
 		e, err := u.upper.Stat(ctx, "")
 		if err != nil {
 			return nil, err
 		}
-		root.entry, root.upper, found = e, true, true
+		root.attrs, root.upper, found = packAttrs(e), true, true
 	}
-	if !(root.upper && root.entry.Opaque) {
+	if !(root.upper && root.attrs.opaque) {
 		for i, l := range u.layers {
 			e, err := l.Stat(ctx, "")
 			if err != nil {
@@ -114,7 +114,7 @@ func New(opts Options) (*Union, error) {
 			}
 			root.lowers = append(root.lowers, layerRef{idx: i, path: ""})
 			if !found && !e.Implied {
-				root.entry, found = e, true
+				root.attrs, found = packAttrs(e), true
 			}
 			if e.Opaque {
 				break
@@ -137,22 +137,50 @@ type layerRef struct {
 // child is what the union knows of one name: shared by the parent's
 // merged listing and the node looked up for it, guarded by Union.mu.
 type child struct {
-	entry  layertree.Entry // attributes while not in the upper
-	upper  bool            // exists in the upper directory
-	lowers []layerRef      // lower layers holding it, top first
+	attrs  attrs      // attributes while not in the upper
+	lowers []layerRef // lower layers holding it, top first
 	ino    uint64
+	// open are the upper files open on it, which reach it when its name
+	// is gone.
+	open map[*upperFile]bool
+	// anonFd holds an O_TMPFILE file while it has no name (0: none).
+	anonFd int32
+	upper  bool // exists in the upper directory
 	// inoKept: ino was recorded in the upper at copy-up and wins over
 	// the lower origin's.
 	inoKept bool
 	// covers: a lower layer has this name beneath the upper entry, so
 	// removing it needs a whiteout.
 	covers bool
-	// anonFd holds an O_TMPFILE file while it has no name (0: none).
-	anonFd int
-	// open are the upper files open on it, which reach it when its name
-	// is gone.
-	open map[*upperFile]bool
 }
+
+// attrs is what a record keeps of a layer's entry: a union of a large
+// image holds one per name, so it is packed — no name (the listing's
+// key), no redirect (which only the merge reads), the time in 12 bytes
+// — and a record takes 128 bytes, not 192.
+type attrs struct {
+	size            int64
+	mtimeSec        int64
+	rdev, ino       uint64
+	target          string
+	mode, uid, gid  uint32
+	nlink           uint32
+	mtimeNsec       uint32
+	opaque, implied bool
+}
+
+func packAttrs(e layertree.Entry) attrs {
+	return attrs{size: e.Size, mtimeSec: e.Mtime.Unix(), mtimeNsec: uint32(e.Mtime.Nanosecond()), rdev: e.Rdev, ino: e.Ino,
+		target: e.Target, mode: e.Mode, uid: e.UID, gid: e.GID, nlink: e.Nlink, opaque: e.Opaque, implied: e.Implied}
+}
+
+// entry unpacks the attributes (without name or redirect).
+func (a *attrs) entry() layertree.Entry {
+	return layertree.Entry{Size: a.size, Mtime: time.Unix(a.mtimeSec, int64(a.mtimeNsec)), Rdev: a.rdev, Ino: a.ino, Target: a.target,
+		Mode: a.mode, UID: a.uid, GID: a.gid, Nlink: a.nlink, Opaque: a.opaque, Implied: a.implied}
+}
+
+func (a *attrs) typ() uint32 { return a.mode & layertree.ModeType }
 
 // node is one file of the union.
 type node struct {
@@ -367,7 +395,7 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 			continue
 		}
 		ino, kept := u.upperIno(join(path, e.Name), e)
-		ch := &child{entry: e, upper: true, ino: ino, inoKept: kept}
+		ch := &child{attrs: packAttrs(e), upper: true, ino: ino, inoKept: kept}
 		if !e.IsDir() && e.Nlink > 1 {
 			ch = u.shareLink(ch)
 		}
@@ -429,7 +457,7 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 			}
 			ch, ok := out[e.Name]
 			if !ok {
-				nc := &child{entry: e, lowers: append([]layerRef{cref}, redirected...), ino: u.ino(ref.idx, cref.path, e)}
+				nc := &child{attrs: packAttrs(e), lowers: append([]layerRef{cref}, redirected...), ino: u.ino(ref.idx, cref.path, e)}
 				if !e.IsDir() && e.Nlink > 1 {
 					nc = u.shareLink(nc)
 				}
@@ -451,8 +479,8 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 				ch.ino = u.ino(ref.idx, cref.path, e)
 			}
 			ch.lowers = append(append(ch.lowers, cref), redirected...)
-			if !ch.upper && ch.entry.Implied && !e.Implied {
-				ch.entry = withName(e, ch.entry.Name)
+			if !ch.upper && ch.attrs.implied && !e.Implied {
+				ch.attrs = packAttrs(e)
 			}
 			if e.Opaque || e.Redirect != "" {
 				flags[e.Name] |= closedFlag
@@ -575,7 +603,7 @@ func join(dir, name string) string {
 func (n *node) attr() (layertree.Entry, bool, syscall.Errno) {
 	c := n.u.snapshot(n.c)
 	if !c.upper {
-		return c.entry, false, 0
+		return c.attrs.entry(), false, 0
 	}
 	e, err := n.u.upper.Stat(context.Background(), n.path())
 	if err != nil {
@@ -630,7 +658,7 @@ func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	// Only these fields are read: no snapshot, which copies the layers
 	// (a READDIRPLUS looks up every entry it lists).
 	n.u.mu.Lock()
-	upper, entry, ino := c.upper, c.entry, c.ino
+	upper, a, ino := c.upper, c.attrs, c.ino
 	n.u.mu.Unlock()
 	if upper {
 		var st syscall.Stat_t
@@ -639,7 +667,7 @@ func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		}
 		fillFromStat(&out.Attr, &st, ino)
 	} else {
-		fillAttr(&out.Attr, entry, ino)
+		fillAttr(&out.Attr, &a, ino)
 	}
 	n.u.setTimeouts(out)
 	return n.NewInode(ctx, cn, fs.StableAttr{Mode: out.Attr.Mode & syscall.S_IFMT, Ino: ino}), 0
@@ -664,17 +692,18 @@ func (u *Union) setTimeouts(out *fuse.EntryOut) {
 	out.SetAttrTimeout(u.timeout)
 }
 
-func fillAttr(a *fuse.Attr, e layertree.Entry, ino uint64) {
+func fillAttr(a *fuse.Attr, e *attrs, ino uint64) {
 	a.Ino = ino
-	a.Mode = e.Mode
-	a.Uid, a.Gid = e.UID, e.GID
-	a.Size = uint64(e.Size)
-	a.Blocks = (uint64(e.Size) + 511) / 512
+	a.Mode = e.mode
+	a.Uid, a.Gid = e.uid, e.gid
+	a.Size = uint64(e.size)
+	a.Blocks = (uint64(e.size) + 511) / 512
 	a.Blksize = 4096
-	a.Nlink = max(e.Nlink, 1)
-	a.Rdev = uint32(e.Rdev)
-	t := e.Mtime
-	a.SetTimes(&t, &t, &t)
+	a.Nlink = max(e.nlink, 1)
+	a.Rdev = uint32(e.rdev)
+	sec, nsec := uint64(e.mtimeSec), e.mtimeNsec
+	a.Atime, a.Mtime, a.Ctime = sec, sec, sec
+	a.Atimensec, a.Mtimensec, a.Ctimensec = nsec, nsec, nsec
 }
 
 // fillFromStat reports an upper file as the disk has it, under the
@@ -706,11 +735,11 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 		return 0
 	}
 	if !c.upper {
-		fillAttr(&out.Attr, c.entry, c.ino)
+		fillAttr(&out.Attr, &c.attrs, c.ino)
 		return 0
 	}
 	if c.anonFd != 0 {
-		if err := syscall.Fstat(c.anonFd, &st); err != nil {
+		if err := syscall.Fstat(int(c.anonFd), &st); err != nil {
 			return fs.ToErrno(err)
 		}
 		fillFromStat(&out.Attr, &st, c.ino)
@@ -732,7 +761,7 @@ func (n *node) listing(ctx context.Context) ([]fuse.DirEntry, syscall.Errno) {
 	n.u.mu.Lock()
 	ents := make([]fuse.DirEntry, 0, len(children))
 	for name, c := range children {
-		mode := c.entry.Type()
+		mode := c.attrs.typ()
 		ents = append(ents, fuse.DirEntry{Name: name, Mode: mode, Ino: c.ino})
 	}
 	n.u.mu.Unlock()

@@ -8,12 +8,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/testenv"
@@ -354,6 +357,32 @@ func TestMissingNamesMergeTheDirectory(t *testing.T) {
 	for _, name := range []string{"sh", "ls"} {
 		if _, err := os.Lstat(filepath.Join(mnt, "bin", name)); err != nil {
 			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+// A record's packed attributes give back the entry they were made from,
+// but for what a record does not keep (name, redirect, whiteout).
+func TestAttrsRoundTrip(t *testing.T) {
+	for _, e := range []layertree.Entry{
+		{Mode: layertree.ModeRegular | 0o4755, UID: 7, GID: 8, Size: 1 << 40, Mtime: time.Unix(1700000000, 123456789), Nlink: 3, Ino: 99},
+		{Mode: layertree.ModeSymlink | 0o777, Target: "../a/b", Mtime: time.Unix(-86400*365, 5)},
+		{Mode: layertree.ModeChar | 0o600, Rdev: unix.Mkdev(1, 3), Mtime: time.Unix(0, 0)},
+		{Mode: layertree.ModeDir | 0o755, Opaque: true, Implied: true, Mtime: time.Unix(253402300799, 999999999)},
+	} {
+		a := packAttrs(e)
+		got := a.entry()
+		if !got.Mtime.Equal(e.Mtime) {
+			t.Errorf("%o: mtime %v, want %v", e.Mode, got.Mtime, e.Mtime)
+		}
+		got.Mtime = e.Mtime
+		if !reflect.DeepEqual(got, e) {
+			t.Errorf("unpacked %+v, want %+v", got, e)
+		}
+		var fa fuse.Attr
+		fillAttr(&fa, &a, 5)
+		if fa.Mode != e.Mode || int64(fa.Mtime) != e.Mtime.Unix() || fa.Mtimensec != uint32(e.Mtime.Nanosecond()) || fa.Size != uint64(e.Size) || fa.Ino != 5 {
+			t.Errorf("attributes of %+v: %+v", e, fa)
 		}
 	}
 }

@@ -105,7 +105,7 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	}
 	src := c.lowers[0]
 	tree := n.u.layers[src.idx]
-	e := c.entry
+	e := c.attrs.entry()
 	tmp, err := os.MkdirTemp(n.u.workDir, "copyup-")
 	if err != nil {
 		return fs.ToErrno(err)
@@ -171,7 +171,7 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 func (n *node) linkOtherNames(ctx context.Context, c child, upperFile string) {
 	src := c.lowers[0]
 	me := n.path()
-	for _, p := range n.u.linkedPaths(ctx, src.idx, c.entry.Ino) {
+	for _, p := range n.u.linkedPaths(ctx, src.idx, c.attrs.ino) {
 		if p == me || p == src.path {
 			if p != me && p == src.path {
 				// The name the file was found under, if it was renamed.
@@ -374,7 +374,7 @@ func (n *node) created(ctx context.Context, name string, covers bool, out *fuse.
 	if err := syscall.Lstat(p, &st); err != nil {
 		return nil, fs.ToErrno(err)
 	}
-	c := &child{entry: layertree.Entry{Name: name, Mode: st.Mode, Nlink: uint32(st.Nlink)}, upper: true, covers: covers}
+	c := &child{attrs: attrs{mode: st.Mode, nlink: uint32(st.Nlink)}, upper: true, covers: covers}
 	c.ino, c.inoKept = n.u.newIno(st.Ino, func(key string, v []byte) error { return unix.Lsetxattr(p, key, v, 0) })
 	n.u.mu.Lock()
 	if n.merged {
@@ -586,13 +586,13 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	p := n.upperChild(name)
 	if anon := n.u.snapshot(tn.c).anonFd; anon != 0 {
 		// An O_TMPFILE file gets its first name.
-		if err := unix.Linkat(unix.AT_FDCWD, fdPath(anon), unix.AT_FDCWD, p, unix.AT_SYMLINK_FOLLOW); err != nil {
+		if err := unix.Linkat(unix.AT_FDCWD, fdPath(int(anon)), unix.AT_FDCWD, p, unix.AT_SYMLINK_FOLLOW); err != nil {
 			return nil, fs.ToErrno(err)
 		}
 		n.u.mu.Lock()
 		tn.c.anonFd = 0
 		n.u.mu.Unlock()
-		unix.Close(anon)
+		unix.Close(int(anon))
 	} else if err := unix.Link(tn.upperPath(), p); err != nil {
 		return nil, fs.ToErrno(err)
 	}
@@ -605,7 +605,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if covers {
 		// This name hides a lower one: it needs its own record to know
 		// a whiteout is due when it goes. Both records are in the upper.
-		rec = &child{entry: layertree.Entry{Name: name, Mode: st.Mode, Nlink: uint32(st.Nlink)}, upper: true, ino: tn.c.ino, inoKept: true, covers: true}
+		rec = &child{attrs: attrs{mode: st.Mode, nlink: uint32(st.Nlink)}, upper: true, ino: tn.c.ino, inoKept: true, covers: true}
 	}
 	if n.merged {
 		n.children[name] = rec
@@ -647,7 +647,7 @@ func (n *node) removeName(ctx context.Context, name string, dir bool) syscall.Er
 	if !ok {
 		return syscall.ENOENT
 	}
-	isDir := cs.entry.Type() == layertree.ModeDir
+	isDir := cs.attrs.typ() == layertree.ModeDir
 	if cs.upper {
 		if e, err := n.u.upper.Stat(ctx, join(n.path(), name)); err == nil {
 			isDir = e.IsDir()
@@ -667,7 +667,7 @@ func (n *node) removeName(ctx context.Context, name string, dir bool) syscall.Er
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	if !dir && !cs.upper && cs.entry.Nlink > 1 {
+	if !dir && !cs.upper && cs.attrs.nlink > 1 {
 		// One name of a lower hardlink set goes: the others' link count
 		// must fall, so the set moves to the upper where it is real.
 		cn, errno := n.childNode(ctx, name)
@@ -911,7 +911,7 @@ func (n *node) exchange(ctx context.Context, name string, src *node, np *node, n
 	}
 	for _, x := range []*node{src, dn} {
 		c := n.u.snapshot(x.c)
-		if c.entry.IsDir() && len(c.lowers) > 0 {
+		if c.attrs.typ() == layertree.ModeDir && len(c.lowers) > 0 {
 			return syscall.EXDEV // a merged directory cannot be exchanged yet
 		}
 		if errno := x.copyUp(ctx); errno != 0 {
@@ -969,7 +969,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	if f != nil {
 		p, follow = fdPath(f.fd), true
 	} else if c := n.u.snapshot(n.c); c.anonFd != 0 {
-		p, follow = fdPath(c.anonFd), true
+		p, follow = fdPath(int(c.anonFd)), true
 	}
 	if m, ok := in.GetMode(); ok {
 		if err := unix.Chmod(p, m&0o7777); err != nil {
@@ -1096,7 +1096,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		unix.Close(fd)
 		return nil, nil, 0, fs.ToErrno(err)
 	}
-	c := &child{entry: layertree.Entry{Mode: st.Mode, Nlink: 1}, upper: true, anonFd: anon}
+	c := &child{attrs: attrs{mode: st.Mode, nlink: 1}, upper: true, anonFd: int32(anon)}
 	c.ino, c.inoKept = n.u.newIno(st.Ino, func(key string, v []byte) error { return unix.Fsetxattr(fd, key, v, 0) })
 	fillFromStat(&out.Attr, &st, c.ino)
 	n.u.setTimeouts(out)
@@ -1110,7 +1110,7 @@ func (n *node) OnForget() {
 	n.c.anonFd = 0
 	n.u.mu.Unlock()
 	if fd != 0 {
-		unix.Close(fd)
+		unix.Close(int(fd))
 	}
 }
 
@@ -1161,7 +1161,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	c := n.u.snapshot(n.c)
 	if c.anonFd != 0 {
-		fd, err := unix.Open(fdPath(c.anonFd), int(flags)&^unix.O_CREAT|unix.O_CLOEXEC, 0)
+		fd, err := unix.Open(fdPath(int(c.anonFd)), int(flags)&^unix.O_CREAT|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, 0, fs.ToErrno(err)
 		}
