@@ -376,15 +376,8 @@ func setIdentity(u *execUser, keep []string, allThreads bool) error {
 	if errno := sys(unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 1); errno != 0 {
 		return fmt.Errorf("init: keepcaps: %w", errno)
 	}
-	// Go makes these on every thread itself.
-	if err := syscall.Setgroups(u.groups); err != nil {
-		return fmt.Errorf("init: setgroups: %w", err)
-	}
-	if err := syscall.Setgid(u.gid); err != nil {
-		return fmt.Errorf("init: setgid %d: %w", u.gid, err)
-	}
-	if err := syscall.Setuid(u.uid); err != nil {
-		return fmt.Errorf("init: setuid %d: %w", u.uid, err)
+	if err := setIDs(u, allThreads); err != nil {
+		return err
 	}
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	data := [2]unix.CapUserData{
@@ -403,6 +396,42 @@ func setIdentity(u *execUser, keep []string, allThreads bool) error {
 	}
 	sys(unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 0)
 	unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+	return nil
+}
+
+// setIDs sets the groups, group and user: on every thread (which Go's
+// syscall package does, stopping each thread in turn), or only on this
+// one, the one that execs the command, when no other outlives the exec.
+func setIDs(u *execUser, allThreads bool) error {
+	if allThreads {
+		if err := syscall.Setgroups(u.groups); err != nil {
+			return fmt.Errorf("init: setgroups: %w", err)
+		}
+		if err := syscall.Setgid(u.gid); err != nil {
+			return fmt.Errorf("init: setgid %d: %w", u.gid, err)
+		}
+		if err := syscall.Setuid(u.uid); err != nil {
+			return fmt.Errorf("init: setuid %d: %w", u.uid, err)
+		}
+		return nil
+	}
+	gids := make([]uint32, len(u.groups))
+	for i, g := range u.groups {
+		gids[i] = uint32(g)
+	}
+	var list unsafe.Pointer
+	if len(gids) > 0 {
+		list = unsafe.Pointer(&gids[0])
+	}
+	if _, _, errno := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(gids)), uintptr(list), 0); errno != 0 {
+		return fmt.Errorf("init: setgroups: %w", errno)
+	}
+	if _, _, errno := unix.RawSyscall(unix.SYS_SETGID, uintptr(u.gid), 0, 0); errno != 0 {
+		return fmt.Errorf("init: setgid %d: %w", u.gid, errno)
+	}
+	if _, _, errno := unix.RawSyscall(unix.SYS_SETUID, uintptr(u.uid), 0, 0); errno != 0 {
+		return fmt.Errorf("init: setuid %d: %w", u.uid, errno)
+	}
 	return nil
 }
 
