@@ -827,6 +827,13 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 			if errno := np.checkEmpty(ctx, newName); errno != 0 {
 				return errno
 			}
+		case de.Nlink > 1 && !n.u.snapshot(dn.c).upper:
+			// The target is one name of a lower hardlink set: as when
+			// one is unlinked, the set moves to the upper, where
+			// replacing the name makes the others' link count fall.
+			if errno := dn.copyUp(ctx); errno != 0 {
+				return errno
+			}
 		}
 	}
 	sc := n.u.snapshot(src.c)
