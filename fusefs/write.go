@@ -814,7 +814,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		if dn == src {
 			return 0
 		}
-		de, _, errno := dn.attr()
+		de, deUpper, errno := dn.attr()
 		if errno != 0 {
 			return errno
 		}
@@ -827,7 +827,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 			if errno := np.checkEmpty(ctx, newName); errno != 0 {
 				return errno
 			}
-		case de.Nlink > 1 && !n.u.snapshot(dn.c).upper:
+		case de.Nlink > 1 && !deUpper:
 			// The target is one name of a lower hardlink set: as when
 			// one is unlinked, the set moves to the upper, where
 			// replacing the name makes the others' link count fall.

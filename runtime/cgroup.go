@@ -168,20 +168,20 @@ func (c *Cgroup) all() []string {
 	return out
 }
 
-// SelfTasks are the v1 tasks files a thread enters the cgroups by,
-// writing "0" to each: a thread moving itself alone skips the lock the
-// move of a whole process takes, which on a v1 host waits for an RCU
-// grace period (6-12 ms here) when it has not been taken lately, and
-// holds every other cgroup change meanwhile. nil on v2.
-func (c *Cgroup) SelfTasks() []string {
-	if c.v2 != "" {
-		return nil
+// placement is how a new process enters the cgroups. On v1: tasks, the
+// files its thread writes "0" to, moving itself alone — which skips the
+// lock the move of a whole process takes, a lock that on a v1 host waits
+// for an RCU grace period (6-12 ms here) when it has not been taken
+// lately, and holds every other cgroup change meanwhile. Else place,
+// which the starter calls with its PID (Add).
+func (c *Cgroup) placement() (tasks []string, place func(pid int) error) {
+	if c.v2 != "" || len(c.dirs) == 0 {
+		return nil, c.Add
 	}
-	var out []string
 	for _, d := range c.dirs {
-		out = append(out, filepath.Join(d, "tasks"))
+		tasks = append(tasks, filepath.Join(d, "tasks"))
 	}
-	return out
+	return tasks, nil
 }
 
 // Add puts a process into the cgroups.

@@ -44,11 +44,8 @@ func (s *Store) Exec(c *Container, spec *Spec, stdio Stdio) (*Process, error) {
 	}
 	// Each exec its own path, for execs at once.
 	self := filepath.Join(s.Dir(c.ID), "exec-"+strconv.Itoa(os.Getpid()))
-	cg := OpenCgroup(c.ID)
 	s2 := *spec
-	place := cg.Add
-	if s2.CgroupTasks = cg.SelfTasks(); s2.CgroupTasks != nil {
-		place = nil // the process enters them itself, at no wait
-	}
+	var place func(pid int) error
+	s2.CgroupTasks, place = OpenCgroup(c.ID).placement()
 	return execProcess(pidfd, &s2, stdio, self, place)
 }

@@ -184,10 +184,8 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 	}
 	// On v1 init's thread enters the cgroups itself, at no wait; else
 	// init is placed in them before it runs the command.
-	place := cg.Add
-	if spec.CgroupTasks = cg.SelfTasks(); spec.CgroupTasks != nil {
-		place = nil
-	}
+	var place func(pid int) error
+	spec.CgroupTasks, place = cg.placement()
 	p, err := StartProcess(&spec, stdio, filepath.Join(dir, "init"), place, fs)
 	outW.Close()
 	errW.Close()

@@ -54,7 +54,7 @@ type Spec struct {
 	Join bool `json:"join,omitempty"`
 	// CgroupTasks are host paths of the v1 cgroup tasks files init's
 	// thread enters the container's cgroups by, itself, before the
-	// command starts (see Cgroup.SelfTasks); without them the starter
+	// command starts (see Cgroup.placement); without them the starter
 	// places init.
 	CgroupTasks []string `json:"cgroupTasks,omitempty"`
 	// Files are written over paths of the container (hostname, hosts,
