@@ -48,6 +48,7 @@ type Union struct {
 	timeout time.Duration
 	log     *slog.Logger
 	root    *node
+	pre     *prefetcher
 
 	upper    *layertree.Dir // nil: read-only
 	upperDir string
@@ -81,7 +82,7 @@ func New(opts Options) (*Union, error) {
 		return nil, fmt.Errorf("union: %d layers is more than %d", len(opts.Layers), 1<<15)
 	}
 	u := &Union{layers: opts.Layers, timeout: opts.Timeout, log: opts.Logger, noSync: opts.NoSync, onOpen: opts.OnOpen,
-		links: map[uint64]*child{}, layerLinks: map[int]map[uint64][]string{}}
+		links: map[uint64]*child{}, layerLinks: map[int]map[uint64][]string{}, pre: newPrefetcher(opts.Layers)}
 	if u.timeout == 0 {
 		u.timeout = time.Hour
 	}
@@ -272,6 +273,13 @@ func (u *Union) snapshot(c *child) child {
 // Records of names looked up one by one before (lookupOne) are kept, as
 // nodes hold them.
 func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
+	return n.mergeThen(ctx, nil)
+}
+
+// mergeThen merges as merge does; when this call did the merge, it calls
+// then with the records and the lower listings read, before anyone else
+// sees them.
+func (n *node) mergeThen(ctx context.Context, then func(map[string]*child, []layerRef, []listing)) (map[string]*child, syscall.Errno) {
 	n.u.mu.Lock()
 	if n.merged {
 		m := n.children
@@ -288,13 +296,17 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 			return nil, fs.ToErrno(err)
 		}
 	}
-	out, lowers, errno := n.u.resolve(ctx, path, c, upperEnts, n.u.readLowers(ctx, c.lowers))
+	listings := n.u.readLowers(ctx, c.lowers)
+	out, lowers, errno := n.u.resolve(ctx, path, c, upperEnts, listings)
 	if errno != 0 {
 		return nil, errno
 	}
 	n.u.mu.Lock()
 	defer n.u.mu.Unlock()
 	if !n.merged {
+		if then != nil {
+			then(out, c.lowers, listings)
+		}
 		for name, lc := range n.looked {
 			if _, ok := out[name]; ok {
 				out[name] = lc
@@ -509,21 +521,29 @@ type listing struct {
 // parallelReads layers, not per layer.
 func (u *Union) readLowers(ctx context.Context, refs []layerRef) []listing {
 	out := make([]listing, len(refs))
-	if len(refs) <= 2 {
-		for i, ref := range refs {
-			out[i].ents, out[i].err = u.layers[ref.idx].ReadDir(ctx, ref.path)
+	todo := make([]int, 0, len(refs))
+	for i, ref := range refs {
+		if l, ok := u.pre.take(ctx, ref); ok {
+			out[i] = l
+		} else {
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) <= 2 {
+		for _, i := range todo {
+			out[i].ents, out[i].err = u.layers[refs[i].idx].ReadDir(ctx, refs[i].path)
 		}
 		return out
 	}
 	const parallelReads = 8
 	sem := make(chan struct{}, parallelReads)
 	var wg sync.WaitGroup
-	for i, ref := range refs {
+	for _, i := range todo {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
-			out[i].ents, out[i].err = u.layers[ref.idx].ReadDir(ctx, ref.path)
+			out[i].ents, out[i].err = u.layers[refs[i].idx].ReadDir(ctx, refs[i].path)
 			<-sem
 		}()
 	}
@@ -754,7 +774,9 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 
 // listing is the merged directory, sorted by name.
 func (n *node) listing(ctx context.Context) ([]fuse.DirEntry, syscall.Errno) {
-	children, errno := n.merge(ctx)
+	// A directory listed is often walked into: read its subdirectories'
+	// lower listings ahead (prefetcher).
+	children, errno := n.mergeThen(ctx, n.u.pre.queueChildren)
 	if errno != 0 {
 		return nil, errno
 	}

@@ -35,6 +35,9 @@ type Entry struct {
 	// kernel overlayfs's redirect xattr): absolute from the root, or a
 	// name relative to the parent.
 	Redirect string
+	// ListBytes is a directory's own size where a layer keeps it on
+	// disk: a hint of how long its listing is to read (0: unknown).
+	ListBytes int64
 }
 
 // OpaqueMarker names the entry a listing holds when an OCI marker file
