@@ -106,6 +106,10 @@ func rawFS(u *Union, mo fuse.MountOptions) fuse.RawFileSystem {
 		EntryTimeout:    &u.timeout,
 		AttrTimeout:     &u.timeout,
 		NegativeTimeout: &u.timeout,
+		// The root's inode number is the one its layer gives it, as
+		// overlayfs reports it; go-fuse would report 0, which ls, find
+		// and glibc's readdir take for no file at all.
+		RootStableAttr: &fs.StableAttr{Ino: u.root.c.ino},
 		// A file's mode is its own, 0000 too (go-fuse would show 0644,
 		// and the kernel's permission checks would let anyone read a
 		// 0000 /etc/shadow).

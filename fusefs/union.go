@@ -98,7 +98,7 @@ func New(opts Options) (*Union, error) {
 		}
 	}
 	ctx := context.Background()
-	root := &child{attrs: attrs{mode: layertree.ModeDir | 0o755, nlink: 2}, ino: fuse.FUSE_ROOT_ID}
+	root := &child{attrs: attrs{mode: layertree.ModeDir | 0o755, nlink: 2}}
 	found := false
 	if u.upper != nil {
 		e, err := u.upper.Stat(ctx, "")
@@ -106,6 +106,7 @@ func New(opts Options) (*Union, error) {
 			return nil, err
 		}
 		root.attrs, root.upper, found = packAttrs(e), true, true
+		root.ino = u.ino(-1, "", e)
 	}
 	if !(root.upper && root.attrs.opaque) {
 		for i, l := range u.layers {
@@ -114,6 +115,9 @@ func New(opts Options) (*Union, error) {
 				return nil, fmt.Errorf("layer %d: %w", i, err)
 			}
 			root.lowers = append(root.lowers, layerRef{idx: i, path: ""})
+			if root.ino == 0 {
+				root.ino = u.ino(i, "", e)
+			}
 			if !found && !e.Implied {
 				root.attrs, found = packAttrs(e), true
 			}
@@ -780,14 +784,23 @@ func (n *node) listing(ctx context.Context) ([]fuse.DirEntry, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
+	// "." and ".." come first, as a local file system lists them (ls -a
+	// shows them; some programs count on them).
+	self, parent := n.StableAttr().Ino, n.StableAttr().Ino // the root is its own parent
+	if _, p := n.Parent(); p != nil {
+		parent = p.StableAttr().Ino
+	}
+	ents := make([]fuse.DirEntry, 2, len(children)+2)
+	ents[0] = fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: self}
+	ents[1] = fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: parent}
 	n.u.mu.Lock()
-	ents := make([]fuse.DirEntry, 0, len(children))
 	for name, c := range children {
 		mode := c.attrs.typ()
 		ents = append(ents, fuse.DirEntry{Name: name, Mode: mode, Ino: c.ino})
 	}
 	n.u.mu.Unlock()
-	sort.Slice(ents, func(i, j int) bool { return ents[i].Name < ents[j].Name })
+	names := ents[2:]
+	sort.Slice(names, func(i, j int) bool { return names[i].Name < names[j].Name })
 	for i := range ents {
 		ents[i].Off = uint64(i + 1)
 	}

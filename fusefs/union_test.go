@@ -1,8 +1,10 @@
 package fusefs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io/fs"
 	"os"
@@ -383,6 +385,126 @@ func TestAttrsRoundTrip(t *testing.T) {
 		fillAttr(&fa, &a, 5)
 		if fa.Mode != e.Mode || int64(fa.Mtime) != e.Mtime.Unix() || fa.Mtimensec != uint32(e.Mtime.Nanosecond()) || fa.Size != uint64(e.Size) || fa.Ino != 5 {
 			t.Errorf("attributes of %+v: %+v", e, fa)
+		}
+	}
+}
+
+// The root has a real inode number, as every other entry does: the one
+// the kernel overlayfs gives it (its upper directory's), the same through
+// "." and "..", across mounts, and no other entry's. Inode 0 is what
+// readdir gives for no file, and ls, find and pwd treat it so.
+func TestRootInode(t *testing.T) {
+	dirs := multiLayerDirs(t)
+	inoOf := func(p string) uint64 {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	check := func(name, mnt string) uint64 {
+		t.Helper()
+		root := inoOf(mnt)
+		if root == 0 {
+			t.Fatalf("%s: the root's inode number is 0", name)
+		}
+		for _, p := range []string{".", "etc/..", "opt/app/../.."} {
+			if got := inoOf(filepath.Join(mnt, p)); got != root {
+				t.Errorf("%s: %s has inode %d, the root %d", name, p, got, root)
+			}
+		}
+		filepath.WalkDir(mnt, func(p string, d os.DirEntry, err error) error {
+			if err == nil && p != mnt && inoOf(p) == root {
+				t.Errorf("%s: %s shares the root's inode %d", name, p, root)
+			}
+			return nil
+		})
+		return root
+	}
+	ro := check("read-only", mountUnion(t, dirs))
+	if again := check("read-only again", mountUnion(t, dirs)); again != ro {
+		t.Errorf("the root's inode is %d, then %d on a second mount", ro, again)
+	}
+
+	base := t.TempDir()
+	upper, work, mnt, kernel := filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "mnt"), filepath.Join(base, "kernel")
+	for _, d := range []string{upper, work, mnt, kernel} {
+		os.Mkdir(d, 0o755)
+	}
+	mountStrata(t, dirs, upper, work, mnt)
+	got := check("writable", mnt)
+	// Each reports its own upper directory's number.
+	kupper := t.TempDir()
+	mountKernel(t, dirs, kupper, t.TempDir(), kernel)
+	if k, want := inoOf(kernel), inoOf(kupper); k != want {
+		t.Fatalf("kernel overlayfs: the root's inode is %d, its upper's %d", k, want)
+	}
+	if want := inoOf(upper); got != want {
+		t.Errorf("the root's inode is %d; its upper directory's is %d", got, want)
+	}
+}
+
+// dirents lists dir as getdents(2) gives it: names and inode numbers, in
+// order, "." and ".." included.
+func dirents(t *testing.T, dir string) (names []string, inos []uint64) {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return names, inos
+		}
+		for b := buf[:n]; len(b) > 0; {
+			// struct linux_dirent64: ino, off, reclen, type, name.
+			ino := binary.NativeEndian.Uint64(b[0:8])
+			reclen := binary.NativeEndian.Uint16(b[16:18])
+			name := b[19:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			names, inos = append(names, string(name)), append(inos, ino)
+			b = b[reclen:]
+		}
+	}
+}
+
+// A listing has "." and ".." first, as the kernel overlayfs's has, with
+// the inode numbers of the directory and of its parent.
+func TestListingHasDotEntries(t *testing.T) {
+	mnt := mountUnion(t, multiLayerDirs(t))
+	ino := func(p string) uint64 {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	for _, d := range []string{"", "etc", "opt/app"} {
+		dir := filepath.Join(mnt, d)
+		names, inos := dirents(t, dir)
+		if len(names) < 3 || names[0] != "." || names[1] != ".." {
+			t.Errorf("%s/ lists %v; want . and .. first", d, names)
+			continue
+		}
+		parent := ino(filepath.Join(dir, ".."))
+		if d == "" {
+			parent = ino(dir) // the root's ".." is itself (stat leaves the mount)
+		}
+		if inos[0] != ino(dir) || inos[1] != parent {
+			t.Errorf("%s/: . and .. have inodes %d %d; stat says %d %d", d, inos[0], inos[1], ino(dir), parent)
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil || len(entries) != len(names)-2 {
+			t.Errorf("%s/: os.ReadDir gives %d entries (%v), getdents %d names", d, len(entries), err, len(names))
 		}
 	}
 }
