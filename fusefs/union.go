@@ -164,7 +164,7 @@ type child struct {
 // key), no redirect (which only the merge reads), the time in 12 bytes
 // — and a record takes 128 bytes, not 192.
 type attrs struct {
-	size            int64
+	size, blocks    int64
 	mtimeSec        int64
 	rdev, ino       uint64
 	target          string
@@ -175,17 +175,25 @@ type attrs struct {
 }
 
 func packAttrs(e layertree.Entry) attrs {
-	return attrs{size: e.Size, mtimeSec: e.Mtime.Unix(), mtimeNsec: uint32(e.Mtime.Nanosecond()), rdev: e.Rdev, ino: e.Ino,
+	return attrs{size: e.Size, blocks: e.Blocks, mtimeSec: e.Mtime.Unix(), mtimeNsec: uint32(e.Mtime.Nanosecond()), rdev: e.Rdev, ino: e.Ino,
 		target: e.Target, mode: e.Mode, uid: e.UID, gid: e.GID, nlink: e.Nlink, opaque: e.Opaque, implied: e.Implied}
 }
 
 // entry unpacks the attributes (without name or redirect).
 func (a *attrs) entry() layertree.Entry {
-	return layertree.Entry{Size: a.size, Mtime: time.Unix(a.mtimeSec, int64(a.mtimeNsec)), Rdev: a.rdev, Ino: a.ino, Target: a.target,
+	return layertree.Entry{Size: a.size, Blocks: a.blocks, Mtime: time.Unix(a.mtimeSec, int64(a.mtimeNsec)), Rdev: a.rdev, Ino: a.ino, Target: a.target,
 		Mode: a.mode, UID: a.uid, GID: a.gid, Nlink: a.nlink, Opaque: a.opaque, Implied: a.implied}
 }
 
 func (a *attrs) typ() uint32 { return a.mode & layertree.ModeType }
+
+// mergedDir: a directory whose entries come from more than one layer
+// (the upper and a lower, or several lowers). Its link count is 1, as
+// the kernel overlayfs reports it: counting its subdirectories would mean
+// merging it, and 1 tells find and others not to count on it.
+func (c *child) mergedDir() bool {
+	return c.attrs.typ() == layertree.ModeDir && (len(c.lowers) > 1 || c.upper && len(c.lowers) > 0)
+}
 
 // node is one file of the union.
 type node struct {
@@ -682,7 +690,7 @@ func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	// Only these fields are read: no snapshot, which copies the layers
 	// (a READDIRPLUS looks up every entry it lists).
 	n.u.mu.Lock()
-	upper, a, ino := c.upper, c.attrs, c.ino
+	upper, a, ino, merged := c.upper, c.attrs, c.ino, c.mergedDir()
 	n.u.mu.Unlock()
 	if upper {
 		var st syscall.Stat_t
@@ -692,6 +700,9 @@ func (n *node) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		fillFromStat(&out.Attr, &st, ino)
 	} else {
 		fillAttr(&out.Attr, &a, ino)
+	}
+	if merged {
+		out.Attr.Nlink = 1
 	}
 	n.u.setTimeouts(out)
 	return n.NewInode(ctx, cn, fs.StableAttr{Mode: out.Attr.Mode & syscall.S_IFMT, Ino: ino}), 0
@@ -721,7 +732,12 @@ func fillAttr(a *fuse.Attr, e *attrs, ino uint64) {
 	a.Mode = e.mode
 	a.Uid, a.Gid = e.uid, e.gid
 	a.Size = uint64(e.size)
-	a.Blocks = (uint64(e.size) + 511) / 512
+	a.Blocks = uint64(e.blocks)
+	if e.blocks == 0 && e.typ() == layertree.ModeRegular {
+		// The layer does not say (a lazy layer's TOC): what the file
+		// takes once extracted to a file system of 4 KiB blocks.
+		a.Blocks = (uint64(e.size) + 4095) / 4096 * 8
+	}
 	a.Blksize = 4096
 	a.Nlink = max(e.nlink, 1)
 	a.Rdev = uint32(e.rdev)
@@ -749,6 +765,9 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 func (n *node) getattr(fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.SetTimeout(n.u.timeout)
 	c := n.u.snapshot(n.c)
+	if c.mergedDir() {
+		defer func() { out.Nlink = 1 }()
+	}
 	var st syscall.Stat_t
 	if f, ok := fh.(*upperFile); ok {
 		// Open files stay reachable when unlinked or renamed.

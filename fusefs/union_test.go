@@ -120,8 +120,11 @@ func describe(t *testing.T, root string) (map[string]string, map[uint64][]string
 			// Directories' metadata differ where a layer holds a directory
 			// only as a parent: the kernel shows that layer's made-up
 			// attributes, strata the image's (see whiteout.ImpliedXattr).
-			s += fmt.Sprintf(" mode=%o owner=%d:%d size=%d nlink=%d mtime=%d", st.Mode, st.Uid, st.Gid, st.Size, st.Nlink, st.Mtim.Sec)
+			s += fmt.Sprintf(" mode=%o owner=%d:%d size=%d nlink=%d blocks=%d mtime=%d", st.Mode, st.Uid, st.Gid, st.Size, st.Nlink, st.Blocks, st.Mtim.Sec)
 			inodes[st.Ino] = append(inodes[st.Ino], rel)
+		} else {
+			// 1 for a directory merged from several layers.
+			s += fmt.Sprintf(" nlink=%d", st.Nlink)
 		}
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFREG:

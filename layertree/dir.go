@@ -223,7 +223,7 @@ type fileAt struct {
 func (d *Dir) entry(f fileAt, st *unix.Stat_t) Entry {
 	e := Entry{
 		Name: f.name, Mode: st.Mode, UID: st.Uid, GID: st.Gid, Size: st.Size,
-		Mtime: time.Unix(st.Mtim.Unix()), Rdev: st.Rdev, Nlink: uint32(st.Nlink), Ino: st.Ino,
+		Mtime: time.Unix(st.Mtim.Unix()), Rdev: st.Rdev, Nlink: uint32(st.Nlink), Ino: st.Ino, Blocks: st.Blocks,
 	}
 	if e.Type() == ModeSymlink {
 		e.Target = readlink(f)

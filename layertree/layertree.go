@@ -35,6 +35,9 @@ type Entry struct {
 	// kernel overlayfs's redirect xattr): absolute from the root, or a
 	// name relative to the parent.
 	Redirect string
+	// Blocks is the 512-byte blocks the file takes where the layer keeps
+	// it on disk (st_blocks); 0 where the layer does not say.
+	Blocks int64
 	// ListBytes is a directory's own size where a layer keeps it on
 	// disk: a hint of how long its listing is to read (0: unknown).
 	ListBytes int64
