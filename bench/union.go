@@ -100,13 +100,32 @@ func Union(ctx context.Context, o UnionOptions) (*UnionReport, error) {
 		return nil, err
 	}
 	rep := &UnionReport{Machine: machine([]string{"dpkg-query", "-W", "-f", "fuse-overlayfs ${Version}", "fuse-overlayfs"}), Runs: o.Runs}
-	for _, sc := range o.Scenarios {
-		row, err := runScenario(ctx, sc, img, root, o)
-		if err != nil {
-			return nil, fmt.Errorf("scenario %s: %w", sc, err)
+	// The lookup depths are measured in one loop, a run of each in turn,
+	// so that their ratio compares runs made under the same conditions.
+	var groups [][]string
+	for i, sc := range o.Scenarios {
+		if i > 0 && strings.HasPrefix(sc, "lookup-") && strings.HasPrefix(o.Scenarios[i-1], "lookup-") {
+			groups[len(groups)-1] = append(groups[len(groups)-1], sc)
+			continue
 		}
-		o.Log.Info("scenario", "name", sc, "values", row.Values)
-		rep.Rows = append(rep.Rows, row)
+		groups = append(groups, []string{sc})
+	}
+	for _, g := range groups {
+		var scs []*scenario
+		for _, sc := range g {
+			s, err := prepareScenario(sc, img, root, o)
+			if err != nil {
+				return nil, fmt.Errorf("scenario %s: %w", sc, err)
+			}
+			scs = append(scs, s)
+		}
+		if err := runScenarios(ctx, scs, root, o); err != nil {
+			return nil, err
+		}
+		for _, s := range scs {
+			o.Log.Info("scenario", "name", s.row.Scenario, "values", s.row.Values)
+			rep.Rows = append(rep.Rows, s.row)
+		}
 	}
 	return rep, nil
 }
@@ -323,8 +342,20 @@ func rssMiB(pid int) float64 {
 // op is one measured operation over a mount; it returns the figure.
 type op func(m *mounted) (float64, error)
 
-func runScenario(ctx context.Context, sc string, img *stack, root string, o UnionOptions) (UnionRow, error) {
-	row := UnionRow{Scenario: sc, Unit: "s", Values: map[string]float64{}}
+// scenario is one scenario ready to run: its stack, its peers, what is
+// measured on each fresh mount, and the row its medians go to.
+type scenario struct {
+	row     UnionRow
+	stack   *stack
+	peers   []string
+	measure op
+	cold    bool // caches dropped after mounting
+	repeat  int
+}
+
+func prepareScenario(sc string, img *stack, root string, o UnionOptions) (*scenario, error) {
+	prepared := &scenario{row: UnionRow{Scenario: sc, Unit: "s", Values: map[string]float64{}}}
+	row := &prepared.row // measures may note what they found
 	s := img
 	peers := unionPeers
 	var measure op
@@ -446,7 +477,7 @@ func runScenario(ctx context.Context, sc string, img *stack, root string, o Unio
 		n, _ := strconv.Atoi(strings.TrimPrefix(sc, "lookup-"))
 		var err error
 		if s, err = lookupStack(root, n); err != nil {
-			return row, err
+			return nil, err
 		}
 		row.Note = fmt.Sprintf("stat 1,000 files of the bottom layer under a directory every one of the %d layers has (fresh mount, page cache warm)", n)
 		cold = false
@@ -475,7 +506,7 @@ func runScenario(ctx context.Context, sc string, img *stack, root string, o Unio
 			return rssMiB(m.pid), err
 		}
 	default:
-		return row, fmt.Errorf("unknown scenario (want one of %s)", strings.Join(UnionScenarios, ", "))
+		return nil, fmt.Errorf("unknown scenario (want one of %s)", strings.Join(UnionScenarios, ", "))
 	}
 	repeat := o.Runs
 	if strings.HasPrefix(sc, "lookup-") {
@@ -484,33 +515,55 @@ func runScenario(ctx context.Context, sc string, img *stack, root string, o Unio
 		// one placement: medians of few runs flip between the two.
 		repeat *= 3
 	}
-	runs := map[string][]float64{}
-	for r := 0; r < repeat; r++ {
-		// Peers take turns within a run, so drift affects them alike.
-		for _, peer := range peers {
-			if err := ctx.Err(); err != nil {
-				return row, err
+	prepared.stack, prepared.peers, prepared.measure, prepared.cold, prepared.repeat = s, peers, measure, cold, repeat
+	return prepared, nil
+}
+
+// runScenarios runs the scenarios' runs in turn, and in each run the
+// peers in turn, so that drift affects them alike; each row gets its
+// medians.
+func runScenarios(ctx context.Context, scs []*scenario, root string, o UnionOptions) error {
+	runs := make([]map[string][]float64, len(scs))
+	for i := range runs {
+		runs[i] = map[string][]float64{}
+	}
+	for r := 0; ; r++ {
+		more := false
+		for i, sc := range scs {
+			if r >= sc.repeat {
+				continue
 			}
-			m, err := mount(ctx, peer, s, root, o)
-			if err != nil {
-				return row, err
+			more = true
+			for _, peer := range sc.peers {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				m, err := mount(ctx, peer, sc.stack, root, o)
+				if err != nil {
+					return fmt.Errorf("scenario %s: %w", sc.row.Scenario, err)
+				}
+				if sc.cold {
+					dropCaches()
+				}
+				v, err := sc.measure(m)
+				m.unmount()
+				if err != nil {
+					return fmt.Errorf("scenario %s: %s: %w", sc.row.Scenario, peer, err)
+				}
+				o.Log.Info("run", "scenario", sc.row.Scenario, "peer", peer, "value", v)
+				runs[i][peer] = append(runs[i][peer], v)
 			}
-			if cold {
-				dropCaches()
-			}
-			v, err := measure(m)
-			m.unmount()
-			if err != nil {
-				return row, fmt.Errorf("%s: %w", peer, err)
-			}
-			o.Log.Info("run", "scenario", sc, "peer", peer, "value", v)
-			runs[peer] = append(runs[peer], v)
+		}
+		if !more {
+			break
 		}
 	}
-	for peer, vs := range runs {
-		row.Values[peer] = medianFloat(vs)
+	for i, sc := range scs {
+		for peer, vs := range runs[i] {
+			sc.row.Values[peer] = medianFloat(vs)
+		}
 	}
-	return row, nil
+	return nil
 }
 
 func readAll(p string) (int64, error) {

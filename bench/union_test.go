@@ -25,7 +25,13 @@ func TestUnionScenarioSmall(t *testing.T) {
 	if len(rep.Rows) != len(UnionScenarios) {
 		t.Fatalf("%d rows for %d scenarios", len(rep.Rows), len(UnionScenarios))
 	}
-	for _, row := range rep.Rows {
+	for i, row := range rep.Rows {
+		if row.Scenario != UnionScenarios[i] {
+			t.Errorf("row %d is %s, want %s", i, row.Scenario, UnionScenarios[i])
+		}
+		if row.Scenario == "walk" && !strings.Contains(row.Note, " entries ") {
+			t.Errorf("walk's note does not say how many entries it walked: %q", row.Note)
+		}
 		want := unionPeers
 		switch row.Scenario {
 		case "copyup-1g":
