@@ -247,7 +247,7 @@ func (d *Dir) entry(f fileAt, st *unix.Stat_t) Entry {
 		if xs&markRedirect != 0 {
 			e.Redirect = redirectOf(f.abs)
 		}
-		e.Size, e.ListBytes = 4096, st.Size
+		e.ListBytes = st.Size
 	}
 	if xs&markOverride != 0 {
 		applyOverride(&e, f.abs)

@@ -161,6 +161,9 @@ func (t *lazyTree) entry(name string, e *estargz.TOCEntry) layertree.Entry {
 	case "char", "block":
 		out.Rdev = unix.Mkdev(uint32(e.DevMajor), uint32(e.DevMinor))
 	case "dir":
+		// What an extracted layer's small directory has (as stargz-store
+		// shows too): the TOC does not say.
+		out.Size, out.Blocks = 4096, 8
 		_, out.Opaque = e.LookupChild(whiteout.OpaqueMarker)
 		out.Opaque = out.Opaque || string(e.Xattrs["trusted.overlay.opaque"]) == "y"
 		// Parents the tar never listed (estargz makes them 0755 root,
