@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -435,4 +436,51 @@ func hasName(ents []os.DirEntry, name string) bool {
 		}
 	}
 	return false
+}
+
+// lseek's SEEK_DATA and SEEK_HOLE answer as on the kernel overlayfs: from
+// the file's own holes, for a lower file and an upper one, also once the
+// open file's name is gone (stress-ng's seek stressor found ENOENT).
+func TestSeekDataAndHoles(t *testing.T) {
+	strata, kernel, _ := setup(t, multiLayerDirs(t))
+	probe := func(root string) string {
+		t.Helper()
+		var out []string
+		seek := func(f *os.File, off int64, whence int) {
+			n, err := unix.Seek(int(f.Fd()), off, whence)
+			out = append(out, fmt.Sprintf("%d:%d=%d,%v", whence, off, n, errnoOf(err)))
+		}
+		lower, err := os.Open(filepath.Join(root, "etc/motd"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lower.Close()
+		for _, off := range []int64{0, 3, 1 << 20} {
+			seek(lower, off, unix.SEEK_DATA)
+			seek(lower, off, unix.SEEK_HOLE)
+		}
+		sparse, err := os.Create(filepath.Join(root, "sparse"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sparse.Close()
+		if _, err := sparse.WriteAt([]byte("data"), 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		for _, gone := range []bool{false, true} {
+			if gone {
+				if err := os.Remove(filepath.Join(root, "sparse")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, off := range []int64{0, 1 << 20, 2 << 20} {
+				seek(sparse, off, unix.SEEK_DATA)
+				seek(sparse, off, unix.SEEK_HOLE)
+			}
+		}
+		return strings.Join(out, " ")
+	}
+	if got, want := probe(strata), probe(kernel); got != want {
+		t.Errorf("lseek:\n  strata %s\n  kernel %s", got, want)
+	}
 }

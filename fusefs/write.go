@@ -1197,7 +1197,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		return nil, 0, fs.ToErrno(err)
 	}
 	// Layer files never change: the kernel keeps their pages across opens.
-	return &file{f: f}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
+	return &file{f: f, size: c.attrs.size}, fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH, 0
 }
 
 // upperFile is an open file of the upper directory.
@@ -1244,6 +1244,7 @@ var (
 	_ fs.FileGetlker         = (*upperFile)(nil)
 	_ fs.FileSetlker         = (*upperFile)(nil)
 	_ fs.FileSetlkwer        = (*upperFile)(nil)
+	_ fs.FileLseeker         = (*upperFile)(nil)
 )
 
 func (f *upperFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -1290,9 +1291,22 @@ func (f *upperFile) Release(ctx context.Context) syscall.Errno {
 // what native ones cost.
 func (f *upperFile) PassthroughFd() (int, bool) { return f.fd, true }
 
+// Lseek answers SEEK_DATA and SEEK_HOLE (the kernel does the other
+// whences) from the upper file itself: its holes are the file's, and an
+// open file's answer must not depend on its name, which may be gone.
+func (f *upperFile) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	return lseek(f.fd, off, whence)
+}
+
+func lseek(fd int, off uint64, whence uint32) (uint64, syscall.Errno) {
+	n, err := unix.Seek(fd, int64(off), int(whence))
+	return uint64(n), fs.ToErrno(err)
+}
+
 // file is an open layer file.
 type file struct {
-	f layertree.File
+	f    layertree.File
+	size int64
 }
 
 var (
@@ -1302,7 +1316,23 @@ var (
 	_ fs.FileGetlker         = (*file)(nil)
 	_ fs.FileSetlker         = (*file)(nil)
 	_ fs.FileSetlkwer        = (*file)(nil)
+	_ fs.FileLseeker         = (*file)(nil)
 )
+
+// Lseek answers SEEK_DATA and SEEK_HOLE from the layer's file where it
+// lies on disk, else as for a file without holes.
+func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	if fd, ok := f.PassthroughFd(); ok {
+		return lseek(fd, off, whence)
+	}
+	if int64(off) >= f.size {
+		return 0, syscall.ENXIO
+	}
+	if whence == unix.SEEK_HOLE {
+		return uint64(f.size), 0
+	}
+	return off, 0
+}
 
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	n, err := f.f.ReadAt(dest, off)
