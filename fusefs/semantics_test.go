@@ -484,3 +484,46 @@ func TestSeekDataAndHoles(t *testing.T) {
 		t.Errorf("lseek:\n  strata %s\n  kernel %s", got, want)
 	}
 }
+
+// An open file whose name is gone is still the file: what is done
+// through its descriptor works as on the kernel overlayfs, xattrs too
+// (which the kernel asks for by inode, not by the open file).
+func TestUnlinkedOpenFile(t *testing.T) {
+	strata, kernel, _ := setup(t, multiLayerDirs(t))
+	probe := func(root string) string {
+		t.Helper()
+		var out []string
+		note := func(what string, v any, err error) {
+			out = append(out, fmt.Sprintf("%s=%v,%v", what, v, errnoOf(err)))
+		}
+		for _, name := range []string{"new-file", "etc/motd"} { // made in the union; copied up
+			f, err := os.OpenFile(filepath.Join(root, name), os.O_RDWR|os.O_CREATE, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if err := os.Remove(filepath.Join(root, name)); err != nil {
+				t.Fatal(err)
+			}
+			fd := int(f.Fd())
+			note("truncate", nil, unix.Ftruncate(fd, 3))
+			note("chmod", nil, unix.Fchmod(fd, 0o600))
+			note("chown", nil, unix.Fchown(fd, 7, 8))
+			note("utimes", nil, unix.Futimes(fd, []unix.Timeval{{Sec: 100}, {Sec: 200}}))
+			note("setxattr", nil, unix.Fsetxattr(fd, "user.k", []byte("v"), 0))
+			buf := make([]byte, 64)
+			n, err := unix.Fgetxattr(fd, "user.k", buf)
+			note("getxattr", string(buf[:max(n, 0)]), err)
+			n, err = unix.Flistxattr(fd, buf)
+			note("listxattr", strings.ReplaceAll(string(buf[:max(n, 0)]), "\x00", ","), err)
+			note("removexattr", nil, unix.Fremovexattr(fd, "user.k"))
+			var st unix.Stat_t
+			err = unix.Fstat(fd, &st)
+			note("stat", fmt.Sprintf("size=%d mode=%o owner=%d:%d mtime=%d nlink=%d", st.Size, st.Mode, st.Uid, st.Gid, st.Mtim.Sec, st.Nlink), err)
+		}
+		return strings.Join(out, " ")
+	}
+	if got, want := probe(strata), probe(kernel); got != want {
+		t.Errorf("through the descriptor of an unlinked file:\n  strata %s\n  kernel %s", got, want)
+	}
+}

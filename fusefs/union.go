@@ -919,7 +919,15 @@ func (n *node) xattrs(ctx context.Context) (map[string][]byte, syscall.Errno) {
 	var xs map[string][]byte
 	var err error
 	if c.upper {
-		xs, err = n.u.upper.Xattrs(ctx, n.path())
+		f, p, follow := n.upperFileAt(nil)
+		if f != nil {
+			defer unix.Close(f.fd)
+		}
+		if follow {
+			xs, err = layertree.XattrsOf(p)
+		} else {
+			xs, err = n.u.upper.Xattrs(ctx, n.path())
+		}
 	} else {
 		xs, err = n.u.layers[c.lowers[0].idx].Xattrs(ctx, c.lowers[0].path)
 	}

@@ -952,6 +952,29 @@ func (n *node) childNode(ctx context.Context, name string) (*node, syscall.Errno
 	return in.Operations().(*node), 0
 }
 
+// upperFileAt is where n's upper file is reached: through an open file of
+// it when there is one, as it may have no name any more (unlinked,
+// O_TMPFILE) or another file may have its name. f is fh when that is an
+// upper file, else another open of n, duplicated (as that one may be
+// released meanwhile; the caller closes it), or nil; p is its magic link
+// (follow: syscalls must follow it), the O_TMPFILE file's, or the upper
+// path. The kernel names the open file only for ftruncate.
+func (n *node) upperFileAt(fh fs.FileHandle) (f *upperFile, p string, follow bool) {
+	f, ok := fh.(*upperFile)
+	if !ok {
+		if fd := n.u.dupOpen(n.c); fd >= 0 {
+			f = &upperFile{fd: fd}
+		}
+	}
+	if f != nil {
+		return f, fdPath(f.fd), true
+	}
+	if c := n.u.snapshot(n.c); c.anonFd != 0 {
+		return nil, fdPath(int(c.anonFd)), true
+	}
+	return nil, n.upperPath(), false
+}
+
 func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if n.u.readOnly() {
 		return syscall.EROFS
@@ -961,22 +984,9 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	// Through the open file when there is one: it may have no name any
-	// more (unlinked, O_TMPFILE), or another file may have its name.
-	p, follow := n.upperPath(), false
-	f, ok := fh.(*upperFile)
-	if !ok {
-		// The kernel names the file only for ftruncate; borrow another
-		// open of it, duplicated, as that one may be released meanwhile.
-		if fd := n.u.dupOpen(n.c); fd >= 0 {
-			defer unix.Close(fd)
-			f = &upperFile{fd: fd}
-		}
-	}
-	if f != nil {
-		p, follow = fdPath(f.fd), true
-	} else if c := n.u.snapshot(n.c); c.anonFd != 0 {
-		p, follow = fdPath(int(c.anonFd)), true
+	f, p, follow := n.upperFileAt(fh)
+	if f != nil && f != fh {
+		defer unix.Close(f.fd)
 	}
 	if m, ok := in.GetMode(); ok {
 		if err := unix.Chmod(p, m&0o7777); err != nil {
@@ -1133,7 +1143,14 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	return fs.ToErrno(unix.Lsetxattr(n.upperPath(), attr, data, int(flags)))
+	f, p, follow := n.upperFileAt(nil)
+	if f != nil {
+		defer unix.Close(f.fd)
+	}
+	if follow {
+		return fs.ToErrno(unix.Setxattr(p, attr, data, int(flags)))
+	}
+	return fs.ToErrno(unix.Lsetxattr(p, attr, data, int(flags)))
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
@@ -1148,7 +1165,14 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if errno := n.copyUp(ctx); errno != 0 {
 		return errno
 	}
-	return fs.ToErrno(unix.Lremovexattr(n.upperPath(), attr))
+	f, p, follow := n.upperFileAt(nil)
+	if f != nil {
+		defer unix.Close(f.fd)
+	}
+	if follow {
+		return fs.ToErrno(unix.Removexattr(p, attr))
+	}
+	return fs.ToErrno(unix.Lremovexattr(p, attr))
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {

@@ -412,7 +412,17 @@ func (d *Dir) Xattrs(_ context.Context, path string) (map[string][]byte, error) 
 	if err != nil {
 		return nil, &os.PathError{Op: "listxattr", Path: d.abs(path), Err: err}
 	}
-	size, err := unix.Llistxattr(p, nil)
+	return xattrs(p, unix.Llistxattr, unix.Lgetxattr)
+}
+
+// XattrsOf is Xattrs of the file a magic link (/proc/self/fd/N) reaches,
+// which may have no name.
+func XattrsOf(link string) (map[string][]byte, error) {
+	return xattrs(link, unix.Listxattr, unix.Getxattr)
+}
+
+func xattrs(p string, list func(string, []byte) (int, error), get func(string, string, []byte) (int, error)) (map[string][]byte, error) {
+	size, err := list(p, nil)
 	if err != nil || size == 0 {
 		if errors.Is(err, unix.ENOTSUP) {
 			err = nil
@@ -420,7 +430,7 @@ func (d *Dir) Xattrs(_ context.Context, path string) (map[string][]byte, error) 
 		return nil, err
 	}
 	buf := make([]byte, size)
-	size, err = unix.Llistxattr(p, buf)
+	size, err = list(p, buf)
 	if err != nil {
 		return nil, err
 	}
@@ -429,7 +439,7 @@ func (d *Dir) Xattrs(_ context.Context, path string) (map[string][]byte, error) 
 		if name == "" || Internal(name) {
 			continue
 		}
-		v, err := lgetxattr(p, name)
+		v, err := getxattrWith(get, p, name)
 		if err != nil {
 			continue
 		}
@@ -445,10 +455,10 @@ func Internal(name string) bool {
 		strings.HasPrefix(name, "user.strata.") || name == overrideStat
 }
 
-func lgetxattr(path, name string) ([]byte, error) {
+func getxattrWith(get func(string, string, []byte) (int, error), path, name string) ([]byte, error) {
 	buf := make([]byte, 256)
 	for {
-		n, err := unix.Lgetxattr(path, name, buf)
+		n, err := get(path, name, buf)
 		if errors.Is(err, unix.ERANGE) {
 			buf = make([]byte, len(buf)*4)
 			continue
