@@ -12,9 +12,9 @@ import (
 // prefetcher lists lower directories before the kernel asks for them.
 // When a directory is listed, its subdirectories are likely next: a tree
 // walk (find, du, ls -R, a build) goes into each in name order. Reading
-// their lower listings meanwhile, on another core, overlaps the disk and
-// the syscalls with the walker's own work; the merge then finds them
-// done. Lower layers never change, so a listing read ahead stays right;
+// their lower listings meanwhile (and their subdirectories', two levels
+// down), on another core, overlaps the disk and the syscalls with the
+// walker's own work; the merge then finds them done. Lower layers never change, so a listing read ahead stays right;
 // the upper is always read at merge time.
 //
 // Only directories a layer says are small are read ahead (ListBytes):
@@ -41,6 +41,9 @@ type prefetcher struct {
 type prefetch struct {
 	done chan struct{} // closed when read; nil while only queued
 	l    listing
+	// depth below the directory whose listing queued it: 1 for its
+	// subdirectories, 2 for theirs.
+	depth int
 	// counted: l is held in read and readEntries.
 	counted bool
 }
@@ -51,6 +54,10 @@ const (
 	prefetchDirBytes   = 64 << 10 // an ext4 directory of ~2,000 names
 	prefetchQueued     = 4096
 	prefetchMaxEntries = 32768 // entries held read but not taken yet
+	// A listed directory's subdirectories are read ahead, and theirs:
+	// a walk's next listings are those, and each read ahead covers one
+	// round trip of the walker's.
+	prefetchDepth = 2
 )
 
 func newPrefetcher(layers []layertree.Tree) *prefetcher {
@@ -70,7 +77,7 @@ func (p *prefetcher) queueChildren(children map[string]*child, lowers []layerRef
 			break
 		}
 		for _, e := range listings[i].ents {
-			if !e.IsDir() || e.Whiteout || e.ListBytes <= 0 || e.ListBytes > prefetchDirBytes {
+			if !readAhead(e) {
 				continue
 			}
 			cref := layerRef{idx: ref.idx, path: join(ref.path, e.Name)}
@@ -93,15 +100,51 @@ func (p *prefetcher) queueChildren(children map[string]*child, lowers []layerRef
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, it := range items {
-		if _, ok := p.state[it.ref]; ok {
-			continue
-		}
-		p.state[it.ref] = &prefetch{}
-		p.todo = append(p.todo, it.ref)
+		p.push(it.ref, 1)
 	}
+	p.start() // also for those brought nearer
+}
+
+// push queues ref at depth, unless it is known already; then it is only
+// brought nearer, and if read, its subdirectories come in reach. Called
+// with p.mu held.
+func (p *prefetcher) push(ref layerRef, depth int) {
+	pf, ok := p.state[ref]
+	if !ok {
+		p.state[ref] = &prefetch{depth: depth}
+		p.todo = append(p.todo, ref)
+		return
+	}
+	if depth < pf.depth {
+		pf.depth = depth
+		if pf.counted {
+			p.pushChildren(ref, pf)
+		}
+	}
+}
+
+// pushChildren queues the subdirectories of ref, just read, when they are
+// near enough: the first on top, as a depth-first walk lists them before
+// the next sibling. Called with p.mu held.
+func (p *prefetcher) pushChildren(ref layerRef, pf *prefetch) {
+	if pf.depth >= prefetchDepth {
+		return
+	}
+	for i := len(pf.l.ents) - 1; i >= 0; i-- {
+		if e := pf.l.ents[i]; readAhead(e) {
+			p.push(layerRef{idx: ref.idx, path: join(ref.path, e.Name)}, pf.depth+1)
+		}
+	}
+}
+
+// start trims the queue to its bound and starts workers for it. Called
+// with p.mu held.
+func (p *prefetcher) start() {
 	if over := len(p.todo) - prefetchQueued; over > 0 {
 		for _, ref := range p.todo[:over] { // the oldest, least likely next
-			delete(p.state, ref)
+			if pf, ok := p.state[ref]; ok && pf.done == nil {
+				delete(p.state, ref) // else a later push of it, started
+			}
 		}
 		p.todo = append(p.todo[:0], p.todo[over:]...)
 	}
@@ -143,6 +186,8 @@ func (p *prefetcher) work() {
 			p.evict()
 		}
 		close(pf.done)
+		p.pushChildren(ref, pf)
+		p.start()
 		p.mu.Unlock()
 	}
 }
@@ -204,4 +249,10 @@ func (p *prefetcher) take(ctx context.Context, ref layerRef) (listing, bool) {
 	}
 	p.mu.Unlock()
 	return pf.l, true
+}
+
+// readAhead tells a directory entry worth reading ahead: a directory its
+// layer says is small (see prefetcher).
+func readAhead(e layertree.Entry) bool {
+	return e.IsDir() && !e.Whiteout && e.ListBytes > 0 && e.ListBytes <= prefetchDirBytes
 }

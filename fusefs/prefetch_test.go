@@ -77,12 +77,13 @@ func names(t *testing.T, dir string) string {
 	return strings.Join(out, ",")
 }
 
-// Listing a directory reads its subdirectories' lower listings ahead, once
-// each: listing them then reads no layer again, and shows what a merge
-// without read-ahead shows (whiteouts from the layer above honoured).
+// Listing a directory reads its subdirectories' lower listings ahead, and
+// theirs, once each: listing them then reads no layer again, and shows
+// what a merge without read-ahead shows (whiteouts from the layer above
+// honoured). Deeper directories wait for their parents' listings.
 func TestListingReadsSubdirectoriesAhead(t *testing.T) {
 	top, bottom := t.TempDir(), t.TempDir()
-	writeFiles(t, bottom, "a/z", "b/y", "b/w", "c/d/f")
+	writeFiles(t, bottom, "a/z", "b/y", "b/w", "c/d/f", "c/d/e/g")
 	writeFiles(t, top, "a/x", "b/.wh.y", "c/d/g")
 	mnt, u, layers := mountPrefetching(t, top, bottom)
 
@@ -90,15 +91,15 @@ func TestListingReadsSubdirectoriesAhead(t *testing.T) {
 		t.Fatalf("root lists %s", got)
 	}
 	waitIdle(t, u)
-	for _, d := range []string{"a", "b", "c"} {
+	for _, d := range []string{"a", "b", "c", "c/d"} {
 		for i, l := range layers {
 			if n := l.listed(d); n != 1 {
 				t.Errorf("%s in layer %d read %d times after listing the root, want 1 (ahead)", d, i, n)
 			}
 		}
 	}
-	if n := layers[0].listed("c/d") + layers[1].listed("c/d"); n != 0 {
-		t.Errorf("c/d read %d times before c was listed", n)
+	if n := layers[1].listed("c/d/e"); n != 0 {
+		t.Errorf("c/d/e read %d times before c was listed", n)
 	}
 	for d, want := range map[string]string{"a": "x,z", "b": "w", "c": "d"} {
 		if got := names(t, filepath.Join(mnt, d)); got != want {
@@ -106,11 +107,19 @@ func TestListingReadsSubdirectoriesAhead(t *testing.T) {
 		}
 	}
 	waitIdle(t, u)
-	if got := names(t, filepath.Join(mnt, "c", "d")); got != "f,g" {
-		t.Errorf("c/d lists %s, want f,g", got)
+	if n := layers[1].listed("c/d/e"); n != 1 {
+		t.Errorf("c/d/e read %d times after c was listed, want 1 (ahead)", n)
 	}
-	for _, d := range []string{"a", "b", "c", "c/d"} {
+	for d, want := range map[string]string{"c/d": "e,f,g", "c/d/e": "g"} {
+		if got := names(t, filepath.Join(mnt, d)); got != want {
+			t.Errorf("%s lists %s, want %s", d, got, want)
+		}
+	}
+	for _, d := range []string{"a", "b", "c", "c/d", "c/d/e"} {
 		for i, l := range layers {
+			if d == "c/d/e" && i == 0 {
+				continue // not in the top layer
+			}
 			if n := l.listed(d); n != 1 {
 				t.Errorf("%s in layer %d read %d times, want once", d, i, n)
 			}
