@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -525,5 +526,73 @@ func TestUnlinkedOpenFile(t *testing.T) {
 	}
 	if got, want := probe(strata), probe(kernel); got != want {
 		t.Errorf("through the descriptor of an unlinked file:\n  strata %s\n  kernel %s", got, want)
+	}
+}
+
+// A copy-up changes nothing the union shows but the file: the directories
+// it goes into keep their times (also in the upper, so after a remount),
+// and a sparse file keeps its holes, as with the kernel overlayfs.
+func TestCopyUpKeepsDirectoryTimesAndHoles(t *testing.T) {
+	lower := t.TempDir()
+	for _, d := range []string{"p/q", "s"} {
+		if err := os.MkdirAll(filepath.Join(lower, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"p/q/f1", "p/q/f2"} {
+		if err := os.WriteFile(filepath.Join(lower, f), []byte("lower"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sparse, err := os.Create(filepath.Join(lower, "s/sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sparse.WriteAt([]byte("tail"), 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	sparse.Close()
+	old := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, d := range []string{"p/q", "p", "s"} {
+		if err := os.Chtimes(filepath.Join(lower, d), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	strata, kernel, strataUpper := setup(t, []string{lower})
+	probe := func(root string) string {
+		t.Helper()
+		f, err := os.OpenFile(filepath.Join(root, "p/q/f1"), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString("+")
+		f.Close()
+		f, err = os.OpenFile(filepath.Join(root, "s/sparse"), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteAt([]byte("x"), 0)
+		f.Close()
+		var out []string
+		for _, p := range []string{"p", "p/q", "s", "s/sparse"} {
+			var st unix.Stat_t
+			if err := unix.Lstat(filepath.Join(root, p), &st); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, fmt.Sprintf("%s mtime=%d", p, st.Mtim.Sec))
+			if p == "s/sparse" {
+				out = append(out, fmt.Sprintf("blocks=%d", st.Blocks))
+			}
+		}
+		return strings.Join(out, " ")
+	}
+	got, want := probe(strata), probe(kernel)
+	if got != want {
+		t.Errorf("after copy-ups:\n  strata %s\n  kernel %s", got, want)
+	}
+	for _, d := range []string{"p", "p/q", "s"} {
+		if fi, err := os.Stat(filepath.Join(strataUpper, d)); err != nil || !fi.ModTime().Equal(old) {
+			t.Errorf("upper %s: modified %v (%v), want %v", d, fi.ModTime(), err, old)
+		}
 	}
 }

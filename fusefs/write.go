@@ -144,6 +144,9 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	ts := []unix.Timespec{unix.NsecToTimespec(e.Mtime.UnixNano()), unix.NsecToTimespec(e.Mtime.UnixNano())}
 	unix.UtimesNanoAt(unix.AT_FDCWD, staged, ts, unix.AT_SYMLINK_NOFOLLOW)
 	dst := n.upperPath()
+	// A copy-up changes nothing of the directory in the union: its times
+	// stay as they were, as the kernel overlayfs keeps them.
+	defer keepTimes(parent.upperPath())()
 	if err := unix.Renameat2(unix.AT_FDCWD, staged, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE); err != nil {
 		if !errors.Is(err, unix.EEXIST) {
 			return fs.ToErrno(err)
@@ -198,9 +201,11 @@ func (n *node) linkOtherNames(ctx context.Context, c child, upperFile string) {
 		if _, err := os.Lstat(target); err == nil {
 			continue
 		}
+		restore := keepTimes(pn.upperPath())
 		if err := os.Link(upperFile, target); err != nil {
 			n.u.log.Warn("keeping a hardlink set together failed", "name", p, "err", err)
 		}
+		restore()
 	}
 }
 
@@ -251,6 +256,18 @@ func (u *Union) walk(ctx context.Context, path string) (*node, syscall.Errno) {
 	return n, 0
 }
 
+// keepTimes notes the access and modification times of an upper
+// directory; the function it returns puts them back.
+func keepTimes(dir string) func() {
+	var st unix.Stat_t
+	if unix.Lstat(dir, &st) != nil {
+		return func() {}
+	}
+	return func() {
+		unix.UtimesNanoAt(unix.AT_FDCWD, dir, []unix.Timespec{st.Atim, st.Mtim}, unix.AT_SYMLINK_NOFOLLOW)
+	}
+}
+
 func (n *node) parentNode() *node {
 	_, p := n.Parent()
 	if p == nil {
@@ -273,8 +290,7 @@ func copyFile(ctx context.Context, tree layertree.Tree, path, dst string, sync b
 		return err
 	}
 	if lf, ok := src.(layertree.LocalFile); ok {
-		// copy_file_range: reflinks where the filesystem can.
-		_, err = copyRange(int(f.Fd()), lf.Fd(), src)
+		err = copySparse(int(f.Fd()), lf.Fd(), src)
 	} else {
 		_, err = io.Copy(f, io.NewSectionReader(src, 0, 1<<62))
 	}
@@ -287,29 +303,59 @@ func copyFile(ctx context.Context, tree layertree.Tree, path, dst string, sync b
 	return err
 }
 
-// copyRange copies with copy_file_range from offset 0 (a reflink where
-// the filesystem can), falling back to reads where the kernel refuses.
-func copyRange(dst, src int, srcReader io.ReaderAt) (int64, error) {
-	var off int64
-	for {
-		n, err := unix.CopyFileRange(src, &off, dst, nil, 1<<30, 0)
-		if err != nil {
-			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) {
-				m, err := io.Copy(fdWriter(dst), io.NewSectionReader(srcReader, off, 1<<62))
-				return off + m, err
-			}
-			return off, err
-		}
-		if n == 0 {
-			return off, nil
-		}
+// copySparse copies the data of src to the same offsets of dst and
+// leaves src's holes as holes, as the kernel overlayfs's copy-up does (a
+// sparse file stays sparse), the data with copy_file_range (a reflink
+// where the filesystem can).
+func copySparse(dst, src int, srcReader io.ReaderAt) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(src, &st); err != nil {
+		return err
 	}
+	for off := int64(0); off < st.Size; {
+		data, err := unix.Seek(src, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // a hole to the end
+		}
+		if err != nil {
+			data = off // no word of holes: all of it is data
+		}
+		end, err := unix.Seek(src, data, unix.SEEK_HOLE)
+		if err != nil || end > st.Size {
+			end = st.Size
+		}
+		if err := copyRange(dst, src, srcReader, data, end); err != nil {
+			return err
+		}
+		off = end
+	}
+	return unix.Ftruncate(dst, st.Size)
 }
 
-// fdWriter writes to a descriptor it does not own.
-type fdWriter int
+// copyRange copies bytes [off, end) of src to the same offsets of dst
+// with copy_file_range, falling back to reads where the kernel refuses.
+func copyRange(dst, src int, srcReader io.ReaderAt, off, end int64) error {
+	out := off
+	for off < end {
+		n, err := unix.CopyFileRange(src, &off, dst, &out, int(min(end-off, 1<<30)), 0)
+		if err != nil {
+			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL) {
+				_, err := io.Copy(io.NewOffsetWriter(fdWriterAt(dst), out), io.NewSectionReader(srcReader, off, end-off))
+				return err
+			}
+			return err
+		}
+		if n == 0 {
+			return nil // the file ended early
+		}
+	}
+	return nil
+}
 
-func (w fdWriter) Write(b []byte) (int, error) { return unix.Write(int(w), b) }
+// fdWriterAt writes to a descriptor it does not own.
+type fdWriterAt int
+
+func (w fdWriterAt) WriteAt(b []byte, off int64) (int, error) { return unix.Pwrite(int(w), b, off) }
 
 // caller is who asked, for the ownership of what they create.
 func caller(ctx context.Context) (uint32, uint32) {
