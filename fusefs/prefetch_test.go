@@ -101,20 +101,21 @@ func TestListingReadsSubdirectoriesAhead(t *testing.T) {
 	if n := layers[1].listed("c/d/e"); n != 0 {
 		t.Errorf("c/d/e read %d times before c was listed", n)
 	}
-	for d, want := range map[string]string{"a": "x,z", "b": "w", "c": "d"} {
-		if got := names(t, filepath.Join(mnt, d)); got != want {
-			t.Errorf("%s lists %s, want %s", d, got, want)
+	// In the order of a walk: a parent is listed before its children.
+	list := func(dirs ...string) {
+		for _, dw := range dirs {
+			d, want, _ := strings.Cut(dw, "=")
+			if got := names(t, filepath.Join(mnt, d)); got != want {
+				t.Errorf("%s lists %s, want %s", d, got, want)
+			}
 		}
 	}
+	list("a=x,z", "b=w", "c=d")
 	waitIdle(t, u)
 	if n := layers[1].listed("c/d/e"); n != 1 {
 		t.Errorf("c/d/e read %d times after c was listed, want 1 (ahead)", n)
 	}
-	for d, want := range map[string]string{"c/d": "e,f,g", "c/d/e": "g"} {
-		if got := names(t, filepath.Join(mnt, d)); got != want {
-			t.Errorf("%s lists %s, want %s", d, got, want)
-		}
-	}
+	list("c/d=e,f,g", "c/d/e=g")
 	for _, d := range []string{"a", "b", "c", "c/d", "c/d/e"} {
 		for i, l := range layers {
 			if d == "c/d/e" && i == 0 {
