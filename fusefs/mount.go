@@ -89,6 +89,8 @@ func serverOptions(o MountOptions, readOnly bool) fuse.MountOptions {
 		// Symlinks in layers never change, and one in the upper is
 		// replaced, never rewritten: the kernel may keep their targets.
 		EnableSymlinkCaching: true,
+		// Set-ID bits are killed by the union (see killPriv).
+		ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
 	}
 	if root {
 		// mount(2) takes the VFS flags as bits, not as option strings.
@@ -101,7 +103,7 @@ func serverOptions(o MountOptions, readOnly bool) fuse.MountOptions {
 
 // rawFS is the file system go-fuse serves for u.
 func rawFS(u *Union, mo fuse.MountOptions) fuse.RawFileSystem {
-	return newWithoutOpendir(fs.NewNodeFS(u.Root(), &fs.Options{
+	return newWithoutOpendir(killPriv{killing: &u.killing, RawFileSystem: fs.NewNodeFS(u.Root(), &fs.Options{
 		MountOptions:    mo,
 		EntryTimeout:    &u.timeout,
 		AttrTimeout:     &u.timeout,
@@ -114,7 +116,7 @@ func rawFS(u *Union, mo fuse.MountOptions) fuse.RawFileSystem {
 		// and the kernel's permission checks would let anyone read a
 		// 0000 /etc/shadow).
 		NullPermissions: true,
-	}))
+	})})
 }
 
 // Device is a FUSE connection for a mount that another process makes: a

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/stratafs/strata/internal/testenv"
 	"github.com/stratafs/strata/layertree"
 )
 
@@ -595,4 +596,95 @@ func TestCopyUpKeepsDirectoryTimesAndHoles(t *testing.T) {
 			t.Errorf("upper %s: modified %v (%v), want %v", d, fi.ModTime(), err, old)
 		}
 	}
+}
+
+// Set-ID bits go as they go on the kernel overlayfs (the union kills them
+// itself, FUSE_HANDLE_KILLPRIV_V2): a write, truncate or truncating open
+// by a user without CAP_FSETID clears set-user-ID, and set-group-ID where
+// the group may execute; root's writes keep them; a chown clears them.
+func TestWritesKillSetIDBits(t *testing.T) {
+	testenv.RequireBinary(t, "busybox")
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lower := t.TempDir()
+	modes := map[string]uint32{"append": 0o4777, "trunc": 0o6777, "open-trunc": 0o2777, "sgid-no-x": 0o2767, "root-append": 0o6777, "chown": 0o6777, "plain": 0o777}
+	for name, mode := range modes {
+		p := filepath.Join(lower, name)
+		if err := os.WriteFile(p, []byte("lower data"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, os.FileMode(mode&0o777)|modeBits(mode)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chmod(lower, 0o777)
+	strata, kernel, _ := setup(t, []string{lower})
+	probe := func(root string) string {
+		t.Helper()
+		// The test's temporary directories, for uid 1000 to reach.
+		for d := filepath.Dir(root); strings.HasPrefix(d, os.TempDir()+"/"); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755)
+		}
+		user := exec.Command(busybox, "sh", "-c", "printf x >> append; busybox truncate -s 2 trunc; printf y > open-trunc; printf z >> sgid-no-x; printf w >> plain")
+		user.Dir = root
+		user.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}}
+		if out, err := user.CombinedOutput(); err != nil {
+			t.Fatalf("as uid 1000: %v: %s", err, out)
+		}
+		if f, err := os.OpenFile(filepath.Join(root, "root-append"), os.O_WRONLY|os.O_APPEND, 0); err == nil {
+			f.WriteString("r")
+			f.Close()
+		}
+		if err := os.Chown(filepath.Join(root, "chown"), 1, 1); err != nil {
+			t.Fatal(err)
+		}
+		// File capabilities go with any write, root's too.
+		capFile := filepath.Join(root, "caps")
+		if err := os.WriteFile(capFile, []byte("bin"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		capNetRaw := []byte{0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} // v2, permitted cap_net_raw
+		if err := unix.Setxattr(capFile, "security.capability", capNetRaw, 0); err != nil {
+			t.Fatal(err)
+		}
+		if f, err := os.OpenFile(capFile, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+			f.WriteString("!")
+			f.Close()
+		}
+		n, err := unix.Getxattr(capFile, "security.capability", make([]byte, 64))
+		var out []string
+		out = append(out, fmt.Sprintf("caps=%d,%v", n, errnoOf(err)))
+		for _, name := range []string{"append", "trunc", "open-trunc", "sgid-no-x", "root-append", "chown", "plain"} {
+			var st unix.Stat_t
+			if err := unix.Stat(filepath.Join(root, name), &st); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, fmt.Sprintf("%s=%o/%d", name, st.Mode&0o7777, st.Size))
+		}
+		return strings.Join(out, " ")
+	}
+	got, want := probe(strata), probe(kernel)
+	if got != want {
+		t.Errorf("modes after writes:\n  strata %s\n  kernel %s", got, want)
+	}
+	if !strings.Contains(want, "append=777/") || !strings.Contains(want, "root-append=6777/") || !strings.Contains(want, "caps=-1,no data available") {
+		t.Errorf("the kernel's own reference looks wrong: %s", want)
+	}
+}
+
+// modeBits turns the set-ID and sticky bits of a mode into os.FileMode's.
+func modeBits(mode uint32) os.FileMode {
+	var m os.FileMode
+	if mode&0o4000 != 0 {
+		m |= os.ModeSetuid
+	}
+	if mode&0o2000 != 0 {
+		m |= os.ModeSetgid
+	}
+	if mode&0o1000 != 0 {
+		m |= os.ModeSticky
+	}
+	return m
 }

@@ -71,6 +71,9 @@ type Union struct {
 	// nextIno and inoLimit hand out inode numbers for new entries (see
 	// allocIno); guarded by wmu.
 	nextIno, inoLimit uint64
+	// killing holds the WRITE requests that must kill set-ID bits (see
+	// killPriv).
+	killing sync.Map
 }
 
 // New builds the union of opts.Layers (and opts.UpperDir).

@@ -1072,6 +1072,12 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 			return fs.ToErrno(err)
 		}
 	}
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
+		// A truncate by a caller without CAP_FSETID (see killPriv).
+		if errno := killSetIDAt(ctx, p, follow); errno != 0 {
+			return errno
+		}
+	}
 	atime, aok := in.GetATime()
 	mtime, mok := in.GetMTime()
 	if aok || mok {
@@ -1275,11 +1281,18 @@ type upperFile struct {
 	fd int
 	u  *Union
 	c  *child
+	// setID: open for writing, with set-ID bits when opened; its writes
+	// come through the union, which kills them (see killPriv).
+	setID bool
 }
 
 // openedUpper registers an open upper file of c.
 func (u *Union) openedUpper(c *child, fd int) *upperFile {
 	f := &upperFile{fd: fd, u: u, c: c}
+	var st unix.Stat_t
+	if writable(fd) && unix.Fstat(fd, &st) == nil {
+		_, f.setID = withoutSetID(st.Mode, true) // whoever writes
+	}
 	u.mu.Lock()
 	if c.open == nil {
 		c.open = map[*upperFile]bool{}
@@ -1326,6 +1339,11 @@ func (f *upperFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 }
 
 func (f *upperFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if f.u.mustKillPriv(ctx) {
+		if errno := killSetID(ctx, f.fd); errno != 0 {
+			return 0, errno
+		}
+	}
 	n, err := unix.Pwrite(f.fd, data, off)
 	return uint32(n), fs.ToErrno(err)
 }
@@ -1358,8 +1376,8 @@ func (f *upperFile) Release(ctx context.Context) syscall.Errno {
 }
 
 // PassthroughFd hands the upper file to the kernel: reads and writes cost
-// what native ones cost.
-func (f *upperFile) PassthroughFd() (int, bool) { return f.fd, true }
+// what native ones cost. Not a file whose writes must kill set-ID bits.
+func (f *upperFile) PassthroughFd() (int, bool) { return f.fd, !f.setID }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE (the kernel does the other
 // whences) from the upper file itself: its holes are the file's, and an
