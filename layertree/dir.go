@@ -35,6 +35,9 @@ type Dir struct {
 	// noListxattrat: the kernel lacks listxattrat(2) (before 6.13).
 	noListxattrat atomic.Bool
 	deep          deepDirs
+	// names holds getdents buffers between listings: a merge of a
+	// directory in many layers lists many small ones at once.
+	names sync.Pool
 }
 
 // DirOptions say how a Dir reads its directory.
@@ -121,13 +124,22 @@ func (d *Dir) ReadDir(_ context.Context, path string) ([]Entry, error) {
 		return nil, &os.PathError{Op: "open", Path: d.abs(path), Err: err}
 	}
 	defer unix.Close(fd)
-	names, err := readNames(fd)
+	buf, _ := d.names.Get().(*[]byte)
+	if buf == nil {
+		b := make([]byte, 8192)
+		buf = &b
+	}
+	names, err := readNames(fd, *buf)
+	d.names.Put(buf)
 	if err != nil {
 		return nil, fmt.Errorf("readdir %s: %w", d.abs(path), err)
 	}
 	// Large directories are statted by several goroutines: the syscalls
 	// are independent, and on a cold cache each may wait for the disk.
 	const chunk = 512
+	if len(names) <= chunk {
+		return d.entries(fd, path, p, names)
+	}
 	parts := make([][]Entry, (len(names)+chunk-1)/chunk)
 	errs := make([]error, len(parts))
 	var wg sync.WaitGroup
@@ -136,10 +148,6 @@ func (d *Dir) ReadDir(_ context.Context, path string) ([]Entry, error) {
 		lo, hi := i*chunk, min((i+1)*chunk, len(names))
 		work := func() {
 			parts[i], errs[i] = d.entries(fd, path, p, names[lo:hi])
-		}
-		if len(parts) == 1 {
-			work()
-			break
 		}
 		wg.Add(1)
 		sem <- struct{}{}
@@ -164,8 +172,7 @@ func (d *Dir) ReadDir(_ context.Context, path string) ([]Entry, error) {
 // "..". It reads with getdents itself: os.File would register the
 // descriptor with the poller and set its flags, four syscalls more per
 // directory.
-func readNames(fd int) ([]string, error) {
-	buf := make([]byte, 8192)
+func readNames(fd int, buf []byte) ([]string, error) {
 	var names []string
 	for {
 		n, err := unix.Getdents(fd, buf)
