@@ -11,9 +11,9 @@ import (
 )
 
 // The union kills the set-user-ID and set-group-ID bits itself
-// (FUSE_HANDLE_KILLPRIV_V2): on a truncate and on a write by a caller
-// without CAP_FSETID, as the kernel would on a local file system; a chown
-// of an upper file kills them as it does there. The kernel then marks
+// (FUSE_HANDLE_KILLPRIV_V2): on a truncate, a write or an fallocate by a
+// caller without CAP_FSETID, as the kernel would on a local file system;
+// a chown of an upper file kills them as it does there. The kernel then marks
 // files without them or file capabilities as such (S_NOSEC) and stops
 // asking for security.capability before every write(2): a round trip
 // each, which made small writes nine times slower.

@@ -609,7 +609,7 @@ func TestWritesKillSetIDBits(t *testing.T) {
 		t.Fatal(err)
 	}
 	lower := t.TempDir()
-	modes := map[string]uint32{"append": 0o4777, "trunc": 0o6777, "open-trunc": 0o2777, "sgid-no-x": 0o2767, "root-append": 0o6777, "chown": 0o6777, "plain": 0o777}
+	modes := map[string]uint32{"append": 0o4777, "trunc": 0o6777, "fallocate": 0o4777, "open-trunc": 0o2777, "sgid-no-x": 0o2767, "root-append": 0o6777, "chown": 0o6777, "plain": 0o777}
 	for name, mode := range modes {
 		p := filepath.Join(lower, name)
 		if err := os.WriteFile(p, []byte("lower data"), 0o644); err != nil {
@@ -627,7 +627,7 @@ func TestWritesKillSetIDBits(t *testing.T) {
 		for d := filepath.Dir(root); strings.HasPrefix(d, os.TempDir()+"/"); d = filepath.Dir(d) {
 			os.Chmod(d, 0o755)
 		}
-		user := exec.Command(busybox, "sh", "-c", "printf x >> append; busybox truncate -s 2 trunc; printf y > open-trunc; printf z >> sgid-no-x; printf w >> plain")
+		user := exec.Command(busybox, "sh", "-c", "printf x >> append; busybox truncate -s 2 trunc; printf y > open-trunc; printf z >> sgid-no-x; printf w >> plain; busybox fallocate -l 8192 fallocate")
 		user.Dir = root
 		user.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}}
 		if out, err := user.CombinedOutput(); err != nil {
@@ -656,7 +656,7 @@ func TestWritesKillSetIDBits(t *testing.T) {
 		n, err := unix.Getxattr(capFile, "security.capability", make([]byte, 64))
 		var out []string
 		out = append(out, fmt.Sprintf("caps=%d,%v", n, errnoOf(err)))
-		for _, name := range []string{"append", "trunc", "open-trunc", "sgid-no-x", "root-append", "chown", "plain"} {
+		for _, name := range []string{"append", "trunc", "fallocate", "open-trunc", "sgid-no-x", "root-append", "chown", "plain"} {
 			var st unix.Stat_t
 			if err := unix.Stat(filepath.Join(root, name), &st); err != nil {
 				t.Fatal(err)

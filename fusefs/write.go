@@ -1365,6 +1365,16 @@ func writable(fd int) bool {
 }
 
 func (f *upperFile) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
+	// A change of the file's content or size kills set-ID bits, as a
+	// write does; the request does not say whether the caller has
+	// CAP_FSETID, so root is taken to have it and others not.
+	if mode&unix.FALLOC_FL_KEEP_SIZE == 0 || mode&(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_ZERO_RANGE) != 0 {
+		if uid, _ := caller(ctx); uid != 0 {
+			if errno := killSetID(ctx, f.fd); errno != 0 {
+				return errno
+			}
+		}
+	}
 	return fs.ToErrno(unix.Fallocate(f.fd, mode, int64(off), int64(size)))
 }
 
