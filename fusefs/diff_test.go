@@ -132,6 +132,9 @@ var diffCases = []struct {
 		mkdir("new2"), rmAll("srv"), mkdir("srv"), rename("new2", "srv", 0)}},
 	{"rename over one name of a lower hardlink set", []op{rename("etc/motd", "opt/app/h1", 0), write("etc/motd", "m"), rename("etc/motd", "usr/share/h3", unix.RENAME_NOREPLACE)}},
 	{"rename a lower dir into another", []op{rename("opt/app/config", "srv/moved", 0), rename("srv", "tmp/srv2", 0), rmdir("tmp/srv2/moved")}},
+	// The other names of the set live in a directory renamed since: the
+	// copy-up finds them at its new path (random seed 515).
+	{"copy-up of a hardlink whose other names' directory was renamed", []op{rename("opt/app", "srv/moved", 0), truncate("usr/share/h3", 1), appendTo("srv/moved/h1", "+")}},
 }
 
 // setup makes a fresh strata union and kernel overlayfs over the same

@@ -486,7 +486,7 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 			if !ok {
 				nc := &child{attrs: packAttrs(e), lowers: append([]layerRef{cref}, redirected...), ino: u.ino(ref.idx, cref.path, e)}
 				if !e.IsDir() && e.Nlink > 1 {
-					nc = u.shareLink(nc)
+					nc = u.shareLowerLink(nc)
 				}
 				out[e.Name] = nc
 				if !e.IsDir() {
@@ -576,6 +576,25 @@ func (u *Union) shareLink(c *child) *child {
 	}
 	u.links[c.ino] = c
 	return c
+}
+
+// shareLowerLink is shareLink for a name a lower layer shows: it joins the
+// file's record unless that record is in the upper, which this name is
+// not (a copy-up links every name it can reach; one it could not stays
+// the lower file it was, rather than naming an upper file it has no
+// entry for).
+func (u *Union) shareLowerLink(c *child) *child {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	existing, ok := u.links[c.ino]
+	switch {
+	case !ok:
+		u.links[c.ino] = c
+		return c
+	case existing.upper:
+		return c
+	}
+	return existing
 }
 
 // resolveDir finds the lower directories at path in layers from the

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -159,12 +160,14 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	// The rename is not synced, as the kernel overlayfs does not: a
 	// crash may undo it, leaving the lower file, never a partial one
 	// (the copy's data was synced before).
+	if e.Type() == layertree.ModeRegular && e.Nlink > 1 {
+		// Before the record says upper: the merges this makes must
+		// still give the other names this record (shareLowerLink).
+		n.linkOtherNames(ctx, c, dst)
+	}
 	n.u.mu.Lock()
 	n.c.upper = true
 	n.u.mu.Unlock()
-	if e.Type() == layertree.ModeRegular && e.Nlink > 1 {
-		n.linkOtherNames(ctx, c, dst)
-	}
 	return 0
 }
 
@@ -183,18 +186,9 @@ func (n *node) linkOtherNames(ctx context.Context, c child, upperFile string) {
 			}
 		}
 		dir, name := filepath.Split(p)
-		pn, errno := n.u.walk(ctx, strings.TrimSuffix(dir, "/"))
-		if errno != 0 {
-			continue
-		}
-		children, errno := pn.merge(ctx)
-		if errno != 0 {
-			continue
-		}
-		n.u.mu.Lock()
-		same := children[name] == n.c
-		n.u.mu.Unlock()
-		if !same || pn.copyUp(ctx) != 0 {
+		dir = strings.TrimSuffix(dir, "/")
+		pn := n.u.showing(ctx, layerRef{idx: src.idx, path: dir}, name, n.c)
+		if pn == nil || pn.copyUp(ctx) != 0 {
 			continue
 		}
 		target := pn.upperChild(name)
@@ -207,6 +201,46 @@ func (n *node) linkOtherNames(ctx context.Context, c child, upperFile string) {
 		}
 		restore()
 	}
+}
+
+// showing finds the directory of the union that shows the lower
+// directory dir with its entry name as the record c: the directory at the
+// same path, or, when that one is another (a directory renamed in the
+// union shows its lower content at its new path), one the kernel holds
+// whose lower layers include dir. nil when none is in memory.
+func (u *Union) showing(ctx context.Context, dir layerRef, name string, c *child) *node {
+	shows := func(pn *node) bool {
+		children, errno := pn.merge(ctx)
+		if errno != 0 {
+			return false
+		}
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		return children[name] == c
+	}
+	if pn, errno := u.walk(ctx, dir.path); errno == 0 && shows(pn) {
+		return pn
+	}
+	var found *node
+	var visit func(in *fs.Inode)
+	visit = func(in *fs.Inode) {
+		for _, ch := range in.Children() {
+			cn, ok := ch.Operations().(*node)
+			if found != nil || !ok || !ch.IsDir() {
+				continue
+			}
+			u.mu.Lock()
+			has := slices.Contains(cn.c.lowers, dir)
+			u.mu.Unlock()
+			if has && shows(cn) {
+				found = cn
+				return
+			}
+			visit(ch)
+		}
+	}
+	visit(u.root.EmbeddedInode())
+	return found
 }
 
 // linkedPaths lists the paths of a layer that are the hardlinked inode
