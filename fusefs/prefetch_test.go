@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stratafs/strata/internal/testenv"
 	"github.com/stratafs/strata/layertree"
 )
 
@@ -17,8 +16,6 @@ import (
 // each counted, and returns the union too, to see its read-ahead.
 func mountPrefetching(t *testing.T, dirs ...string) (string, *Union, []*countingTree) {
 	t.Helper()
-	testenv.RequireRoot(t)
-	testenv.RequireFUSE(t)
 	var layers []layertree.Tree
 	var counted []*countingTree
 	for _, d := range dirs {
@@ -29,16 +26,7 @@ func mountPrefetching(t *testing.T, dirs ...string) (string, *Union, []*counting
 		ct := &countingTree{Tree: l, listings: map[string]int{}}
 		layers, counted = append(layers, ct), append(counted, ct)
 	}
-	u, err := New(Options{Layers: layers})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt := t.TempDir()
-	srv, err := Mount(mnt, u, MountOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Unmount() })
+	mnt, u := mountTreesUnion(t, layers...)
 	return mnt, u, counted
 }
 

@@ -72,6 +72,13 @@ func mountUnion(t *testing.T, dirs []string) string {
 // mountTrees mounts the union of layers (top first), read-only.
 func mountTrees(t *testing.T, layers ...layertree.Tree) string {
 	t.Helper()
+	mnt, _ := mountTreesUnion(t, layers...)
+	return mnt
+}
+
+// mountTreesUnion is mountTrees, returning the union too.
+func mountTreesUnion(t *testing.T, layers ...layertree.Tree) (string, *Union) {
+	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireFUSE(t)
 	u, err := New(Options{Layers: layers})
@@ -84,7 +91,7 @@ func mountTrees(t *testing.T, layers ...layertree.Tree) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Unmount() })
-	return mnt
+	return mnt, u
 }
 
 func TestUnionShowsTheFlattenedImage(t *testing.T) {
