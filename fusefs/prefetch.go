@@ -14,8 +14,9 @@ import (
 // walk (find, du, ls -R, a build) goes into each in name order. Reading
 // their lower listings meanwhile (and their subdirectories', two levels
 // down), on another core, overlaps the disk and the syscalls with the
-// walker's own work; the merge then finds them done. Lower layers never change, so a listing read ahead stays right;
-// the upper is always read at merge time.
+// walker's own work; the merge then finds them done. Lower layers never
+// change, so a listing read ahead stays right; the upper is always read at
+// merge time.
 //
 // Only directories a layer says are small are read ahead (ListBytes):
 // a huge one nobody enters would cost a lot, and trees without the hint

@@ -598,7 +598,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, errno
 	}
-	return inode, n.u.openedUpper(inode.Operations().(*node).c, fd), fuse.FOPEN_NOFLUSH, 0
+	return inode, n.u.openedUpper(inode.Operations().(*node).c, fd, flags, out.Attr.Mode), fuse.FOPEN_NOFLUSH, 0
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -1203,7 +1203,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	c.ino, c.inoKept = n.u.newIno(st.Ino, func(key string, v []byte) error { return unix.Fsetxattr(fd, key, v, 0) })
 	fillFromStat(&out.Attr, &st, c.ino)
 	n.u.setTimeouts(out)
-	return n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: c.ino}), n.u.openedUpper(c, fd), fuse.FOPEN_NOFLUSH, 0
+	return n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: c.ino}), n.u.openedUpper(c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
 }
 
 // OnForget closes what a nameless file held once the kernel drops it.
@@ -1282,7 +1282,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		if err != nil {
 			return nil, 0, fs.ToErrno(err)
 		}
-		return n.u.openedUpper(n.c, fd), fuse.FOPEN_NOFLUSH, 0
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return nil, 0, fs.ToErrno(err)
+		}
+		return n.u.openedUpper(n.c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
 	}
 	if c.upper {
 		fd, err := unix.Open(n.upperPath(), int(flags)&^unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -1296,7 +1301,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			unix.Close(fd)
 			return nil, 0, syscall.ENOENT
 		}
-		return n.u.openedUpper(n.c, fd), fuse.FOPEN_NOFLUSH, 0
+		return n.u.openedUpper(n.c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
 	}
 	ref := c.lowers[0]
 	if n.u.onOpen != nil {
@@ -1320,12 +1325,12 @@ type upperFile struct {
 	setID bool
 }
 
-// openedUpper registers an open upper file of c.
-func (u *Union) openedUpper(c *child, fd int) *upperFile {
+// openedUpper registers an open upper file of c, opened with flags, whose
+// mode the caller has just read.
+func (u *Union) openedUpper(c *child, fd int, flags, mode uint32) *upperFile {
 	f := &upperFile{fd: fd, u: u, c: c}
-	var st unix.Stat_t
-	if writable(fd) && unix.Fstat(fd, &st) == nil {
-		_, f.setID = withoutSetID(st.Mode, true) // whoever writes
+	if flags&unix.O_ACCMODE != unix.O_RDONLY {
+		_, f.setID = withoutSetID(mode, true) // whoever writes
 	}
 	u.mu.Lock()
 	if c.open == nil {
