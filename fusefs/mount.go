@@ -42,6 +42,7 @@ type MountOptions struct {
 // union has no upper directory.
 func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 	mo := serverOptions(o, u.readOnly())
+	mo.Logger = fuseLogger(u.log)
 	srv, err := fuse.NewServer(rawFS(u, mo), dir, &mo)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
@@ -105,6 +106,7 @@ func serverOptions(o MountOptions, readOnly bool) fuse.MountOptions {
 func rawFS(u *Union, mo fuse.MountOptions) fuse.RawFileSystem {
 	return newWithoutOpendir(killPriv{killing: &u.killing, RawFileSystem: fs.NewNodeFS(u.Root(), &fs.Options{
 		MountOptions:    mo,
+		Logger:          mo.Logger,
 		EntryTimeout:    &u.timeout,
 		AttrTimeout:     &u.timeout,
 		NegativeTimeout: &u.timeout,
@@ -123,13 +125,10 @@ func rawFS(u *Union, mo fuse.MountOptions) fuse.RawFileSystem {
 // container's init mounts its root filesystem in the container's own
 // mount namespace, so that only the container sees it and it goes with
 // the container's last process, with no mount in the host's namespace to
-// remove or to leave behind. Open one, hand the process File and the
-// mount(2) arguments (Source, FSType, Flags, Data), and Serve a writable
+// remove or to leave behind. The process is handed an open /dev/fuse and
+// the mount(2) arguments (Source, FSType, Flags, Data); Serve a writable
 // union once it has mounted.
 type Device struct {
-	// File is the device for the mounting process, a duplicate of the
-	// server's; the caller closes it once handed over.
-	File *os.File
 	// Source, FSType and Flags are mount(2)'s; Data has %d where the
 	// mounting process's number for File goes.
 	Source, FSType, Data string
@@ -141,21 +140,18 @@ type Device struct {
 	done chan struct{}
 }
 
-// OpenDevice opens a FUSE device, to be mounted by root (the kernel takes
-// a mount from the descriptor with CAP_SYS_ADMIN).
-func OpenDevice(o MountOptions) (*Device, error) {
+// NewDevice is the server's side of f, an open /dev/fuse that a process
+// running as root is to mount (the kernel takes a mount from the
+// descriptor with CAP_SYS_ADMIN). The server keeps a copy of f's
+// descriptor; the caller closes f once handed over.
+func NewDevice(f *os.File, o MountOptions) (*Device, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("a FUSE device is mounted by root")
 	}
 	mo := serverOptions(o, false)
-	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open /dev/fuse: %w", err)
-	}
-	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		unix.Close(fd)
-		return nil, err
+		return nil, fmt.Errorf("FUSE device: %w", err)
 	}
 	mo.MaxWrite = maxWrite
 	data := []string{"fd=%d", "rootmode=40000", fmt.Sprintf("user_id=%d", os.Geteuid()),
@@ -165,7 +161,7 @@ func OpenDevice(o MountOptions) (*Device, error) {
 	// mounts nothing itself.
 	mo.DirectMount = false
 	return &Device{
-		File: os.NewFile(uintptr(dup), "/dev/fuse"), Source: mo.FsName, FSType: "fuse." + mo.Name,
+		Source: mo.FsName, FSType: "fuse." + mo.Name,
 		Data: strings.Join(data, ","), Flags: mo.DirectMountFlags,
 		fd: fd, mo: mo, done: make(chan struct{}),
 	}, nil
@@ -182,6 +178,7 @@ func (d *Device) Serve(u *Union) error {
 	if u.readOnly() {
 		return errors.New("a device serves a writable union")
 	}
+	d.mo.Logger = fuseLogger(u.log)
 	srv, err := fuse.NewServer(rawFS(u, d.mo), "/dev/fd/"+strconv.Itoa(d.fd), &d.mo)
 	if err != nil {
 		close(d.done) // go-fuse closed the device

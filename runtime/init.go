@@ -25,6 +25,7 @@ const (
 	joinFd    = 6 // with Spec.Join: a pidfd of the container's first process
 	rootfsFd  = 7 // with Spec.RootfsMount: the device the root filesystem is mounted from
 	mountedFd = 8 // with Spec.RootfsMount: a byte written once it is mounted, so it is served
+	binaryFd  = 9 // init's own binary, as executed (sealInit); closed before the command runs
 )
 
 // InitError is why the container's command could not be started, with the
@@ -48,6 +49,10 @@ func Init() int {
 	// Capabilities, the bounding set and joined namespaces are per thread;
 	// the command is started from this one.
 	goruntime.LockOSThread()
+	// Executed as /proc/self/fd/N (sealInit), it would be named "N" in
+	// ps and top, and, as a reaping init, in the container's ps too.
+	name := []byte("strata-init\x00")
+	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&name[0])), 0, 0, 0)
 	status := os.NewFile(statusFd, "status")
 	code, err := initContainer(status)
 	if err == nil {

@@ -27,7 +27,9 @@ import (
 // Docker's init layer does, so that it need not be made in the container
 // layer at every start (and removed at every rm).
 type RootfsMounter interface {
-	PrepareRootfs(ctx context.Context, c *Container, upper, work string, points []MountPoint) (*Rootfs, error)
+	// device is the FUSE device init mounts (a copy stays with the
+	// caller).
+	PrepareRootfs(ctx context.Context, c *Container, upper, work string, points []MountPoint, device *os.File) (*Rootfs, error)
 }
 
 // Rootfs is a root filesystem the container's init mounts, in the
@@ -36,10 +38,7 @@ type RootfsMounter interface {
 // mounted in the host's namespace to remove, or to leave behind when the
 // monitor is killed.
 type Rootfs struct {
-	// Device is what init mounts from; the runtime hands it over and
-	// closes it.
-	Device *os.File
-	Mount  DeviceMount
+	Mount DeviceMount
 	// Serve serves the file system once init has mounted it.
 	Serve func() error
 	// Release ends it once the container is gone.
@@ -76,6 +75,10 @@ type RunOptions struct {
 	Started func()
 	// Signals are forwarded to the container's first process.
 	Signals <-chan os.Signal
+	// Launched, when set, is the container's init, launched by the caller
+	// with the container's Network and Tty and with Stdin; Run starts or
+	// aborts it. Else, or when that launch failed, Run launches one.
+	Launched *Launching
 }
 
 // ErrRunning is returned when a container already has a monitor.
@@ -88,6 +91,7 @@ var ErrRunning = errors.New("container is already running")
 // command's own, 128+N on signal N, 126/127 when it cannot be run, 125
 // when strata failed.
 func (s *Store) Run(ctx context.Context, c *Container, m RootfsMounter, o RunOptions) (int, error) {
+	defer o.Launched.Abort() // once started, it runs on
 	lock, ok := fsutil.TryLock(s.monitorLock(c.ID))
 	if !ok {
 		return 125, fmt.Errorf("container %s: %w", c.ID[:12], ErrRunning)
@@ -110,6 +114,23 @@ func (s *Store) Run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 }
 
 func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOptions) (int, error) {
+	dir := s.Dir(c.ID)
+	var l *Launched
+	if o.Launched != nil {
+		l, _ = o.Launched.Wait()
+	}
+	if l == nil {
+		var err error
+		l, err = Launch(LaunchOptions{Network: c.Spec.Network, Tty: c.Spec.Tty, Stdin: o.Stdin, fallback: filepath.Join(dir, "init")})
+		if err != nil {
+			return 125, err
+		}
+	}
+	// Until it is started, init waits: the container is made meanwhile.
+	defer l.Abort()
+	outR, errR := l.Stdout, l.Stderr
+	defer outR.Close()
+	defer errR.Close()
 	// The cgroups are made while the rootfs is prepared.
 	var cg *Cgroup
 	var cgErr error
@@ -127,7 +148,6 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		}
 	})
 	defer removeCgroups()
-	dir := s.Dir(c.ID)
 	rootfs, upper, work := filepath.Join(dir, "rootfs"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
 	for _, d := range []string{rootfs, upper, work} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -141,7 +161,7 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		return 125, err
 	}
 	spec.Files = append(files, spec.Files...)
-	fs, err := m.PrepareRootfs(ctx, c, upper, work, mountPoints(files))
+	fs, err := m.PrepareRootfs(ctx, c, upper, work, mountPoints(files), l.Device)
 	if err != nil {
 		return 125, err
 	}
@@ -152,33 +172,17 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		return 125, err
 	}
 	defer logw.Close()
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		return 125, err
-	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		return 125, err
-	}
 	var copying sync.WaitGroup
 	copying.Add(2)
 	go func() { defer copying.Done(); logw.copy(outR, "stdout", o.Stdout) }()
 	go func() { defer copying.Done(); logw.copy(errR, "stderr", o.Stderr) }()
 
-	stdio := Stdio{Stdin: o.Stdin, Stdout: outW, Stderr: errW}
-	if spec.Tty {
-		// The terminal replaces all three; its output is logged as stdout.
-		stdio.Stdin = nil
-		if o.Terminal != nil {
-			spec.ConsoleSize = TerminalSize(o.Terminal)
-		}
+	if spec.Tty && o.Terminal != nil {
+		spec.ConsoleSize = TerminalSize(o.Terminal)
 	}
 	<-cgReady
 	if cgErr != nil {
-		outW.Close()
-		errW.Close()
+		l.Abort()
 		copying.Wait()
 		return 125, cgErr
 	}
@@ -186,9 +190,7 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 	// init is placed in them before it runs the command.
 	var place func(pid int) error
 	spec.CgroupTasks, place = cg.placement()
-	p, err := StartProcess(&spec, stdio, filepath.Join(dir, "init"), place, fs)
-	outW.Close()
-	errW.Close()
+	p, err := l.Start(&spec, place, fs)
 	if err != nil {
 		copying.Wait()
 		var ie *InitError

@@ -14,9 +14,6 @@ import (
 // the container, and returns the command's exit code (128+N when killed
 // by signal N) once it ends; the kernel then ends the rest.
 func reap(bin string, args, env []string, tty bool, status *os.File) (int, error) {
-	// What ps in the container shows for PID 1 (not the descriptor it
-	// was run from).
-	os.WriteFile("/proc/self/comm", []byte("strata-init"), 0)
 	sigs := make(chan os.Signal, 64)
 	signal.Notify(sigs)
 	attr := &os.ProcAttr{

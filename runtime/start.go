@@ -31,82 +31,170 @@ type Process struct {
 	Console *os.File
 }
 
-// StartProcess starts the container's first process: strata's init
-// binary (initBinary), bind-mounted read-only at self (a path in the
-// container's directory), run as `strata init` in new mount, PID, UTS, IPC
-// and cgroup namespaces (and network, unless spec.Network is "host").
-// place is called with its PID before it does anything, to put it in its
-// cgroups. Init mounts rootfs (nil: spec.Rootfs is mounted already) and
-// rootfs is served once it has. It returns once the command runs, or with
-// an *InitError when it could not be started.
-func StartProcess(spec *Spec, stdio Stdio, self string, place func(pid int) error, rootfs *Rootfs) (*Process, error) {
+// LaunchOptions say what a container's init needs before it starts.
+type LaunchOptions struct {
+	// Network is the container's --network: "host" shares the host's
+	// network namespace, anything else gives it one of its own.
+	Network string
+	// Tty gives the command a terminal (Spec.Tty).
+	Tty bool
+	// Stdin is the command's standard input; nil is /dev/null. Ignored
+	// with a terminal.
+	Stdin *os.File
+	// fallback is where the init binary is bind-mounted read-only when
+	// the kernel has no detached mounts (sealInit); without it, Launch
+	// then fails with errNoDetachedMount.
+	fallback string
+}
+
+// Launched is a container's init, started ahead of the rest of the
+// container: in its new mount, PID, UTS, IPC and cgroup namespaces (and
+// network, unless LaunchOptions.Network is "host"), it waits for its spec,
+// so its start (a clone and an exec, about two milliseconds) overlaps
+// the monitor's work of making the container. Start sends the spec; Abort
+// ends one that is not to be started.
+type Launched struct {
+	cmd                                   *exec.Cmd
+	specW, statusR, consoleHere, mountedR *os.File
+	// Device is the FUSE device init is to mount the root filesystem
+	// from (Spec.RootfsMount); the server keeps a descriptor of its own.
+	Device *os.File
+	// Stdout and Stderr read what the command writes to its descriptors
+	// 1 and 2.
+	Stdout, Stderr *os.File
+	started        bool
+}
+
+// errNoDetachedMount is Launch's failure when the init binary can only be
+// sealed by a bind mount at a path, and none was given.
+var errNoDetachedMount = errors.New("the kernel has no detached mounts (Linux 5.12)")
+
+// Launch starts a container's init and returns while it waits for its spec.
+func Launch(o LaunchOptions) (l *Launched, err error) {
 	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC)
-	if spec.Network != "host" {
+	if o.Network != "host" {
 		flags |= unix.CLONE_NEWNET
 	}
-	s := *spec
-	s.Join, s.RootfsMount = false, nil
-	if rootfs != nil {
-		s.RootfsMount = &rootfs.Mount
-	}
-	return start(&s, stdio, self, place, flags, nil, rootfs)
-}
-
-// execProcess starts a process in the namespaces of a running container,
-// whose first process pidfd refers to.
-func execProcess(pidfd *os.File, spec *Spec, stdio Stdio, self string, place func(pid int) error) (*Process, error) {
-	s := *spec
-	s.Join, s.RootfsMount = true, nil
-	return start(&s, stdio, self, place, 0, pidfd, nil)
-}
-
-func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, cloneFlags uintptr, join *os.File, rootfs *Rootfs) (*Process, error) {
-	release, err := readOnlyInit(self)
+	// The child's ends, closed here once it has them; ours too on failure.
+	var theirs, ours []*os.File
+	defer func() {
+		if err != nil {
+			theirs = append(theirs, ours...)
+		}
+		for _, f := range theirs {
+			f.Close()
+		}
+	}()
+	dev, err := os.OpenFile("/dev/fuse", os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
+		return nil, fmt.Errorf("open /dev/fuse: %w", err)
+	}
+	ours = append(ours, dev)
+	pipe := func() (r, w *os.File) {
+		if r, w, err = os.Pipe(); err == nil {
+			ours, theirs = append(ours, r), append(theirs, w)
+		}
+		return r, w
+	}
+	l = &Launched{Device: dev}
+	var stdout, stderr, mountedW *os.File
+	if l.Stdout, stdout = pipe(); err != nil {
 		return nil, err
 	}
-	defer release()
+	if l.Stderr, stderr = pipe(); err != nil {
+		return nil, err
+	}
+	if l.mountedR, mountedW = pipe(); err != nil {
+		return nil, err
+	}
+	stdio := Stdio{Stdin: o.Stdin, Stdout: stdout, Stderr: stderr}
+	if o.Tty {
+		stdio.Stdin = nil // the terminal replaces all three
+	}
+	extra := map[int]*os.File{rootfsFd: dev, mountedFd: mountedW}
+	if err = l.launch(stdio, o.Tty, flags, nil, extra, o.fallback); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Launching is a Launch under way, so that the caller goes on while the
+// kernel makes init's namespaces and execs it.
+type Launching struct {
+	done chan struct{}
+	l    *Launched
+	err  error
+}
+
+// LaunchAsync is Launch on a goroutine of its own.
+func LaunchAsync(o LaunchOptions) *Launching {
+	p := &Launching{done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.l, p.err = Launch(o)
+	}()
+	return p
+}
+
+// Wait waits for the launch to end, and returns what Launch returned.
+func (p *Launching) Wait() (*Launched, error) {
+	<-p.done
+	return p.l, p.err
+}
+
+// Abort ends the launched init unless it was started.
+func (p *Launching) Abort() {
+	if p == nil {
+		return
+	}
+	if l, err := p.Wait(); err == nil {
+		l.Abort()
+	}
+}
+
+// launch starts init (strata's init binary, initBinary, run from a
+// read-only mount of it: sealInit) with stdio, the descriptors extra
+// holds at their numbers, and new namespaces (cloneFlags) or, with
+// join, in the PID namespace of the process that pidfd refers to.
+func (l *Launched) launch(stdio Stdio, tty bool, cloneFlags uintptr, join *os.File, extra map[int]*os.File, fallback string) error {
+	binary, release, err := sealInit(fallback)
+	if err != nil {
+		return err
+	}
+	defer release() // once started, the process keeps the mount
 	specR, specW, err := os.Pipe()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer specR.Close()
-	defer specW.Close()
 	statusR, statusW, err := os.Pipe()
 	if err != nil {
-		return nil, err
+		specW.Close()
+		return err
 	}
-	defer statusR.Close()
 	defer statusW.Close()
-	var consoleHere, consoleThere *os.File
-	if spec.Tty {
+	var consoleThere *os.File
+	if tty {
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			return nil, fmt.Errorf("console socket: %w", err)
+			specW.Close()
+			statusR.Close()
+			return fmt.Errorf("console socket: %w", err)
 		}
-		consoleHere, consoleThere = os.NewFile(uintptr(fds[0]), "console"), os.NewFile(uintptr(fds[1]), "console")
-		defer consoleHere.Close()
+		l.consoleHere, consoleThere = os.NewFile(uintptr(fds[0]), "console"), os.NewFile(uintptr(fds[1]), "console")
 		defer consoleThere.Close()
 	}
-
-	var mountedR, mountedW *os.File
-	if rootfs != nil {
-		if mountedR, mountedW, err = os.Pipe(); err != nil {
-			return nil, err
-		}
-		defer mountedR.Close()
-		defer mountedW.Close()
+	files := make([]*os.File, binaryFd-specFd+1)
+	files[specFd-3], files[statusFd-3], files[consoleFd-3], files[joinFd-3] = specR, statusW, consoleThere, join
+	for fd, f := range extra {
+		files[fd-3] = f
 	}
-	extra := make([]*os.File, mountedFd-specFd+1)
-	extra[specFd-3], extra[statusFd-3], extra[consoleFd-3], extra[joinFd-3] = specR, statusW, consoleThere, join
-	if rootfs != nil {
-		extra[rootfsFd-3], extra[mountedFd-3] = rootfs.Device, mountedW
-	}
+	files[binaryFd-3] = binary.file
 	cmd := &exec.Cmd{
-		Path:       self,
+		Path:       binary.executable(binaryFd),
 		Args:       []string{"strata", "init"},
 		Env:        []string{},
-		ExtraFiles: extra,
+		ExtraFiles: files,
 		SysProcAttr: &syscall.SysProcAttr{
 			Cloneflags: cloneFlags,
 			// A session of its own, so a terminal can be its controlling one.
@@ -128,20 +216,79 @@ func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, clon
 		cmd.Stderr = stdio.Stderr
 	}
 	if err := startIn(cmd, join); err != nil {
-		return nil, fmt.Errorf("start container init: %w", err)
+		specW.Close()
+		statusR.Close()
+		if l.consoleHere != nil {
+			l.consoleHere.Close()
+		}
+		return fmt.Errorf("start container init: %w", err)
 	}
-	specR.Close()
-	statusW.Close()
-	if consoleThere != nil {
-		consoleThere.Close()
+	l.cmd, l.specW, l.statusR = cmd, specW, statusR
+	return nil
+}
+
+// Abort ends an init that was not started, and closes what Launch opened.
+// After Start it does nothing.
+func (l *Launched) Abort() {
+	if l == nil || l.started {
+		return
 	}
+	l.started = true
+	l.cmd.Process.Kill()
+	l.cmd.Wait()
+	l.close()
+}
+
+func (l *Launched) close() {
+	for _, f := range []*os.File{l.specW, l.statusR, l.consoleHere, l.mountedR, l.Device, l.Stdout, l.Stderr} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// Start sends init its spec and, with rootfs, serves the root
+// filesystem once init has mounted it from the device. place is called
+// with init's PID before it does anything, to put it in its cgroups. It
+// returns once the command runs, or with an *InitError when it could not
+// be started. Stdout and Stderr stay open for the caller.
+func (l *Launched) Start(spec *Spec, place func(pid int) error, rootfs *Rootfs) (*Process, error) {
+	s := *spec
+	s.Join, s.RootfsMount = false, nil
+	if rootfs != nil {
+		s.RootfsMount = &rootfs.Mount
+	}
+	l.Stdout, l.Stderr = nil, nil // the caller's
+	return l.start(&s, place, rootfs)
+}
+
+// execProcess starts a process in the namespaces of a running container,
+// whose first process pidfd refers to.
+func execProcess(pidfd *os.File, spec *Spec, stdio Stdio, self string, place func(pid int) error) (*Process, error) {
+	s := *spec
+	s.Join, s.RootfsMount = true, nil
+	l := &Launched{}
+	if err := l.launch(stdio, s.Tty, 0, pidfd, nil, self); err != nil {
+		return nil, err
+	}
+	return l.start(&s, place, nil)
+}
+
+func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) (*Process, error) {
+	if l.started {
+		return nil, errors.New("container init already started")
+	}
+	l.started = true
+	defer l.close()
+	cmd := l.cmd
 	// Init mounts the root filesystem once it has read the spec: serve it
 	// then. If init fails first, the pipe closes empty.
 	served := make(chan error, 1)
 	if rootfs != nil {
-		rootfs.Device.Close()
-		mountedW.Close()
+		mountedR := l.mountedR
+		l.mountedR = nil
 		go func() {
+			defer mountedR.Close()
 			var b [1]byte
 			if n, _ := mountedR.Read(b[:]); n == 0 {
 				served <- nil
@@ -170,7 +317,7 @@ func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, clon
 		return nil, err
 	}
 	spec.Protocol = specProtocol // spec is start's own copy
-	if err := json.NewEncoder(specW).Encode(spec); err != nil {
+	if err := json.NewEncoder(l.specW).Encode(spec); err != nil {
 		return fail(fmt.Errorf("send spec to container init: %w", err))
 	}
 	if place != nil {
@@ -178,8 +325,8 @@ func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, clon
 			return fail(err)
 		}
 	}
-	specW.Close()
-	msg, err := io.ReadAll(statusR)
+	l.specW.Close()
+	msg, err := io.ReadAll(l.statusR)
 	if err != nil {
 		return fail(err)
 	}
@@ -195,9 +342,9 @@ func start(spec *Spec, stdio Stdio, self string, place func(pid int) error, clon
 		cmd.Wait()
 		return nil, &ie
 	}
-	if consoleHere != nil {
+	if l.consoleHere != nil {
 		// Sent before the command was exec'd, so it is waiting here.
-		if p.Console, err = receiveFd(consoleHere); err != nil {
+		if p.Console, err = receiveFd(l.consoleHere); err != nil {
 			return fail(fmt.Errorf("receive the container's terminal: %w", err))
 		}
 	}

@@ -324,7 +324,7 @@ type storeMounter struct {
 	onOpen func(string)
 }
 
-func (m storeMounter) PrepareRootfs(ctx context.Context, c *runtime.Container, upper, work string, points []runtime.MountPoint) (*runtime.Rootfs, error) {
+func (m storeMounter) PrepareRootfs(ctx context.Context, c *runtime.Container, upper, work string, points []runtime.MountPoint, device *os.File) (*runtime.Rootfs, error) {
 	s, err := m.a.Store()
 	if err != nil {
 		return nil, err
@@ -341,7 +341,7 @@ func (m storeMounter) PrepareRootfs(ctx context.Context, c *runtime.Container, u
 			return nil, err
 		}
 	}
-	dev, err := fusefs.OpenDevice(fusefs.MountOptions{FsName: "strata:" + c.ID[:12], Container: true})
+	dev, err := fusefs.NewDevice(device, fusefs.MountOptions{FsName: "strata:" + c.ID[:12], Container: true})
 	if err != nil {
 		unpin()
 		return nil, err
@@ -359,8 +359,7 @@ func (m storeMounter) PrepareRootfs(ctx context.Context, c *runtime.Container, u
 		made <- union{u, err}
 	}()
 	return &runtime.Rootfs{
-		Device: dev.File,
-		Mount:  runtime.DeviceMount{Source: dev.Source, FSType: dev.FSType, Flags: dev.Flags, Data: dev.Data},
+		Mount: runtime.DeviceMount{Source: dev.Source, FSType: dev.FSType, Flags: dev.Flags, Data: dev.Data},
 		Serve: func() error {
 			u := <-made
 			if u.err != nil {
@@ -409,12 +408,22 @@ func runVerb() *verb {
 			detach := fs.BoolP("detach", "d", false, "run in the background and print the container ID")
 			return func(ctx context.Context, a *app, args []string) error {
 				var relay *signalRelay
+				var launched *runtime.Launching
 				if !*detach {
 					relay = relaySignals()
+					// The container's init starts now and waits while the
+					// image is found and the container made. (If it cannot,
+					// the monitor tries again and reports why.)
+					o := runtime.LaunchOptions{Network: f.network, Tty: f.tty}
+					if f.interactive {
+						o.Stdin = os.Stdin
+					}
+					launched = runtime.LaunchAsync(o)
 				}
 				f.entrypointSet = fs.Changed("entrypoint")
 				c, err := a.newContainer(ctx, &f, args[0], args[1:])
 				if err != nil {
+					launched.Abort()
 					return runError(err)
 				}
 				if *detach {
@@ -424,7 +433,7 @@ func runVerb() *verb {
 					fmt.Fprintln(a.stdout, c.ID)
 					return nil
 				}
-				return a.runForeground(ctx, c, f.interactive, relay)
+				return a.runForeground(ctx, c, f.interactive, relay, launched)
 			}
 		}}
 }
@@ -456,13 +465,16 @@ func (a *app) failedStart(ctx context.Context, c *runtime.Container, err error) 
 // runForeground is the monitor in the calling process: the container's
 // output goes to the terminal and its log, signals (those relay
 // registered) to the container.
-func (a *app) runForeground(ctx context.Context, c *runtime.Container, interactive bool, relay *signalRelay) error {
+// launched, when not nil, is the container's init, launched with its
+// Network and Tty and with stdin when interactive.
+func (a *app) runForeground(ctx context.Context, c *runtime.Container, interactive bool, relay *signalRelay, launched *runtime.Launching) error {
 	serverMemory()
 	cs, err := a.containers()
 	if err != nil {
+		launched.Abort()
 		return runError(err)
 	}
-	o := runtime.RunOptions{Stdout: a.stdout, Stderr: a.stderr, Signals: relay.signals()}
+	o := runtime.RunOptions{Stdout: a.stdout, Stderr: a.stderr, Signals: relay.signals(), Launched: launched}
 	if interactive {
 		o.Stdin = os.Stdin
 	}
@@ -471,6 +483,7 @@ func (a *app) runForeground(ctx context.Context, c *runtime.Container, interacti
 		if interactive {
 			restore, err := term.MakeRaw(os.Stdin.Fd())
 			if err != nil {
+				launched.Abort()
 				return runError(fmt.Errorf("terminal: raw mode: %w", err))
 			}
 			defer restore()

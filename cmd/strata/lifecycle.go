@@ -88,7 +88,7 @@ func startVerb() *verb {
 					return nil
 				}
 				if *attach || *interactive {
-					return a.runForeground(ctx, c, *interactive, relay)
+					return a.runForeground(ctx, c, *interactive, relay, nil)
 				}
 				if err := a.startDetached(c); err != nil {
 					return a.failedStart(ctx, c, err)
