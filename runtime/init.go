@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	goruntime "runtime"
 	"slices"
 	"strconv"
@@ -73,6 +74,9 @@ func initContainer(status *os.File) (int, error) {
 	if in == nil {
 		return 0, errors.New("init: no spec (strata init is started by strata run)")
 	}
+	// Decoding a type the first time builds its decoder (0.1 ms): done
+	// while the monitor is still making the container.
+	json.Unmarshal([]byte(warmSpec), new(Spec))
 	var spec Spec
 	if err := json.NewDecoder(in).Decode(&spec); err != nil {
 		return 0, fmt.Errorf("init: read spec: %w", err)
@@ -115,19 +119,38 @@ func initContainer(status *os.File) (int, error) {
 		}
 		return nil
 	})
+	// The user and the command are looked up in the container's files
+	// (round trips to its root filesystem's server) while init finishes
+	// the set-up that cannot change them.
+	var cmd *command
+	resolved := make(chan struct{})
+	resolve := sync.OnceFunc(func() {
+		if spec.Join {
+			// Only this thread is in the container's mount namespace.
+			cmd = resolveCommand(&spec)
+			close(resolved)
+			return
+		}
+		go func() {
+			defer close(resolved)
+			cmd = resolveCommand(&spec)
+		}()
+	})
 	setup := setupContainer
 	if spec.Join {
 		setup = joinContainer
 	}
-	if err := setup(&spec, enterCgroup); err != nil {
+	if err := setup(&spec, enterCgroup, resolve); err != nil {
 		return 0, err
 	}
-	return startCommand(&spec, status, enterCgroup)
+	resolve()
+	<-resolved
+	return startCommand(&spec, cmd, status, enterCgroup)
 }
 
 // setupContainer makes the container's world as PID 1 of its new
 // namespaces: its root filesystem with mounts, hostname and network.
-func setupContainer(spec *Spec, enterCgroup func() error) error {
+func setupContainer(spec *Spec, enterCgroup func() error, resolve func()) error {
 	unix.Umask(0)
 	// The cgroup2 filesystem the container gets shows the namespace of
 	// the process that mounts it.
@@ -158,6 +181,10 @@ func setupContainer(spec *Spec, enterCgroup func() error) error {
 	if err := pivotRoot(spec.Rootfs); err != nil {
 		return err
 	}
+	// Every mount that could cover the user database or PATH is made;
+	// what is left (masks in /proc, a read-only root) does not change
+	// them.
+	resolve()
 	// The working directory is made before the root may turn read-only.
 	if err := os.MkdirAll(orDefault(spec.Cwd, "/"), 0o755); err != nil {
 		return fmt.Errorf("init: working directory %s: %w", spec.Cwd, err)
@@ -196,7 +223,7 @@ func mountRootfs(dir string, m *DeviceMount) error {
 
 // joinContainer enters the namespaces of a running container, whose PID
 // namespace the starter has already put this process in.
-func joinContainer(*Spec, func() error) error {
+func joinContainer(*Spec, func() error, func()) error {
 	// Joining a mount namespace takes a thread that shares its root and
 	// working directory with no other: this locked one, which the
 	// command is started from.
@@ -212,23 +239,53 @@ func joinContainer(*Spec, func() error) error {
 
 // startCommand runs the command in the container: exec'd in place, or as
 // the child of a reaping init (Spec.Init).
-func startCommand(spec *Spec, status *os.File, enterCgroup func() error) (int, error) {
-	u, err := resolveUser(spec.User)
-	if err != nil {
-		return 0, err
+// warmSpec has a value of every type a Spec holds, for init to build its
+// decoder with before the spec comes.
+const warmSpec = `{"protocol":0,"rootfs":"/r","rootfsMount":{"source":"s","fstype":"t","flags":1,"data":"d"},` +
+	`"args":["a"],"env":["E=1"],"cwd":"/","user":"u","hostname":"h","network":"none","readonlyRootfs":true,` +
+	`"mounts":[{"type":"bind","source":"/s","destination":"/d","readOnly":true,"data":"d","copyUp":true}],` +
+	`"capabilities":["CAP_KILL"],"privileged":true,"init":true,"tty":true,"consoleSize":{"height":1,"width":1},` +
+	`"join":true,"cgroupTasks":["/t"],"files":[{"type":"bind","source":"/s","destination":"/d"}]}`
+
+// command is what the container's process runs as (resolveCommand).
+type command struct {
+	user    *execUser
+	env     []string
+	cwd     string
+	bin     string // the executable, found on PATH
+	userErr error
+	binErr  error
+}
+
+// resolveCommand looks the user up in the container's /etc/passwd and
+// /etc/group and the command on its PATH, relative to the working
+// directory the command will have.
+func resolveCommand(spec *Spec) *command {
+	c := &command{cwd: orDefault(spec.Cwd, "/")}
+	if c.user, c.userErr = resolveUser(spec.User); c.userErr != nil {
+		return c
 	}
-	env := containerEnv(spec.Env, spec.Hostname, u.home)
-	cwd := orDefault(spec.Cwd, "/")
-	if err := os.Chdir(cwd); err != nil {
-		return 0, &InitError{Code: 126, Msg: fmt.Sprintf("working directory %s: %v", cwd, err)}
+	c.env = containerEnv(spec.Env, spec.Hostname, c.user.home)
+	if len(spec.Args) > 0 {
+		c.bin, c.binErr = lookPath(spec.Args[0], envValue(c.env, "PATH"), c.cwd)
+	}
+	return c
+}
+
+func startCommand(spec *Spec, c *command, status *os.File, enterCgroup func() error) (int, error) {
+	if c.userErr != nil {
+		return 0, c.userErr
+	}
+	if err := os.Chdir(c.cwd); err != nil {
+		return 0, &InitError{Code: 126, Msg: fmt.Sprintf("working directory %s: %v", c.cwd, err)}
 	}
 	if len(spec.Args) == 0 {
 		return 0, &InitError{Code: 125, Msg: "no command specified"}
 	}
-	bin, err := lookPath(spec.Args[0], envValue(env, "PATH"))
-	if err != nil {
-		return 0, err
+	if c.binErr != nil {
+		return 0, c.binErr
 	}
+	u, env, bin := c.user, c.env, c.bin
 	if spec.Tty {
 		if err := setupTerminal(consoleFd, u.uid, spec.ConsoleSize); err != nil {
 			return 0, err
@@ -246,7 +303,7 @@ func startCommand(spec *Spec, status *os.File, enterCgroup func() error) (int, e
 	if spec.Init {
 		return reap(bin, spec.Args, env, spec.Tty, status)
 	}
-	err = unix.Exec(bin, spec.Args, env)
+	err := unix.Exec(bin, spec.Args, env)
 	return 0, execError(spec.Args[0], err)
 }
 
@@ -276,19 +333,25 @@ func execError(name string, err error) *InitError {
 }
 
 // lookPath finds a command on the container's PATH.
-func lookPath(name, pathEnv string) (string, error) {
+func lookPath(name, pathEnv, cwd string) (string, error) {
+	at := func(p string) string { // p as seen from the working directory
+		if path.IsAbs(p) {
+			return p
+		}
+		return path.Join(cwd, p)
+	}
 	if strings.Contains(name, "/") {
-		if _, err := os.Stat(name); err != nil {
+		if _, err := os.Stat(at(name)); err != nil {
 			return "", execError(name, err)
 		}
 		return name, nil
 	}
 	for _, dir := range strings.Split(pathEnv, ":") {
-		if dir == "" {
-			dir = "."
+		p := path.Join(dir, name)
+		if !path.IsAbs(p) {
+			p = "./" + p
 		}
-		p := dir + "/" + name
-		fi, err := os.Stat(p)
+		fi, err := os.Stat(at(p))
 		if err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
 			return p, nil
 		}

@@ -1,8 +1,11 @@
 package runtime
 
 import (
+	"encoding/json"
 	"os"
+	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stratafs/strata/internal/testenv"
@@ -47,5 +50,22 @@ func TestLaunchAbort(t *testing.T) {
 	l.Abort() // a second time does nothing
 	if _, err := l.Start(&Spec{}, nil, nil); err == nil {
 		t.Error("Start after Abort succeeded")
+	}
+}
+
+// warmSpec names every field of a Spec, and only those, so that init's
+// warm-up builds the decoder of each type the spec holds.
+func TestWarmSpecCoversSpec(t *testing.T) {
+	dec := json.NewDecoder(strings.NewReader(warmSpec))
+	dec.DisallowUnknownFields()
+	var s Spec
+	if err := dec.Decode(&s); err != nil {
+		t.Fatal(err)
+	}
+	v := reflect.ValueOf(s)
+	for i := range v.NumField() {
+		if name := v.Type().Field(i).Name; name != "Protocol" && v.Field(i).IsZero() {
+			t.Errorf("warmSpec has no %s", name)
+		}
 	}
 }

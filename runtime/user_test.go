@@ -1,6 +1,9 @@
 package runtime
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -87,6 +90,45 @@ func TestParseSignal(t *testing.T) {
 	for _, s := range []string{"", "NOPE", "0", "99"} {
 		if _, err := ParseSignal(s); err == nil {
 			t.Errorf("%q accepted", s)
+		}
+	}
+}
+
+// lookPath finds the command as exec will from the working directory the
+// command gets, which is not init's own when it looks.
+func TestLookPathFromWorkingDirectory(t *testing.T) {
+	cwd := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(cwd, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cwd, "bin", "prog"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cwd, "data"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, path, want string
+		code             int
+	}{
+		{"prog", "/nonexistent:bin", "./bin/prog", 0},
+		{"prog", ":/nonexistent", "", 127}, // "" is the working directory, which has no prog
+		{"bin/prog", "", "bin/prog", 0},
+		{"sh", "/nonexistent:/bin", "/bin/sh", 0},
+		{"/bin/sh", "", "/bin/sh", 0},
+		{"data", ".", "", 127}, // not executable
+		{"./missing", "", "", 127},
+	} {
+		got, err := lookPath(c.name, c.path, cwd)
+		code := 0
+		var ie *InitError
+		if errors.As(err, &ie) {
+			code = ie.Code
+		} else if err != nil {
+			code = -1
+		}
+		if got != c.want || code != c.code {
+			t.Errorf("lookPath(%q, PATH=%q) = %q, %v (code %d), want %q, code %d", c.name, c.path, got, err, code, c.want, c.code)
 		}
 	}
 }
