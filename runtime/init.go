@@ -119,38 +119,88 @@ func initContainer(status *os.File) (int, error) {
 		}
 		return nil
 	})
-	// The user and the command are looked up in the container's files
-	// (round trips to its root filesystem's server) while init finishes
-	// the set-up that cannot change them.
-	var cmd *command
-	resolved := make(chan struct{})
-	resolve := sync.OnceFunc(func() {
-		if spec.Join {
-			// Only this thread is in the container's mount namespace.
-			cmd = resolveCommand(&spec)
-			close(resolved)
-			return
-		}
-		go func() {
-			defer close(resolved)
-			cmd = resolveCommand(&spec)
-		}()
-	})
+	r := &resolving{done: make(chan struct{})}
 	setup := setupContainer
 	if spec.Join {
 		setup = joinContainer
 	}
-	if err := setup(&spec, enterCgroup, resolve); err != nil {
+	if err := setup(&spec, enterCgroup, r); err != nil {
 		return 0, err
 	}
-	resolve()
-	<-resolved
-	return startCommand(&spec, cmd, status, enterCgroup)
+	r.start(&spec, "/", spec.Join)
+	return startCommand(&spec, r.wait(), status, enterCgroup)
+}
+
+// resolving looks the user and the command up in the container's files
+// (round trips to its root filesystem's server) on a goroutine of its
+// own, while init goes on with the set-up that cannot change them.
+type resolving struct {
+	once sync.Once
+	done chan struct{}
+	cmd  *command
+}
+
+// start resolves the command in the root at rootfs, once: on a goroutine,
+// or, inline, on this thread (one joining a container is the only thread
+// in its mount namespace).
+func (r *resolving) start(spec *Spec, rootfs string, inline bool) {
+	r.once.Do(func() {
+		run := func() {
+			defer close(r.done)
+			root, err := unix.Open(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				r.cmd = &command{userErr: fmt.Errorf("init: open rootfs: %w", err)}
+				return
+			}
+			defer unix.Close(root)
+			r.cmd = resolveCommand(spec, root)
+		}
+		if inline {
+			run()
+		} else {
+			go run()
+		}
+	})
+}
+
+func (r *resolving) wait() *command {
+	<-r.done
+	return r.cmd
+}
+
+// resolvableEarly tells whether the user database and the command can be
+// looked up as soon as the root filesystem is mounted: when none of the
+// mounts made on it covers them.
+func resolvableEarly(spec *Spec) bool {
+	covered := []string{"/proc", "/dev", "/sys"}
+	for _, m := range append(spec.Mounts, spec.Files...) {
+		covered = append(covered, path.Clean(m.Destination))
+	}
+	cwd := orDefault(spec.Cwd, "/")
+	used := []string{"/etc/passwd", "/etc/group", cwd}
+	if len(spec.Args) > 0 {
+		name := spec.Args[0]
+		if strings.Contains(name, "/") {
+			used = append(used, path.Join(cwd, name))
+		} else {
+			for _, dir := range strings.Split(envValue(containerEnv(spec.Env, "", ""), "PATH"), ":") {
+				used = append(used, path.Join(cwd, dir, name))
+			}
+		}
+	}
+	for _, u := range used {
+		for _, c := range covered {
+			if u == c || strings.HasPrefix(u, c+"/") || strings.HasPrefix(c, u+"/") {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // setupContainer makes the container's world as PID 1 of its new
 // namespaces: its root filesystem with mounts, hostname and network.
-func setupContainer(spec *Spec, enterCgroup func() error, resolve func()) error {
+func setupContainer(spec *Spec, enterCgroup func() error, r *resolving) error {
 	unix.Umask(0)
 	// The cgroup2 filesystem the container gets shows the namespace of
 	// the process that mounts it.
@@ -166,6 +216,9 @@ func setupContainer(spec *Spec, enterCgroup func() error, resolve func()) error 
 		if err := mountRootfs(spec.Rootfs, m); err != nil {
 			return err
 		}
+	}
+	if resolvableEarly(spec) {
+		r.start(spec, spec.Rootfs, false)
 	}
 	if err := setupRootfs(spec); err != nil {
 		return err
@@ -184,7 +237,7 @@ func setupContainer(spec *Spec, enterCgroup func() error, resolve func()) error 
 	// Every mount that could cover the user database or PATH is made;
 	// what is left (masks in /proc, a read-only root) does not change
 	// them.
-	resolve()
+	r.start(spec, "/", false)
 	// The working directory is made before the root may turn read-only.
 	if err := os.MkdirAll(orDefault(spec.Cwd, "/"), 0o755); err != nil {
 		return fmt.Errorf("init: working directory %s: %w", spec.Cwd, err)
@@ -223,7 +276,7 @@ func mountRootfs(dir string, m *DeviceMount) error {
 
 // joinContainer enters the namespaces of a running container, whose PID
 // namespace the starter has already put this process in.
-func joinContainer(*Spec, func() error, func()) error {
+func joinContainer(*Spec, func() error, *resolving) error {
 	// Joining a mount namespace takes a thread that shares its root and
 	// working directory with no other: this locked one, which the
 	// command is started from.
@@ -259,15 +312,15 @@ type command struct {
 
 // resolveCommand looks the user up in the container's /etc/passwd and
 // /etc/group and the command on its PATH, relative to the working
-// directory the command will have.
-func resolveCommand(spec *Spec) *command {
+// directory the command will have, inside root.
+func resolveCommand(spec *Spec, root int) *command {
 	c := &command{cwd: orDefault(spec.Cwd, "/")}
-	if c.user, c.userErr = resolveUser(spec.User); c.userErr != nil {
+	if c.user, c.userErr = resolveUser(spec.User, root); c.userErr != nil {
 		return c
 	}
 	c.env = containerEnv(spec.Env, spec.Hostname, c.user.home)
 	if len(spec.Args) > 0 {
-		c.bin, c.binErr = lookPath(spec.Args[0], envValue(c.env, "PATH"), c.cwd)
+		c.bin, c.binErr = lookPath(spec.Args[0], envValue(c.env, "PATH"), c.cwd, root)
 	}
 	return c
 }
@@ -333,15 +386,15 @@ func execError(name string, err error) *InitError {
 }
 
 // lookPath finds a command on the container's PATH.
-func lookPath(name, pathEnv, cwd string) (string, error) {
-	at := func(p string) string { // p as seen from the working directory
-		if path.IsAbs(p) {
-			return p
+func lookPath(name, pathEnv, cwd string, root int) (string, error) {
+	stat := func(p string) (os.FileMode, error) { // p as seen from the working directory
+		if !path.IsAbs(p) {
+			p = path.Join(cwd, p)
 		}
-		return path.Join(cwd, p)
+		return statIn(root, p)
 	}
 	if strings.Contains(name, "/") {
-		if _, err := os.Stat(at(name)); err != nil {
+		if _, err := stat(name); err != nil {
 			return "", execError(name, err)
 		}
 		return name, nil
@@ -351,12 +404,35 @@ func lookPath(name, pathEnv, cwd string) (string, error) {
 		if !path.IsAbs(p) {
 			p = "./" + p
 		}
-		fi, err := os.Stat(at(p))
-		if err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+		mode, err := stat(p)
+		if err == nil && mode.IsRegular() && mode&0o111 != 0 {
 			return p, nil
 		}
 	}
 	return "", &InitError{Code: 127, Msg: fmt.Sprintf("exec %q: executable file not found in $PATH", name)}
+}
+
+// statIn is the mode of what p names inside the root, following symlinks
+// as the kernel will there.
+func statIn(root int, p string) (os.FileMode, error) {
+	fd, err := openIn(root, p)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, &os.PathError{Op: "stat", Path: p, Err: err}
+	}
+	mode := os.FileMode(st.Mode & 0o777)
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFDIR:
+		mode |= os.ModeDir
+	default:
+		mode |= os.ModeIrregular
+	}
+	return mode, nil
 }
 
 func envValue(env []string, key string) string {

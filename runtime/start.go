@@ -126,14 +126,30 @@ type Launching struct {
 	err  error
 }
 
-// LaunchAsync is Launch on a goroutine of its own.
-func LaunchAsync(o LaunchOptions) *Launching {
-	p := &Launching{done: make(chan struct{})}
+// Launcher launches a container's init from a goroutine that is running
+// before the launch is asked for: one started at that moment can wait
+// as long for a thread to run on (half a millisecond and more, as the
+// process starts) as the work it would overlap takes.
+type Launcher struct {
+	req chan LaunchOptions
+	res *Launching
+}
+
+// NewLauncher starts a Launcher's goroutine, which waits for Launch.
+func NewLauncher() *Launcher {
+	p := &Launcher{req: make(chan LaunchOptions), res: &Launching{done: make(chan struct{})}}
 	go func() {
-		defer close(p.done)
-		p.l, p.err = Launch(o)
+		o := <-p.req
+		defer close(p.res.done)
+		p.res.l, p.res.err = Launch(o)
 	}()
 	return p
+}
+
+// Launch starts Launch(o) on the launcher's goroutine; call it once.
+func (p *Launcher) Launch(o LaunchOptions) *Launching {
+	p.req <- o
+	return p.res
 }
 
 // Wait waits for the launch to end, and returns what Launch returned.

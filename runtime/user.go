@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // execUser is who the command runs as.
@@ -68,19 +70,23 @@ func parseGroup(r io.Reader) []groupEntry {
 	return out
 }
 
-func readDB[T any](p string, parse func(io.Reader) []T) []T {
-	f, err := os.Open(p)
+func readDB[T any](root int, p string, parse func(io.Reader) []T) []T {
+	fd, err := unix.Openat2(root, p, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
 	if err != nil {
 		return nil
 	}
+	f := os.NewFile(uintptr(fd), p)
 	defer f.Close()
 	return parse(f)
 }
 
-// resolveUser reads the container's own /etc/passwd and /etc/group, as
-// docker does: names must exist there, numbers need not.
-func resolveUser(spec string) (*execUser, error) {
-	return lookupUser(spec, readDB("/etc/passwd", parsePasswd), readDB("/etc/group", parseGroup))
+// resolveUser reads the container's own /etc/passwd and /etc/group in
+// its root, as docker does: names must exist there, numbers need not.
+func resolveUser(spec string, root int) (*execUser, error) {
+	return lookupUser(spec, readDB(root, "/etc/passwd", parsePasswd), readDB(root, "/etc/group", parseGroup))
 }
 
 func lookupUser(spec string, users []passwdEntry, groups []groupEntry) (*execUser, error) {

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestLookupUser(t *testing.T) {
@@ -97,6 +99,11 @@ func TestParseSignal(t *testing.T) {
 // lookPath finds the command as exec will from the working directory the
 // command gets, which is not init's own when it looks.
 func TestLookPathFromWorkingDirectory(t *testing.T) {
+	root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(root)
 	cwd := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(cwd, "bin"), 0o755); err != nil {
 		t.Fatal(err)
@@ -119,7 +126,7 @@ func TestLookPathFromWorkingDirectory(t *testing.T) {
 		{"data", ".", "", 127}, // not executable
 		{"./missing", "", "", 127},
 	} {
-		got, err := lookPath(c.name, c.path, cwd)
+		got, err := lookPath(c.name, c.path, cwd, root)
 		code := 0
 		var ie *InitError
 		if errors.As(err, &ie) {
@@ -129,6 +136,31 @@ func TestLookPathFromWorkingDirectory(t *testing.T) {
 		}
 		if got != c.want || code != c.code {
 			t.Errorf("lookPath(%q, PATH=%q) = %q, %v (code %d), want %q, code %d", c.name, c.path, got, err, code, c.want, c.code)
+		}
+	}
+}
+
+// The user and the command are looked up before the container's mounts
+// are made only when no mount covers what the lookup reads.
+func TestResolvableEarly(t *testing.T) {
+	files := []Mount{{Type: "bind", Destination: "/etc/hostname"}, {Type: "bind", Destination: "/etc/hosts"}}
+	for _, c := range []struct {
+		name  string
+		spec  Spec
+		early bool
+	}{
+		{"plain", Spec{Args: []string{"true"}, Files: files}, true},
+		{"a volume elsewhere", Spec{Args: []string{"sh"}, Mounts: []Mount{{Destination: "/data"}}}, true},
+		{"a volume on /etc", Spec{Args: []string{"true"}, Mounts: []Mount{{Destination: "/etc"}}}, false},
+		{"a bind on /etc/passwd", Spec{Args: []string{"true"}, Mounts: []Mount{{Destination: "/etc/passwd"}}}, false},
+		{"a volume on a PATH directory", Spec{Args: []string{"tool"}, Mounts: []Mount{{Destination: "/usr/local/bin"}}}, false},
+		{"a volume on /usr", Spec{Args: []string{"tool"}, Mounts: []Mount{{Destination: "/usr"}}}, false},
+		{"a volume on the command", Spec{Args: []string{"/opt/app/run"}, Mounts: []Mount{{Destination: "/opt/app"}}}, false},
+		{"the working directory a volume", Spec{Args: []string{"./run"}, Cwd: "/work", Mounts: []Mount{{Destination: "/work"}}}, false},
+		{"PATH in /proc", Spec{Args: []string{"x"}, Env: []string{"PATH=/proc/self"}}, false},
+	} {
+		if got := resolvableEarly(&c.spec); got != c.early {
+			t.Errorf("%s: resolvableEarly = %v, want %v", c.name, got, c.early)
 		}
 	}
 }

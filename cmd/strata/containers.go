@@ -410,6 +410,7 @@ func runVerb() *verb {
 				var relay *signalRelay
 				var launched *runtime.Launching
 				if !*detach {
+					launcher := runtime.NewLauncher()
 					relay = relaySignals()
 					// The container's init starts now and waits while the
 					// image is found and the container made. (If it cannot,
@@ -418,7 +419,7 @@ func runVerb() *verb {
 					if f.interactive {
 						o.Stdin = os.Stdin
 					}
-					launched = runtime.LaunchAsync(o)
+					launched = launcher.Launch(o)
 				}
 				f.entrypointSet = fs.Changed("entrypoint")
 				c, err := a.newContainer(ctx, &f, args[0], args[1:])
