@@ -43,24 +43,22 @@ func (u *Union) openUpper(upper, work string) error {
 	if a.Dev != b.Dev {
 		return fmt.Errorf("union: workdir %s must be on the same filesystem as upperdir %s", work, upper)
 	}
-	// strata stages in a directory of its own inside the work directory,
-	// leaving what the kernel overlayfs keeps there (its index) alone.
-	// What a crash left in it was never visible: drop it.
+	// strata stages copy-ups in a directory of its own inside the work
+	// directory, leaving what the kernel overlayfs keeps there (its
+	// index) alone, made at the first copy-up (most containers make
+	// none). What a crash left in it was never visible: drop it.
 	staging := filepath.Join(work, "strata")
 	if err := os.RemoveAll(staging); err != nil {
 		return fmt.Errorf("union: clearing %s: %w", staging, err)
 	}
-	if err := os.Mkdir(staging, 0o700); err != nil {
-		return fmt.Errorf("union: %w", err)
-	}
 	u.upperDir, u.workDir = filepath.Clean(upper), staging
 	u.format.prefix = "user.overlay."
-	if unix.Lsetxattr(staging, "trusted.overlay.strata-probe", []byte("y"), 0) == nil {
-		unix.Lremovexattr(staging, "trusted.overlay.strata-probe")
+	if unix.Lsetxattr(work, "trusted.overlay.strata-probe", []byte("y"), 0) == nil {
+		unix.Lremovexattr(work, "trusted.overlay.strata-probe")
 		u.format.prefix = "trusted.overlay."
 	}
-	probe := filepath.Join(staging, "whiteout-probe")
-	if unix.Mknod(probe, unix.S_IFCHR, 0) == nil {
+	probe := filepath.Join(work, "strata-whiteout-probe")
+	if err := unix.Mknod(probe, unix.S_IFCHR, 0); err == nil || errors.Is(err, unix.EEXIST) {
 		u.format.charWhiteout = true
 		os.Remove(probe)
 	}
@@ -108,6 +106,11 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	tree := n.u.layers[src.idx]
 	e := c.attrs.entry()
 	tmp, err := os.MkdirTemp(n.u.workDir, "copyup-")
+	if errors.Is(err, os.ErrNotExist) {
+		if err = os.Mkdir(n.u.workDir, 0o700); err == nil || errors.Is(err, os.ErrExist) {
+			tmp, err = os.MkdirTemp(n.u.workDir, "copyup-")
+		}
+	}
 	if err != nil {
 		return fs.ToErrno(err)
 	}
