@@ -148,14 +148,17 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		}
 	})
 	defer removeCgroups()
-	rootfs, upper, work := filepath.Join(dir, "rootfs"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
-	for _, d := range []string{rootfs, upper, work} {
+	upper, work := filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	for _, d := range []string{upper, work} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return 125, err
 		}
 	}
 	spec := c.Spec
-	spec.Rootfs = rootfs
+	// Init mounts the root filesystem over the work directory, in the
+	// container's mount namespace, where nothing else uses that
+	// directory: no mount point to make and remove with every container.
+	spec.Rootfs = work
 	files, err := writeEtcFiles(dir, spec.Hostname, spec.Network)
 	if err != nil {
 		return 125, err

@@ -69,35 +69,6 @@ func mkdirIn(root int, p string, file bool) error {
 
 func fdPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
-// lookAhead looks up, in the root filesystem init (pid) has just
-// mounted, the paths its set-up and the command's start look up: its
-// mount points, the user database, the command on PATH. Init does the
-// same next; through the union each is a round trip, and made here while
-// init is busy, they are in the kernel's cache when it gets there. What
-// is missing is left to init. Paths are resolved inside the root (its
-// mount is in init's namespace, reached through /proc/PID/root).
-func lookAhead(pid int, spec *Spec) {
-	root, err := unix.Open(fmt.Sprintf("/proc/%d/root%s", pid, spec.Rootfs), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	defer unix.Close(root)
-	paths := []string{"/proc", "/dev", "/sys", "/etc/passwd", "/etc/group"}
-	for _, f := range spec.Files {
-		paths = append(paths, f.Destination)
-	}
-	if len(spec.Args) > 0 && !strings.Contains(spec.Args[0], "/") {
-		for _, dir := range strings.Split(envValue(containerEnv(spec.Env, "", ""), "PATH"), ":") {
-			paths = append(paths, path.Join(dir, spec.Args[0]))
-		}
-	}
-	for _, p := range paths {
-		if fd, err := openIn(root, p); err == nil {
-			unix.Close(fd)
-		}
-	}
-}
-
 // mountIn mounts source on dest inside the root, creating dest.
 func mountIn(root int, dest, source, fstype string, flags uintptr, data string, file bool) error {
 	if err := mkdirIn(root, dest, file); err != nil {

@@ -316,9 +316,6 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 				cmd.Process.Kill()
 			}
 			served <- err
-			if err == nil {
-				lookAhead(cmd.Process.Pid, spec)
-			}
 		}()
 	} else {
 		served <- nil
