@@ -359,6 +359,7 @@ func (s *Store) reap(id string, pid int) {
 		unix.Kill(pid, unix.SIGKILL)
 	}
 	reapMounts(s.Dir(id))
+	removeRunDir(id)
 	cg.Remove()
 }
 
@@ -410,6 +411,7 @@ func (s *Store) Remove(ctx context.Context, c *Container) error {
 	if err := os.Rename(dir, gone); err != nil {
 		return fmt.Errorf("remove container %s: %w", c.ID[:12], err)
 	}
+	removeRunDir(c.ID) // a killed monitor's
 	return os.RemoveAll(gone)
 }
 

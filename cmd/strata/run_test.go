@@ -158,6 +158,11 @@ func TestContainerLayerGoesWithRm(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(root, "containers")); len(ents) > 1 { // .lock
 		t.Errorf("container %s left files after rm: %v", id, ents)
 	}
+	for _, d := range []string{"/run/strata", "/dev/shm/strata"} {
+		if _, err := os.Stat(filepath.Join(d, id)); err == nil {
+			t.Errorf("container %s left %s after it ended", id, filepath.Join(d, id))
+		}
+	}
 	if r := strata(t, root, "rm", "c1"); r.code == 0 || !strings.Contains(r.stderr, "no such container") {
 		t.Errorf("rm twice: exit %d %s", r.code, r.stderr)
 	}
@@ -280,6 +285,14 @@ func TestMonitorKilled(t *testing.T) {
 	if out := mustStrata(t, root, "exec", id, "sh", "-c", "grep ' / / ' /proc/self/mountinfo"); !strings.Contains(out, "fuse.strata") {
 		t.Errorf("the container's root is not the union: %s", out)
 	}
+	// What the container has only while it runs (its hostname, hosts and
+	// resolv.conf, in memory where a tmpfs allows) outlives a killed
+	// monitor until strata next looks.
+	runFiles := func() []string {
+		m, _ := filepath.Glob(filepath.Join("/run/strata", id))
+		m2, _ := filepath.Glob(filepath.Join("/dev/shm/strata", id))
+		return append(m, m2...)
+	}
 	pid := monitorPID(t, id)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -293,6 +306,9 @@ func TestMonitorKilled(t *testing.T) {
 	}
 	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), id) {
 		t.Error("the dead monitor's mount is still there")
+	}
+	if left := runFiles(); len(left) > 0 {
+		t.Errorf("the dead monitor's run files are still there: %v", left)
 	}
 	mustStrata(t, root, "rm", id)
 }
