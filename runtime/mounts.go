@@ -290,12 +290,14 @@ func populateDev(root int, privileged bool) error {
 // pivotRoot makes rootfs the root and detaches the old one (runc's way,
 // without a directory for the old root inside the new one).
 func pivotRoot(rootfs string) error {
-	oldroot, err := unix.Open("/", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	// O_PATH is enough for fchdir, and opens no directory of the root
+	// filesystem (a round trip to its server).
+	oldroot, err := unix.Open("/", unix.O_DIRECTORY|unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
 	defer unix.Close(oldroot)
-	newroot, err := unix.Open(rootfs, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	newroot, err := unix.Open(rootfs, unix.O_DIRECTORY|unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
