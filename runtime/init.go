@@ -465,6 +465,10 @@ func containerEnv(env []string, hostname, home string) []string {
 // closeOnExecFrom marks every descriptor from lowest on close-on-exec, so
 // nothing of strata's reaches the command (CVE-2024-21626).
 func closeOnExecFrom(lowest int) error {
+	if unix.CloseRange(uint(lowest), ^uint(0), unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return nil
+	}
+	// Before Linux 5.11: one by one.
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return fmt.Errorf("list descriptors: %w", err)
