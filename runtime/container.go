@@ -10,11 +10,11 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"golang.org/x/sys/unix"
 
@@ -98,7 +98,19 @@ type NotFoundError struct{ Ref string }
 
 func (e *NotFoundError) Error() string { return "no such container: " + e.Ref }
 
-var validName = regexp.MustCompile(`^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+// validName tells whether s is a container name docker takes:
+// [a-zA-Z0-9][a-zA-Z0-9_.-]*, after an optional "/". (Checked by hand: a
+// regexp would be compiled as every strata program starts.)
+func validName(s string) bool {
+	s = strings.TrimPrefix(s, "/")
+	for i, r := range s {
+		alnum := r < 128 && (unicode.IsLetter(r) || unicode.IsDigit(r))
+		if !alnum && (i == 0 || (r != '_' && r != '.' && r != '-')) {
+			return false
+		}
+	}
+	return s != ""
+}
 
 func (s *Store) lock(ctx context.Context) (*fsutil.FileLock, error) {
 	return fsutil.Lock(ctx, filepath.Join(s.dir, ".lock"))
@@ -122,7 +134,7 @@ func (s *Store) Create(ctx context.Context, c *Container) error {
 		taken[o.Name] = o.ID
 	}
 	if c.Name != "" {
-		if !validName.MatchString(c.Name) {
+		if !validName(c.Name) {
 			return fmt.Errorf("invalid container name %q: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed", c.Name)
 		}
 		c.Name = strings.TrimPrefix(c.Name, "/")
@@ -282,7 +294,7 @@ func (s *Store) Rename(ctx context.Context, c *Container, name string) error {
 	}
 	defer l.Unlock()
 	name = strings.TrimPrefix(name, "/")
-	if !validName.MatchString(name) {
+	if !validName(name) {
 		return fmt.Errorf("invalid container name %q: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed", name)
 	}
 	all, err := s.List()

@@ -75,3 +75,15 @@ func TestCreateRemovesWhatACrashLeft(t *testing.T) {
 		t.Errorf("a whole container went: %v", err)
 	}
 }
+
+func TestValidName(t *testing.T) {
+	for name, want := range map[string]bool{
+		"web": true, "/web": true, "a": true, "A1_b.c-d": true, "9lives": true,
+		"": false, "/": false, "_x": false, ".x": false, "-x": false, "a b": false,
+		"a/b": false, "//a": false, "é": false, "aé": false, "a:b": false,
+	} {
+		if got := validName(name); got != want {
+			t.Errorf("validName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
