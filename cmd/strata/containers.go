@@ -91,6 +91,7 @@ func (a *app) imageFor(ctx context.Context, ref, pull, platform string, lazy boo
 	}
 	rec, err := s.Lookup(ref)
 	if err == nil && pull != "always" {
+		a.remember(rec)
 		return rec, nil
 	}
 	if pull == "never" {
@@ -109,7 +110,15 @@ func (a *app) imageFor(ctx context.Context, ref, pull, platform string, lazy boo
 	if err != nil {
 		return nil, err
 	}
+	a.remember(res.Image)
 	return res.Image, nil
+}
+
+func (a *app) remember(rec *lazypull.ImageRecord) {
+	if a.looked == nil {
+		a.looked = map[string]*lazypull.ImageRecord{}
+	}
+	a.looked[rec.ConfigDigest] = rec
 }
 
 // newContainer creates a container from the flags, the image and the
@@ -329,9 +338,11 @@ func (m storeMounter) PrepareRootfs(ctx context.Context, c *runtime.Container, u
 	if err != nil {
 		return nil, err
 	}
-	rec, err := s.Lookup(c.ImageID)
-	if err != nil {
-		return nil, err
+	rec, ok := m.a.looked[c.ImageID]
+	if !ok {
+		if rec, err = s.Lookup(c.ImageID); err != nil {
+			return nil, err
+		}
 	}
 	// In use while the container runs: eviction keeps its lazy chunks.
 	// (The container's record keeps the image itself from removal.)

@@ -59,6 +59,10 @@ type app struct {
 	storeOpened      bool
 	config           lazypull.Config
 	stdoutIsTerminal bool
+	// looked are the images this process has looked up, by config
+	// digest: a container's rootfs is made from the record its creation
+	// just read, not from a second read of the store's index.
+	looked map[string]*lazypull.ImageRecord
 }
 
 // Store opens the local store on first use.
