@@ -75,8 +75,11 @@ func initContainer(status *os.File) (int, error) {
 		return 0, errors.New("init: no spec (strata init is started by strata run)")
 	}
 	// Decoding a type the first time builds its decoder (0.1 ms): done
-	// while the monitor is still making the container.
-	json.Unmarshal([]byte(warmSpec), new(Spec))
+	// while the monitor is still making the container, unless the spec
+	// is here already.
+	if !readable(specFd) {
+		json.Unmarshal([]byte(warmSpec), new(Spec))
+	}
 	var spec Spec
 	if err := json.NewDecoder(in).Decode(&spec); err != nil {
 		return 0, fmt.Errorf("init: read spec: %w", err)
@@ -129,6 +132,13 @@ func initContainer(status *os.File) (int, error) {
 	}
 	r.start(&spec, "/", spec.Join)
 	return startCommand(&spec, r.wait(), status, enterCgroup)
+}
+
+// readable tells whether fd has data to read now.
+func readable(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
 }
 
 // resolving looks the user and the command up in the container's files
@@ -290,8 +300,6 @@ func joinContainer(*Spec, func() error, *resolving) error {
 	return nil
 }
 
-// startCommand runs the command in the container: exec'd in place, or as
-// the child of a reaping init (Spec.Init).
 // warmSpec has a value of every type a Spec holds, for init to build its
 // decoder with before the spec comes.
 const warmSpec = `{"protocol":0,"rootfs":"/r","rootfsMount":{"source":"s","fstype":"t","flags":1,"data":"d"},` +
@@ -325,6 +333,8 @@ func resolveCommand(spec *Spec, root int) *command {
 	return c
 }
 
+// startCommand runs the command in the container: exec'd in place, or as
+// the child of a reaping init (Spec.Init).
 func startCommand(spec *Spec, c *command, status *os.File, enterCgroup func() error) (int, error) {
 	if c.userErr != nil {
 		return 0, c.userErr
