@@ -152,6 +152,11 @@ func (s *Store) Create(ctx context.Context, c *Container) error {
 	c.Created = time.Now().UTC()
 	if c.Spec.Hostname == "" {
 		c.Spec.Hostname = c.ID[:12]
+		// On the host's network a container is named as the host, as
+		// docker's are.
+		if h, err := os.Hostname(); err == nil && c.Spec.Network == "host" {
+			c.Spec.Hostname = h
+		}
 	}
 	dir := s.Dir(c.ID)
 	if err := os.Mkdir(dir, 0o700); err != nil {

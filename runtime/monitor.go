@@ -289,9 +289,6 @@ func writeEtcFiles(dir, hostname, network string) ([]Mount, error) {
 		if b, err := os.ReadFile("/etc/hosts"); err == nil {
 			hosts = string(b)
 		}
-		if h, err := os.Hostname(); err == nil {
-			hostname = h
-		}
 	} else {
 		hosts += "127.0.0.1\t" + hostname + "\n"
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -468,5 +469,42 @@ func TestRunWithALayerGone(t *testing.T) {
 	}
 	if out := mustStrata(t, root, "ps", "-a", "-q"); out != "" {
 		t.Errorf("containers left: %s", out)
+	}
+}
+
+// --network none gives the container a network namespace of its own with
+// lo up and nothing else; --network host shares the host's, and its name.
+func TestRunNetwork(t *testing.T) {
+	root, ref := runImage(t)
+	ifaces := func(procNetDev string) []string {
+		var out []string
+		for _, line := range strings.Split(procNetDev, "\n") {
+			if name, _, ok := strings.Cut(line, ":"); ok && !strings.Contains(name, "|") {
+				out = append(out, strings.TrimSpace(name))
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	out := mustStrata(t, root, "run", "--rm", ref, "sh", "-c", "cat /sys/class/net/lo/flags; cat /proc/net/dev")
+	flags, dev, _ := strings.Cut(out, "\n")
+	if got := ifaces(dev); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("--network none: interfaces %v, want only lo", got)
+	}
+	if v, err := strconv.ParseUint(strings.TrimPrefix(flags, "0x"), 16, 32); err != nil || v&1 == 0 {
+		t.Errorf("--network none: lo flags %q, want it up", flags)
+	}
+	hostDev, err := os.ReadFile("/proc/net/dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostname, _ := os.Hostname()
+	out = mustStrata(t, root, "run", "--rm", "--network", "host", ref, "sh", "-c", "hostname; cat /proc/net/dev")
+	name, dev, _ := strings.Cut(out, "\n")
+	if got, want := ifaces(dev), ifaces(string(hostDev)); !slices.Equal(got, want) {
+		t.Errorf("--network host: interfaces %v, want the host's %v", got, want)
+	}
+	if name != hostname {
+		t.Errorf("--network host: hostname %q, want the host's %q", name, hostname)
 	}
 }
