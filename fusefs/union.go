@@ -130,6 +130,13 @@ func New(opts Options) (*Union, error) {
 		}
 	}
 	u.root = &node{u: u, c: root}
+	// Every lookup and listing starts at the root, and in a stack of
+	// many layers its merge is a fresh mount's longest: made now, as the
+	// union is, not by the first request. (A layer that fails here fails
+	// that request, with its error.)
+	u.root.mergeAt(ctx, "", func(children map[string]*child, lowers []layerRef, listings []listing) {
+		u.root.readAhead = func() { u.pre.queueChildren(children, lowers, listings) }
+	})
 	return u, nil
 }
 
@@ -211,6 +218,9 @@ type node struct {
 	// those lookups, of names found or not.
 	looked  map[string]*child
 	lookups int
+	// readAhead, set on the root when New merged it, queues its
+	// subdirectories to be read ahead, which its first listing does.
+	readAhead func()
 }
 
 // ino is stable across mounts of the same stack: the layer's own inode
@@ -295,6 +305,12 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 // then with the records and the lower listings read, before anyone else
 // sees them.
 func (n *node) mergeThen(ctx context.Context, then func(map[string]*child, []layerRef, []listing)) (map[string]*child, syscall.Errno) {
+	return n.mergeAt(ctx, n.path(), then)
+}
+
+// mergeAt is mergeThen of the node at path: the root's can be merged
+// before the node is in the file system (New), when it has no path.
+func (n *node) mergeAt(ctx context.Context, path string, then func(map[string]*child, []layerRef, []listing)) (map[string]*child, syscall.Errno) {
 	n.u.mu.Lock()
 	if n.merged {
 		m := n.children
@@ -303,7 +319,6 @@ func (n *node) mergeThen(ctx context.Context, then func(map[string]*child, []lay
 	}
 	n.u.mu.Unlock()
 	c := n.u.snapshot(n.c)
-	path := n.path()
 	var upperEnts []layertree.Entry
 	if c.upper {
 		var err error
@@ -825,6 +840,12 @@ func (n *node) listing(ctx context.Context) ([]fuse.DirEntry, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
+	n.u.mu.Lock()
+	if n.readAhead != nil {
+		n.readAhead() // under the lock, as mergeThen calls it
+		n.readAhead = nil
+	}
+	n.u.mu.Unlock()
 	// "." and ".." come first, as a local file system lists them (ls -a
 	// shows them; some programs count on them).
 	self, parent := n.StableAttr().Ino, n.StableAttr().Ino // the root is its own parent
