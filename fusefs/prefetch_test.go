@@ -189,3 +189,28 @@ func TestLargeDirectoriesAreNotReadAhead(t *testing.T) {
 		t.Errorf("big lists %d names", len(got))
 	}
 }
+
+// The root is merged as the union is made: the first lookups and the
+// first listing read no layer's root again.
+func TestRootMergedAhead(t *testing.T) {
+	top, bottom := t.TempDir(), t.TempDir()
+	writeFiles(t, bottom, "a/z", "b")
+	writeFiles(t, top, "a/x", ".wh.b")
+	mnt, _, layers := mountPrefetching(t, top, bottom)
+	for i, l := range layers {
+		if n := l.listed(""); n != 1 {
+			t.Errorf("layer %d's root read %d times once the union is made, want 1", i, n)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(mnt, "b")); !os.IsNotExist(err) {
+		t.Errorf("b, whited out: %v", err)
+	}
+	if got := names(t, mnt); got != "a" {
+		t.Errorf("root lists %q, want a", got)
+	}
+	for i, l := range layers {
+		if n := l.listed(""); n != 1 {
+			t.Errorf("layer %d's root read %d times after a lookup and a listing, want 1", i, n)
+		}
+	}
+}
