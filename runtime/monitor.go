@@ -148,17 +148,17 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		}
 	})
 	defer removeCgroups()
-	upper, work := filepath.Join(dir, "upper"), filepath.Join(dir, "work")
-	for _, d := range []string{upper, work} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return 125, err
-		}
+	// The container's directory is the union's work directory (it stages
+	// copy-ups in a directory of its own there, made at the first), and
+	// init mounts the root filesystem over the upper directory, in the
+	// container's mount namespace, where nothing else uses it: one
+	// directory, not three, to make and remove with every container.
+	upper, work := filepath.Join(dir, "upper"), dir
+	if err := os.MkdirAll(upper, 0o755); err != nil {
+		return 125, err
 	}
 	spec := c.Spec
-	// Init mounts the root filesystem over the work directory, in the
-	// container's mount namespace, where nothing else uses that
-	// directory: no mount point to make and remove with every container.
-	spec.Rootfs = work
+	spec.Rootfs = upper
 	etc := runDir(c.ID)
 	if etc == "" || os.Mkdir(etc, 0o700) != nil {
 		etc = dir
