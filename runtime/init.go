@@ -131,7 +131,7 @@ func initContainer(status *os.File) (int, error) {
 		return 0, err
 	}
 	r.start(&spec, "/", spec.Join)
-	return startCommand(&spec, r.wait(), status, enterCgroup)
+	return startCommand(&spec, r, status, enterCgroup)
 }
 
 // readable tells whether fd has data to read now.
@@ -335,7 +335,16 @@ func resolveCommand(spec *Spec, root int) *command {
 
 // startCommand runs the command in the container: exec'd in place, or as
 // the child of a reaping init (Spec.Init).
-func startCommand(spec *Spec, c *command, status *os.File, enterCgroup func() error) (int, error) {
+func startCommand(spec *Spec, r *resolving, status *os.File, enterCgroup func() error) (int, error) {
+	// What needs nothing of the lookups goes first: they may still be
+	// under way, and a thread that waits is slow to wake here.
+	if err := enterCgroup(); err != nil {
+		return 0, err
+	}
+	if err := closeOnExecFrom(3); err != nil {
+		return 0, fmt.Errorf("init: %w", err)
+	}
+	c := r.wait()
 	if c.userErr != nil {
 		return 0, c.userErr
 	}
@@ -354,14 +363,8 @@ func startCommand(spec *Spec, c *command, status *os.File, enterCgroup func() er
 			return 0, err
 		}
 	}
-	if err := enterCgroup(); err != nil {
-		return 0, err
-	}
 	if err := setIdentity(u, spec.Capabilities, spec.Init); err != nil {
 		return 0, err
-	}
-	if err := closeOnExecFrom(3); err != nil {
-		return 0, fmt.Errorf("init: %w", err)
 	}
 	if spec.Init {
 		return reap(bin, spec.Args, env, spec.Tty, status)
