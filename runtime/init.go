@@ -152,16 +152,18 @@ type resolving struct {
 
 // start resolves the command in the root at rootfs, once: on a goroutine,
 // or, inline, on this thread (one joining a container is the only thread
-// in its mount namespace).
+// in its mount namespace). The root is opened here, by the caller: the
+// goroutine may run only once this thread has pivoted away from the path.
 func (r *resolving) start(spec *Spec, rootfs string, inline bool) {
 	r.once.Do(func() {
+		root, err := unix.Open(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			r.cmd = &command{userErr: fmt.Errorf("init: open rootfs: %w", err)}
+			close(r.done)
+			return
+		}
 		run := func() {
 			defer close(r.done)
-			root, err := unix.Open(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				r.cmd = &command{userErr: fmt.Errorf("init: open rootfs: %w", err)}
-				return
-			}
 			defer unix.Close(root)
 			r.cmd = resolveCommand(spec, root)
 		}
