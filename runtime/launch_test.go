@@ -3,7 +3,9 @@ package runtime
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"reflect"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -67,5 +69,29 @@ func TestWarmSpecCoversSpec(t *testing.T) {
 		if name := v.Type().Field(i).Name; name != "Protocol" && v.Field(i).IsZero() {
 			t.Errorf("warmSpec has no %s", name)
 		}
+	}
+}
+
+// The lookups' goroutine gets the root as it was when they were started:
+// init pivots away from the path right after (here: renames it), and a
+// goroutine may only run then.
+func TestResolvingHoldsTheRoot(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer goruntime.GOMAXPROCS(goruntime.GOMAXPROCS(1)) // the goroutine runs once this one blocks
+	r := &resolving{done: make(chan struct{})}
+	r.start(&Spec{}, root, false)
+	if err := os.Rename(root, filepath.Join(dir, "elsewhere")); err != nil {
+		t.Fatal(err)
+	}
+	c := r.wait()
+	if c.userErr != nil || c.user.home != "/root" {
+		t.Errorf("lookups after the root moved: %+v, %v", c.user, c.userErr)
 	}
 }
