@@ -422,7 +422,6 @@ func runVerb() *verb {
 				var launched *runtime.Launching
 				if !*detach {
 					launcher := runtime.NewLauncher()
-					relay = relaySignals()
 					// The container's init starts now and waits while the
 					// image is found and the container made. (If it cannot,
 					// the monitor tries again and reports why.)
@@ -431,6 +430,7 @@ func runVerb() *verb {
 						o.Stdin = os.Stdin
 					}
 					launched = launcher.Launch(o)
+					relay = relaySignals()
 				}
 				f.entrypointSet = fs.Changed("entrypoint")
 				c, err := a.newContainer(ctx, &f, args[0], args[1:])
