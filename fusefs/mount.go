@@ -130,7 +130,7 @@ func rawFS(u *Union, mo fuse.MountOptions) fuse.RawFileSystem {
 // union once it has mounted.
 type Device struct {
 	// Source, FSType and Flags are mount(2)'s; Data has %d where the
-	// mounting process's number for File goes.
+	// mounting process's number for its /dev/fuse goes.
 	Source, FSType, Data string
 	Flags                uintptr
 
