@@ -298,18 +298,13 @@ func (u *Union) snapshot(c *child) child {
 // Records of names looked up one by one before (lookupOne) are kept, as
 // nodes hold them.
 func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
-	return n.mergeThen(ctx, nil)
+	return n.mergeAt(ctx, n.path(), nil)
 }
 
-// mergeThen merges as merge does; when this call did the merge, it calls
-// then with the records and the lower listings read, before anyone else
-// sees them.
-func (n *node) mergeThen(ctx context.Context, then func(map[string]*child, []layerRef, []listing)) (map[string]*child, syscall.Errno) {
-	return n.mergeAt(ctx, n.path(), then)
-}
-
-// mergeAt is mergeThen of the node at path: the root's can be merged
-// before the node is in the file system (New), when it has no path.
+// mergeAt merges as merge does the node at path (given: the root's is
+// merged before the node is in the file system, in New, when it has no
+// path); when this call did the merge, it calls then with the records and
+// the lower listings read, before anyone else sees them.
 func (n *node) mergeAt(ctx context.Context, path string, then func(map[string]*child, []layerRef, []listing)) (map[string]*child, syscall.Errno) {
 	n.u.mu.Lock()
 	if n.merged {
@@ -836,13 +831,13 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 func (n *node) listing(ctx context.Context) ([]fuse.DirEntry, syscall.Errno) {
 	// A directory listed is often walked into: read its subdirectories'
 	// lower listings ahead (prefetcher).
-	children, errno := n.mergeThen(ctx, n.u.pre.queueChildren)
+	children, errno := n.mergeAt(ctx, n.path(), n.u.pre.queueChildren)
 	if errno != 0 {
 		return nil, errno
 	}
 	n.u.mu.Lock()
 	if n.readAhead != nil {
-		n.readAhead() // under the lock, as mergeThen calls it
+		n.readAhead() // under the lock, as mergeAt calls then
 		n.readAhead = nil
 	}
 	n.u.mu.Unlock()
