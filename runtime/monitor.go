@@ -78,7 +78,7 @@ type RunOptions struct {
 	// Launched, when set, is the container's init, launched by the caller
 	// with the container's Network and Tty and with Stdin; Run starts or
 	// aborts it. Else, or when that launch failed, Run launches one.
-	Launched *Launching
+	Launched *Launcher
 }
 
 // ErrRunning is returned when a container already has a monitor.

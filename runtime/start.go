@@ -118,30 +118,25 @@ func Launch(o LaunchOptions) (l *Launched, err error) {
 	return l, nil
 }
 
-// Launching is a Launch under way, so that the caller goes on while the
-// kernel makes init's namespaces and execs it.
-type Launching struct {
+// Launcher runs a Launch on a goroutine of its own, so that the caller
+// goes on while the kernel makes init's namespaces and execs it. The
+// goroutine runs before the launch is asked for: one started at that
+// moment can wait as long for a thread to run on (half a millisecond and
+// more, as the process starts) as the work it would overlap takes.
+type Launcher struct {
+	req  chan LaunchOptions
 	done chan struct{}
 	l    *Launched
 	err  error
 }
 
-// Launcher launches a container's init from a goroutine that is running
-// before the launch is asked for: one started at that moment can wait
-// as long for a thread to run on (half a millisecond and more, as the
-// process starts) as the work it would overlap takes.
-type Launcher struct {
-	req chan LaunchOptions
-	res *Launching
-}
-
 // NewLauncher starts a Launcher's goroutine, which waits for Launch.
 func NewLauncher() *Launcher {
-	p := &Launcher{req: make(chan LaunchOptions), res: &Launching{done: make(chan struct{})}}
+	p := &Launcher{req: make(chan LaunchOptions), done: make(chan struct{})}
 	go func() {
 		o := <-p.req
-		p.res.l, p.res.err = Launch(o)
-		close(p.res.done)
+		p.l, p.err = Launch(o)
+		close(p.done)
 		// The spec is encoded once the container is made: the encoder
 		// (0.1 ms to build the first time) is built now, on this
 		// otherwise idle goroutine.
@@ -151,19 +146,16 @@ func NewLauncher() *Launcher {
 }
 
 // Launch starts Launch(o) on the launcher's goroutine; call it once.
-func (p *Launcher) Launch(o LaunchOptions) *Launching {
-	p.req <- o
-	return p.res
-}
+func (p *Launcher) Launch(o LaunchOptions) { p.req <- o }
 
 // Wait waits for the launch to end, and returns what Launch returned.
-func (p *Launching) Wait() (*Launched, error) {
+func (p *Launcher) Wait() (*Launched, error) {
 	<-p.done
 	return p.l, p.err
 }
 
 // Abort ends the launched init unless it was started.
-func (p *Launching) Abort() {
+func (p *Launcher) Abort() {
 	if p == nil {
 		return
 	}

@@ -419,9 +419,9 @@ func runVerb() *verb {
 			detach := fs.BoolP("detach", "d", false, "run in the background and print the container ID")
 			return func(ctx context.Context, a *app, args []string) error {
 				var relay *signalRelay
-				var launched *runtime.Launching
+				var launched *runtime.Launcher
 				if !*detach {
-					launcher := runtime.NewLauncher()
+					launched = runtime.NewLauncher()
 					// The container's init starts now and waits while the
 					// image is found and the container made. (If it cannot,
 					// the monitor tries again and reports why.)
@@ -429,7 +429,7 @@ func runVerb() *verb {
 					if f.interactive {
 						o.Stdin = os.Stdin
 					}
-					launched = launcher.Launch(o)
+					launched.Launch(o)
 					relay = relaySignals()
 				}
 				f.entrypointSet = fs.Changed("entrypoint")
@@ -479,7 +479,7 @@ func (a *app) failedStart(ctx context.Context, c *runtime.Container, err error) 
 // registered) to the container.
 // launched, when not nil, is the container's init, launched with its
 // Network and Tty and with stdin when interactive.
-func (a *app) runForeground(ctx context.Context, c *runtime.Container, interactive bool, relay *signalRelay, launched *runtime.Launching) error {
+func (a *app) runForeground(ctx context.Context, c *runtime.Container, interactive bool, relay *signalRelay, launched *runtime.Launcher) error {
 	serverMemory()
 	cs, err := a.containers()
 	if err != nil {
