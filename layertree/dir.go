@@ -35,10 +35,15 @@ type Dir struct {
 	// noListxattrat: the kernel lacks listxattrat(2) (before 6.13).
 	noListxattrat atomic.Bool
 	deep          deepDirs
-	// names holds getdents buffers between listings: a merge of a
-	// directory in many layers lists many small ones at once.
-	names sync.Pool
 }
+
+// direntBuffers holds getdents buffers between listings, for every Dir:
+// a merge of a directory in many layers lists it in each, and a buffer
+// per layer would be megabytes of fresh memory for a 500-layer stack.
+var direntBuffers = sync.Pool{New: func() any {
+	b := make([]byte, 8192)
+	return &b
+}}
 
 // DirOptions say how a Dir reads its directory.
 type DirOptions struct {
@@ -124,13 +129,9 @@ func (d *Dir) ReadDir(_ context.Context, path string) ([]Entry, error) {
 		return nil, &os.PathError{Op: "open", Path: d.abs(path), Err: err}
 	}
 	defer unix.Close(fd)
-	buf, _ := d.names.Get().(*[]byte)
-	if buf == nil {
-		b := make([]byte, 8192)
-		buf = &b
-	}
+	buf := direntBuffers.Get().(*[]byte)
 	names, err := readNames(fd, *buf)
-	d.names.Put(buf)
+	direntBuffers.Put(buf)
 	if err != nil {
 		return nil, fmt.Errorf("readdir %s: %w", d.abs(path), err)
 	}
