@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -560,21 +561,30 @@ func (u *Union) readLowers(ctx context.Context, refs []layerRef) []listing {
 		}
 		return out
 	}
-	const parallelReads = 8
-	sem := make(chan struct{}, parallelReads)
+	// A few workers take the listings in turn: a goroutine per layer
+	// would be 500 goroutines for a 500-layer stack.
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	for _, i := range todo {
+	for range min(parallelReads, len(todo)) {
 		wg.Add(1)
-		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
-			out[i].ents, out[i].err = u.layers[refs[i].idx].ReadDir(ctx, refs[i].path)
-			<-sem
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= len(todo) {
+					return
+				}
+				i := todo[k]
+				out[i].ents, out[i].err = u.layers[refs[i].idx].ReadDir(ctx, refs[i].path)
+			}
 		}()
 	}
 	wg.Wait()
 	return out
 }
+
+// parallelReads is how many lower listings a merge reads at once.
+const parallelReads = 8
 
 // shareLink returns the record of the hardlinked file c is a name of,
 // registering c if it is the first name seen.
