@@ -58,29 +58,37 @@ func (u *Union) mustKillPriv(ctx context.Context) bool {
 	return kill
 }
 
-// killSetID clears the set-user-ID bit of a regular file, and its
+// killSetID clears the set-user-ID bit of the open file, and its
 // set-group-ID bit where it is group-executable or the caller is not of
-// its group, as the kernel does on write and truncate.
-func killSetID(ctx context.Context, fd int) syscall.Errno {
-	return killSetIDAt(ctx, fdPath(fd), true)
+// its group, as the kernel does on write and truncate. A WRITE or
+// FALLOCATE reply carries no attributes, and the kernel drops only its
+// size and times on one: it is told the mode changed, or a stat asking for
+// the mode alone (statx STATX_MODE, as stat(1) -c %A does) would show the
+// bits still set.
+func (f *upperFile) killSetID(ctx context.Context) syscall.Errno {
+	killed, errno := killSetIDAt(ctx, fdPath(f.fd), true)
+	if killed && f.inode != nil {
+		f.inode.NotifyContent(-1, 0) // attributes only
+	}
+	return errno
 }
 
-// killSetIDAt is killSetID of the file at p (follow: through a magic
-// link).
-func killSetIDAt(ctx context.Context, p string, follow bool) syscall.Errno {
+// killSetIDAt kills the set-ID bits of the file at p (follow: through a
+// magic link) as killSetID does, and says whether it had any.
+func killSetIDAt(ctx context.Context, p string, follow bool) (bool, syscall.Errno) {
 	var st unix.Stat_t
 	stat := unix.Lstat
 	if follow {
 		stat = unix.Stat
 	}
 	if err := stat(p, &st); err != nil {
-		return fs.ToErrno(err)
+		return false, fs.ToErrno(err)
 	}
 	_, gid := caller(ctx)
 	if mode, ok := withoutSetID(st.Mode, st.Gid != gid); ok {
-		return fs.ToErrno(unix.Chmod(p, mode&0o7777))
+		return true, fs.ToErrno(unix.Chmod(p, mode&0o7777))
 	}
-	return 0
+	return false, 0
 }
 
 // withoutSetID is mode without the privileges a write or truncate kills,

@@ -601,7 +601,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Close(fd)
 		return nil, nil, 0, errno
 	}
-	return inode, n.u.openedUpper(inode.Operations().(*node).c, fd, flags, out.Attr.Mode), fuse.FOPEN_NOFLUSH, 0
+	return inode, n.u.openedUpper(inode, inode.Operations().(*node).c, fd, flags, out.Attr.Mode), fuse.FOPEN_NOFLUSH, 0
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -1111,7 +1111,8 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	}
 	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
 		// A truncate by a caller without CAP_FSETID (see killPriv).
-		if errno := killSetIDAt(ctx, p, follow); errno != 0 {
+		// The reply carries the attributes after it.
+		if _, errno := killSetIDAt(ctx, p, follow); errno != 0 {
 			return errno
 		}
 	}
@@ -1206,7 +1207,8 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	c.ino, c.inoKept = n.u.newIno(st.Ino, func(key string, v []byte) error { return unix.Fsetxattr(fd, key, v, 0) })
 	fillFromStat(&out.Attr, &st, c.ino)
 	n.u.setTimeouts(out)
-	return n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: c.ino}), n.u.openedUpper(c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
+	inode := n.NewInode(ctx, &node{u: n.u, c: c}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: c.ino})
+	return inode, n.u.openedUpper(inode, c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
 }
 
 // OnForget closes what a nameless file held once the kernel drops it.
@@ -1290,7 +1292,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			unix.Close(fd)
 			return nil, 0, fs.ToErrno(err)
 		}
-		return n.u.openedUpper(n.c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
+		return n.u.openedUpper(&n.Inode, n.c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
 	}
 	if c.upper {
 		fd, err := unix.Open(n.upperPath(), int(flags)&^unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -1304,7 +1306,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			unix.Close(fd)
 			return nil, 0, syscall.ENOENT
 		}
-		return n.u.openedUpper(n.c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
+		return n.u.openedUpper(&n.Inode, n.c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
 	}
 	ref := c.lowers[0]
 	if n.u.onOpen != nil {
@@ -1320,18 +1322,19 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 
 // upperFile is an open file of the upper directory.
 type upperFile struct {
-	fd int
-	u  *Union
-	c  *child
+	fd    int
+	u     *Union
+	c     *child
+	inode *fs.Inode // the node opened, nil for a descriptor borrowed
 	// setID: open for writing, with set-ID bits when opened; its writes
 	// come through the union, which kills them (see killPriv).
 	setID bool
 }
 
-// openedUpper registers an open upper file of c, opened with flags, whose
-// mode the caller has just read.
-func (u *Union) openedUpper(c *child, fd int, flags, mode uint32) *upperFile {
-	f := &upperFile{fd: fd, u: u, c: c}
+// openedUpper registers an open upper file of the node inode (record c),
+// opened with flags, whose mode the caller has just read.
+func (u *Union) openedUpper(inode *fs.Inode, c *child, fd int, flags, mode uint32) *upperFile {
+	f := &upperFile{fd: fd, u: u, c: c, inode: inode}
 	if flags&unix.O_ACCMODE != unix.O_RDONLY {
 		_, f.setID = withoutSetID(mode, true) // whoever writes
 	}
@@ -1382,7 +1385,7 @@ func (f *upperFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 
 func (f *upperFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	if f.u.mustKillPriv(ctx) {
-		if errno := killSetID(ctx, f.fd); errno != 0 {
+		if errno := f.killSetID(ctx); errno != 0 {
 			return 0, errno
 		}
 	}
@@ -1412,7 +1415,7 @@ func (f *upperFile) Allocate(ctx context.Context, off, size uint64, mode uint32)
 	// CAP_FSETID, so root is taken to have it and others not.
 	if mode&unix.FALLOC_FL_KEEP_SIZE == 0 || mode&(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_ZERO_RANGE) != 0 {
 		if uid, _ := caller(ctx); uid != 0 {
-			if errno := killSetID(ctx, f.fd); errno != 0 {
+			if errno := f.killSetID(ctx); errno != 0 {
 				return errno
 			}
 		}
