@@ -139,6 +139,7 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	}
 	xs, _ := tree.Xattrs(ctx, src.path)
 	for k, v := range xs {
+		k, _ = layertree.Stored(k) // escaped again
 		if err := unix.Lsetxattr(staged, k, v, 0); err != nil && !errors.Is(err, unix.ENOTSUP) {
 			return fs.ToErrno(err)
 		}
@@ -1226,7 +1227,8 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if n.u.readOnly() {
 		return syscall.EROFS
 	}
-	if layertree.Internal(attr) {
+	attr, ok := layertree.Stored(attr)
+	if !ok {
 		return syscall.EPERM
 	}
 	n.u.wmu.Lock()
@@ -1248,7 +1250,8 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if n.u.readOnly() {
 		return syscall.EROFS
 	}
-	if layertree.Internal(attr) {
+	attr, ok := layertree.Stored(attr)
+	if !ok {
 		return syscall.ENODATA
 	}
 	n.u.wmu.Lock()

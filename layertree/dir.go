@@ -444,23 +444,59 @@ func xattrs(p string, list func(string, []byte) (int, error), get func(string, s
 	}
 	out := map[string][]byte{}
 	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
-		if name == "" || Internal(name) {
+		shown, ok := Shown(name)
+		if name == "" || !ok {
 			continue
 		}
 		v, err := getxattrWith(get, p, name)
 		if err != nil {
 			continue
 		}
-		out[name] = v
+		out[shown] = v
 	}
 	return out, nil
 }
 
 // Internal reports whether an xattr belongs to the overlay machinery and
-// is never shown through the union.
+// is never shown through the union as it is stored (but see Shown).
 func Internal(name string) bool {
 	return strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay.") ||
 		strings.HasPrefix(name, "user.strata.") || name == overrideStat
+}
+
+// The kernel overlayfs (Linux 6.7 and later) escapes xattrs of its own
+// namespace set through a union: trusted.overlay.X is stored as
+// trusted.overlay.overlay.X, which the union never reads as one of its
+// own markers and shows as trusted.overlay.X. So an overlay can be
+// stacked on files of another, and a file's xattrs survive the trip.
+// strata does the same for both its namespaces (it reads both forms of
+// marker in every layer).
+const escapeXattr = "overlay."
+
+var overlayXattrPrefixes = [...]string{"trusted.overlay.", "user.overlay."}
+
+// Shown is how an xattr stored in a layer shows through the union: an
+// escaped overlay xattr without its escape; other internal ones not at
+// all (false).
+func Shown(stored string) (string, bool) {
+	for _, p := range overlayXattrPrefixes {
+		if rest, ok := strings.CutPrefix(stored, p+escapeXattr); ok {
+			return p + rest, true
+		}
+	}
+	return stored, !Internal(stored)
+}
+
+// Stored is the name under which an xattr set through the union is
+// stored: escaped in the overlay namespaces; false for the names strata
+// keeps to itself, which cannot be set.
+func Stored(name string) (string, bool) {
+	for _, p := range overlayXattrPrefixes {
+		if rest, ok := strings.CutPrefix(name, p); ok {
+			return p + escapeXattr + rest, true
+		}
+	}
+	return name, !Internal(name)
 }
 
 func getxattrWith(get func(string, string, []byte) (int, error), path, name string) ([]byte, error) {

@@ -77,8 +77,9 @@ type Tree interface {
 	// Opaque may leave out an OCI marker file inside it (Stat does not):
 	// listing that directory then shows an entry named OpaqueMarker.
 	ReadDir(ctx context.Context, path string) ([]Entry, error)
-	// Xattrs returns the extended attributes of the entry at path, the
-	// overlay-internal ones excluded.
+	// Xattrs returns the extended attributes of the entry at path as the
+	// union shows them (Shown): the overlay-internal ones excluded,
+	// escaped ones unescaped.
 	Xattrs(ctx context.Context, path string) (map[string][]byte, error)
 	// Open opens the regular file at path for reading.
 	Open(ctx context.Context, path string) (File, error)

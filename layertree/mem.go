@@ -85,13 +85,19 @@ func (m *Mem) ReadDir(_ context.Context, path string) ([]Entry, error) {
 	return out, nil
 }
 
-// Xattrs returns the entry's xattrs.
+// Xattrs returns the entry's xattrs as the union shows them (Shown).
 func (m *Mem) Xattrs(_ context.Context, path string) (map[string][]byte, error) {
 	e, err := m.get(path)
 	if err != nil {
 		return nil, err
 	}
-	return maps.Clone(e.xattrs), nil
+	out := make(map[string][]byte, len(e.xattrs))
+	for k, v := range e.xattrs {
+		if shown, ok := Shown(k); ok {
+			out[shown] = v
+		}
+	}
+	return out, nil
 }
 
 // Open returns a reader of a regular file's content.

@@ -196,8 +196,8 @@ func (t *lazyTree) Xattrs(_ context.Context, p string) (map[string][]byte, error
 	}
 	out := map[string][]byte{}
 	for k, v := range e.Xattrs {
-		if !layertree.Internal(k) {
-			out[k] = v
+		if shown, ok := layertree.Shown(k); ok {
+			out[shown] = v
 		}
 	}
 	return out, nil
