@@ -519,14 +519,25 @@ func (s *Store) Remove(ctx context.Context, nameOrID string, force bool) (Remove
 	return res, nil
 }
 
-// containersUsing counts containers whose state names this image. The
-// runtime writes <root>/containers/<id>/image with the manifest digest.
+// containersUsing counts the containers made from this image: those whose
+// configuration (<root>/containers/<id>/config.json, the runtime's) names
+// its manifest digest as imageManifest, or, for containers made before
+// that, whose file "image" holds it.
 func (s *Store) containersUsing(rec *ImageRecord) int {
-	ents, _ := os.ReadDir(filepath.Join(s.root, "containers"))
+	dir := filepath.Join(s.root, "containers")
+	ents, _ := os.ReadDir(dir)
 	n := 0
 	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(s.root, "containers", e.Name(), "image"))
-		if err == nil && strings.TrimSpace(string(b)) == rec.ManifestDigest {
+		var config struct {
+			ImageManifest string `json:"imageManifest"`
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, e.Name(), "config.json")); err == nil && json.Unmarshal(b, &config) == nil && config.ImageManifest != "" {
+			if config.ImageManifest == rec.ManifestDigest {
+				n++
+			}
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, e.Name(), "image")); err == nil && strings.TrimSpace(string(b)) == rec.ManifestDigest {
 			n++
 		}
 	}

@@ -73,10 +73,12 @@ type State struct {
 	Error      string    `json:"error,omitempty"`
 }
 
-// Store keeps containers under <root>/containers/<id>/: config.json,
-// state.json, image (the manifest digest, read by the image store), the
-// container layer (upper/, work/), the rootfs mount point, the files the
-// container is given (hostname, hosts, resolv.conf) and container.log.
+// Store keeps containers under <root>/containers/<id>/: config.json
+// (whose imageManifest the image store reads), state.json (none until the
+// container first starts: it is created), the container layer (upper/,
+// the rootfs's mount point) with the union's copy-up staging beside it,
+// and container.log. The files the container is given (hostname, hosts,
+// resolv.conf) are in memory (runDir).
 type Store struct {
 	dir string
 }
@@ -162,15 +164,11 @@ func (s *Store) Create(ctx context.Context, c *Container) error {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return fmt.Errorf("create container: %w", err)
 	}
+	// One file: a container not started has no state.json (readState),
+	// and the image store finds the image in the configuration. Every
+	// file made and removed costs a new inode and, on a disk mounted
+	// with discard, a discard.
 	if err := s.writeConfig(c); err != nil {
-		os.RemoveAll(dir)
-		return err
-	}
-	if err := s.SetState(c.ID, State{Status: StatusCreated}); err != nil {
-		os.RemoveAll(dir)
-		return err
-	}
-	if err := s.writeRecord(c, "image", []byte(c.ImageManifest+"\n")); err != nil {
 		os.RemoveAll(dir)
 		return err
 	}
@@ -397,6 +395,13 @@ func sameContainer(pid int, id string) bool {
 func (s *Store) readState(id string) (State, error) {
 	var st State
 	b, err := os.ReadFile(filepath.Join(s.Dir(id), "state.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		// Never started, if the container is there.
+		if _, cerr := os.Stat(filepath.Join(s.Dir(id), "config.json")); cerr != nil {
+			return st, err
+		}
+		return State{Status: StatusCreated}, nil
+	}
 	if err != nil {
 		return st, err
 	}

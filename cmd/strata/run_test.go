@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -167,6 +168,27 @@ func TestContainerLayerGoesWithRm(t *testing.T) {
 	if r := strata(t, root, "rm", "c1"); r.code == 0 || !strings.Contains(r.stderr, "no such container") {
 		t.Errorf("rm twice: exit %d %s", r.code, r.stderr)
 	}
+}
+
+// A container made and never started is Created, and holds its image:
+// rmi refuses it, even with -f, until the container is removed.
+func TestCreatedContainerHoldsItsImage(t *testing.T) {
+	root, ref := runImage(t)
+	id := strings.TrimSpace(mustStrata(t, root, "create", "--name", "made", ref, "true"))
+	if out := mustStrata(t, root, "ps", "-a"); !strings.Contains(out, "Created") || !strings.Contains(out, "made") {
+		t.Errorf("ps -a of a created container:\n%s", out)
+	}
+	var got []struct{ State struct{ Status string } }
+	if err := json.Unmarshal([]byte(mustStrata(t, root, "inspect", "made")), &got); err != nil || len(got) != 1 || got[0].State.Status != "created" {
+		t.Errorf("inspect of a created container: %+v, %v", got, err)
+	}
+	for _, args := range [][]string{{"rmi", ref}, {"rmi", "-f", ref}} {
+		if r := strata(t, root, args...); r.code == 0 || !strings.Contains(r.stderr, "in use by 1 container") {
+			t.Errorf("%v with a container made from it: exit %d, %s", args, r.code, r.stderr)
+		}
+	}
+	mustStrata(t, root, "rm", id)
+	mustStrata(t, root, "rmi", ref)
 }
 
 // The mount points a container needs and the image lacks (busybox has no
