@@ -98,6 +98,24 @@ func verbs() []*verb {
 	}
 }
 
+// interruptible is a context that SIGINT and SIGTERM cancel. The signals
+// are registered on a goroutine, not before the command goes on: the
+// first registration starts the Go runtime's signal thread and loop, and
+// each is a round trip to that thread, which a container's start would
+// wait for. It is never stopped: the process exits when its command
+// returns. (One of them in the first moment ends the process as it
+// would have before it started.)
+func interruptible() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, os.Interrupt, syscall.SIGTERM)
+		<-c
+		cancel()
+	}()
+	return ctx
+}
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
@@ -187,10 +205,7 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		verbUsage(stderr, v, fs)
 		return exitUsage
 	}
-	// Not stopped: the process exits when run returns, and stopping costs
-	// a round trip to the Go runtime's signal thread per signal.
-	ctx, _ := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = runVerb(ctx, a, args)
+	err = runVerb(interruptible(), a, args)
 	if err == nil {
 		return 0
 	}
