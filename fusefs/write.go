@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -23,8 +24,13 @@ import (
 // renamed directories: the kernel overlayfs's own format, so a stack can
 // be handed between strata and the kernel.
 type upperFormat struct {
-	prefix       string // "trusted.overlay." (root) or "user.overlay."
-	charWhiteout bool   // char 0/0 whiteouts; else ".wh." files
+	prefix string // "trusted.overlay." (root) or "user.overlay."
+	// noCharWhiteout: the upper's file system refused a char 0/0
+	// whiteout (a kernel overlayfs does, and kernels before 5.8 without
+	// CAP_MKNOD), so whiteouts are ".wh." files. Found out at the first
+	// whiteout, not by a probe at every mount: a file made and removed
+	// costs a container's start.
+	noCharWhiteout atomic.Bool
 }
 
 func (u *Union) openUpper(upper, work string) error {
@@ -56,11 +62,6 @@ func (u *Union) openUpper(upper, work string) error {
 	if unix.Lsetxattr(work, "trusted.overlay.strata-probe", []byte("y"), 0) == nil {
 		unix.Lremovexattr(work, "trusted.overlay.strata-probe")
 		u.format.prefix = "trusted.overlay."
-	}
-	probe := filepath.Join(work, "strata-whiteout-probe")
-	if err := unix.Mknod(probe, unix.S_IFCHR, 0); err == nil || errors.Is(err, unix.EEXIST) {
-		u.format.charWhiteout = true
-		os.Remove(probe)
 	}
 	d, err := layertree.NewDir(upper)
 	if err != nil {
@@ -704,8 +705,12 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 // whiteoutName hides name of directory n's lower layers.
 func (n *node) whiteoutName(name string) syscall.Errno {
 	p := n.upperChild(name)
-	if n.u.format.charWhiteout {
-		return fs.ToErrno(unix.Mknod(p, unix.S_IFCHR, 0))
+	if !n.u.format.noCharWhiteout.Load() {
+		err := unix.Mknod(p, unix.S_IFCHR, 0)
+		if !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+			return fs.ToErrno(err)
+		}
+		n.u.format.noCharWhiteout.Store(true)
 	}
 	f, err := os.OpenFile(n.upperChild(whiteout.Prefix+name), os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {

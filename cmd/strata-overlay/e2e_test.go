@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -299,5 +300,65 @@ func waitMounted(t *testing.T, dir string) {
 			t.Fatalf("%s not mounted after 10s", dir)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Where the upper's file system refuses char 0/0 whiteouts (a kernel
+// overlayfs does: strata in a container whose root is one), the union's
+// whiteouts are OCI .wh. files: the first whiteout finds that out. The
+// union reads that form too, also when mounted again.
+func TestWhiteoutsWhereCharDevicesAreRefused(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	base := stack(t)
+	// The upper and work directories live on a kernel overlayfs.
+	host := filepath.Join(base, "host")
+	for _, d := range []string{"host", "hl", "hu", "hw"} {
+		if err := os.Mkdir(filepath.Join(base, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := exec.Command("mount", "-t", "overlay", "overlay", "-o", "lowerdir="+base+"/hl,upperdir="+base+"/hu,workdir="+base+"/hw", host).CombinedOutput(); err != nil {
+		testenv.Skip(t, fmt.Sprintf("kernel overlayfs: %v %s", err, out))
+	}
+	defer syscall.Unmount(host, syscall.MNT_DETACH)
+	for _, d := range []string{"upper", "work"} {
+		if err := os.Mkdir(filepath.Join(host, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := syscall.Mknod(filepath.Join(host, "probe"), syscall.S_IFCHR, 0); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("mknod of a whiteout on the kernel overlayfs: %v, want EPERM", err)
+	}
+	mnt := filepath.Join(base, "mnt")
+	opts := "lowerdir=" + base + "/top:" + base + "/bottom,upperdir=" + host + "/upper,workdir=" + host + "/work"
+	if out, err := exec.Command(overlayBin, "-o", opts, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("strata-overlay: %v\n%s", err, out)
+	}
+	if err := os.Remove(filepath.Join(mnt, "etc/motd")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(mnt, "usr/bin/tool")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "usr/bin/tool"), []byte("new\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(filepath.Join(host, "upper/etc/.wh.motd")); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("upper etc/.wh.motd: %v, %v; want an OCI whiteout file", fi, err)
+	}
+	unmount(t, mnt)
+	if out, err := exec.Command(overlayBin, "-o", opts, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("strata-overlay: %v\n%s", err, out)
+	}
+	defer unmount(t, mnt)
+	if _, err := os.Lstat(filepath.Join(mnt, "etc/motd")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("etc/motd after its .wh. whiteout, remounted: %v", err)
+	}
+	if names, err := os.ReadDir(filepath.Join(mnt, "etc")); err != nil || len(names) != 0 {
+		t.Errorf("etc lists %v (%v), want nothing", names, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "usr/bin/tool")); err != nil || string(b) != "new\n" {
+		t.Errorf("usr/bin/tool made again over its whiteout: %q, %v", b, err)
 	}
 }
