@@ -77,7 +77,8 @@ type State struct {
 // (whose imageManifest the image store reads), state.json (none until the
 // container first starts: it is created), the container layer (upper/,
 // the rootfs's mount point) with the union's copy-up staging beside it,
-// and container.log. The files the container is given (hostname, hosts,
+// and container.log once it writes. The monitor locks the directory
+// itself. The files the container is given (hostname, hosts,
 // resolv.conf) are in memory (runDir).
 type Store struct {
 	dir string
@@ -324,17 +325,34 @@ func (s *Store) SetState(id string, st State) error {
 	return fsutil.ReplaceFile(filepath.Join(s.Dir(id), "state.json"), b, 0o600)
 }
 
-// monitorLock is held by the process that serves a container for as long
-// as it lives, so a dead monitor is known even after PID reuse.
-func (s *Store) monitorLock(id string) string { return filepath.Join(s.Dir(id), "monitor.lock") }
+// lockMonitor takes the monitor lock, which the process that serves a
+// container holds for as long as it lives, so a dead monitor is known
+// even after PID reuse: a flock on the container's directory.
+func (s *Store) lockMonitor(id string) (*fsutil.FileLock, bool) {
+	return fsutil.TryLockDir(s.Dir(id))
+}
+
+// legacyMonitorLock is the lock file monitors of strata before 2026-12-06
+// held instead; one of them may still serve a container.
+func (s *Store) legacyMonitorLock(id string) string {
+	return filepath.Join(s.Dir(id), "monitor.lock")
+}
 
 // MonitorAlive tells whether a monitor serves the container now.
 func (s *Store) MonitorAlive(id string) bool {
-	l, ok := fsutil.TryLock(s.monitorLock(id))
-	if ok {
-		l.Unlock()
+	l, ok := s.lockMonitor(id)
+	if !ok {
+		return true
 	}
-	return !ok
+	l.Unlock()
+	if _, err := os.Stat(s.legacyMonitorLock(id)); err == nil {
+		if l, ok := fsutil.TryLock(s.legacyMonitorLock(id)); ok {
+			l.Unlock()
+		} else {
+			return true
+		}
+	}
+	return false
 }
 
 // State returns a container's state. A container recorded running whose
@@ -346,7 +364,7 @@ func (s *Store) State(id string) (State, error) {
 		return st, err
 	}
 	if (st.Status == StatusRunning || st.Status == StatusPaused) && !s.MonitorAlive(id) {
-		l, ok := fsutil.TryLock(s.monitorLock(id))
+		l, ok := s.lockMonitor(id)
 		if !ok {
 			return s.readState(id) // a monitor just started
 		}
@@ -439,7 +457,19 @@ func (s *Store) Remove(ctx context.Context, c *Container) error {
 
 // WaitExit waits until the container's monitor is gone, or ctx is done.
 func (s *Store) WaitExit(ctx context.Context, id string) error {
-	f, err := os.OpenFile(s.monitorLock(id), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err := waitUnlocked(ctx, s.Dir(id), os.O_RDONLY|unix.O_DIRECTORY); err != nil {
+		return err
+	}
+	if _, err := os.Stat(s.legacyMonitorLock(id)); err == nil {
+		return waitUnlocked(ctx, s.legacyMonitorLock(id), os.O_RDWR)
+	}
+	return nil
+}
+
+// waitUnlocked waits until no one holds a flock on path (opened with
+// flags), or ctx is done.
+func waitUnlocked(ctx context.Context, path string, flags int) error {
+	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/stratafs/strata/internal/fsutil"
 )
 
 // A container's state is not synced to the disk; one a crash left empty
@@ -84,6 +86,50 @@ func TestValidName(t *testing.T) {
 	} {
 		if got := validName(name); got != want {
 			t.Errorf("validName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// A container's monitor holds a lock on its directory; one of an older
+// strata holds monitor.lock instead, and is still seen alive.
+func TestMonitorAlive(t *testing.T) {
+	s, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Container{Image: "busybox"}
+	if err := s.Create(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	if s.MonitorAlive(c.ID) {
+		t.Fatal("alive with no monitor")
+	}
+	l, ok := s.lockMonitor(c.ID)
+	if !ok {
+		t.Fatal("monitor lock not taken")
+	}
+	if !s.MonitorAlive(c.ID) {
+		t.Error("not alive while its monitor holds the lock")
+	}
+	if _, again := s.lockMonitor(c.ID); again {
+		t.Error("a second monitor took the lock")
+	}
+	l.Unlock()
+	legacy, ok := fsutil.TryLock(s.legacyMonitorLock(c.ID))
+	if !ok {
+		t.Fatal("legacy lock not taken")
+	}
+	if !s.MonitorAlive(c.ID) {
+		t.Error("not alive while an older monitor holds monitor.lock")
+	}
+	legacy.Unlock()
+	if s.MonitorAlive(c.ID) {
+		t.Error("alive after every monitor let go")
+	}
+	ents, _ := os.ReadDir(s.Dir(c.ID))
+	for _, e := range ents {
+		if e.Name() != "config.json" && e.Name() != "monitor.lock" {
+			t.Errorf("a created container has %s", e.Name())
 		}
 	}
 }

@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/stratafs/strata/internal/fsutil"
 )
 
 // RootfsMounter provides a container's root filesystem: its image's
@@ -92,7 +90,7 @@ var ErrRunning = errors.New("container is already running")
 // when strata failed.
 func (s *Store) Run(ctx context.Context, c *Container, m RootfsMounter, o RunOptions) (int, error) {
 	defer o.Launched.Abort() // once started, it runs on
-	lock, ok := fsutil.TryLock(s.monitorLock(c.ID))
+	lock, ok := s.lockMonitor(c.ID)
 	if !ok {
 		return 125, fmt.Errorf("container %s: %w", c.ID[:12], ErrRunning)
 	}
@@ -176,10 +174,7 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 	}
 	defer fs.Release()
 
-	logw, err := openLog(filepath.Join(dir, "container.log"))
-	if err != nil {
-		return 125, err
-	}
+	logw := openLog(filepath.Join(dir, "container.log"))
 	defer logw.Close()
 	var copying sync.WaitGroup
 	copying.Add(2)
@@ -317,19 +312,18 @@ type LogEntry struct {
 	Time   time.Time `json:"time"`
 }
 
+// logWriter logs a container's output to its file, made at the first
+// line: a container that writes nothing makes no file (ReadLogs reads a
+// missing one as empty), and a file made and removed costs a start.
 type logWriter struct {
-	mu sync.Mutex
-	f  *os.File
-	w  *bufio.Writer
+	path string
+	mu   sync.Mutex
+	f    *os.File
+	w    *bufio.Writer
+	err  error // the file could not be made
 }
 
-func openLog(p string) (*logWriter, error) {
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	return &logWriter{f: f, w: bufio.NewWriter(f)}, nil
-}
+func openLog(p string) *logWriter { return &logWriter{path: p} }
 
 // copy passes what r gives on to also (when set) as it comes, and logs it
 // line by line as stream.
@@ -373,6 +367,14 @@ func (l *logWriter) entry(b []byte, stream string) {
 	e, _ := json.Marshal(LogEntry{Log: string(b), Stream: stream, Time: time.Now().UTC()})
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.f == nil && l.err == nil {
+		if l.f, l.err = os.OpenFile(l.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND|unix.O_CLOEXEC, 0o600); l.err == nil {
+			l.w = bufio.NewWriter(l.f)
+		}
+	}
+	if l.err != nil {
+		return // the caller still gets the output; the log goes without
+	}
 	l.w.Write(append(e, '\n'))
 	// Flushed per line so `logs -f` sees output as it comes.
 	l.w.Flush()
@@ -381,6 +383,9 @@ func (l *logWriter) entry(b []byte, stream string) {
 func (l *logWriter) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
 	l.w.Flush()
 	return l.f.Close()
 }

@@ -171,7 +171,8 @@ func TestContainerLayerGoesWithRm(t *testing.T) {
 }
 
 // A container made and never started is Created, and holds its image:
-// rmi refuses it, even with -f, until the container is removed.
+// rmi refuses it, even with -f, until the container is removed. One that
+// wrote nothing has an empty log.
 func TestCreatedContainerHoldsItsImage(t *testing.T) {
 	root, ref := runImage(t)
 	id := strings.TrimSpace(mustStrata(t, root, "create", "--name", "made", ref, "true"))
@@ -181,6 +182,11 @@ func TestCreatedContainerHoldsItsImage(t *testing.T) {
 	var got []struct{ State struct{ Status string } }
 	if err := json.Unmarshal([]byte(mustStrata(t, root, "inspect", "made")), &got); err != nil || len(got) != 1 || got[0].State.Status != "created" {
 		t.Errorf("inspect of a created container: %+v, %v", got, err)
+	}
+	// Started, it writes nothing: its log is empty.
+	mustStrata(t, root, "start", "-a", "made")
+	if r := strata(t, root, "logs", "made"); r.code != 0 || r.stdout != "" || r.stderr != "" {
+		t.Errorf("logs of a container that wrote nothing: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
 	for _, args := range [][]string{{"rmi", ref}, {"rmi", "-f", ref}} {
 		if r := strata(t, root, args...); r.code == 0 || !strings.Contains(r.stderr, "in use by 1 container") {

@@ -121,6 +121,20 @@ func TryLock(path string) (*FileLock, bool) {
 	return &FileLock{f: f}, true
 }
 
+// TryLockDir takes the lock of a directory itself (flock on the
+// directory) only if it is free: no lock file to make and remove.
+func TryLockDir(dir string) (*FileLock, bool) {
+	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, false
+	}
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+		f.Close()
+		return nil, false
+	}
+	return &FileLock{f: f}, true
+}
+
 func (l *FileLock) Unlock() {
 	if l != nil && l.f != nil {
 		l.f.Close()
