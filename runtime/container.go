@@ -327,9 +327,28 @@ func (s *Store) SetState(id string, st State) error {
 
 // lockMonitor takes the monitor lock, which the process that serves a
 // container holds for as long as it lives, so a dead monitor is known
-// even after PID reuse: a flock on the container's directory.
+// even after PID reuse: an exclusive flock on the container's directory.
+// Those waiting for the monitor to go (WaitExit) take it shared, a
+// moment each once it is free; false only when another monitor holds
+// it, or those hold it for long.
 func (s *Store) lockMonitor(id string) (*fsutil.FileLock, bool) {
-	return fsutil.TryLockDir(s.Dir(id))
+	for deadline := time.Now().Add(100 * time.Millisecond); ; {
+		if l, ok := fsutil.TryLockDir(s.Dir(id), false); ok {
+			return l, true
+		}
+		if s.monitorHolds(id) || time.Now().After(deadline) {
+			return nil, false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// monitorHolds tells whether a monitor holds the container's lock: then
+// not even a shared lock can be had.
+func (s *Store) monitorHolds(id string) bool {
+	l, ok := fsutil.TryLockDir(s.Dir(id), true)
+	l.Unlock()
+	return !ok
 }
 
 // legacyMonitorLock is the lock file monitors of strata before 2026-12-06
@@ -340,11 +359,9 @@ func (s *Store) legacyMonitorLock(id string) string {
 
 // MonitorAlive tells whether a monitor serves the container now.
 func (s *Store) MonitorAlive(id string) bool {
-	l, ok := s.lockMonitor(id)
-	if !ok {
+	if s.monitorHolds(id) {
 		return true
 	}
-	l.Unlock()
 	if _, err := os.Stat(s.legacyMonitorLock(id)); err == nil {
 		if l, ok := fsutil.TryLock(s.legacyMonitorLock(id)); ok {
 			l.Unlock()
@@ -445,6 +462,14 @@ func (s *Store) Remove(ctx context.Context, c *Container) error {
 		return fmt.Errorf("container %s is running: stop it first, or use rm -f", c.ID[:12])
 	}
 	dir := s.Dir(c.ID)
+	// Those waiting for the container (Wait) read its exit before it
+	// goes: a while at most, as a waiter may be stopped.
+	if f, err := os.OpenFile(filepath.Join(dir, "upper"), os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		defer f.Close()
+		for deadline := time.Now().Add(time.Second); unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+	}
 	reapMounts(dir)
 	// Rename first, so a half-removed container never lists.
 	gone := filepath.Join(s.dir, removing+c.ID)
@@ -453,6 +478,28 @@ func (s *Store) Remove(ctx context.Context, c *Container) error {
 	}
 	removeRunDir(c.ID) // a killed monitor's
 	return os.RemoveAll(gone)
+}
+
+// Wait waits until the container's monitor is gone, or ctx is done, and
+// returns the state it left. From before it waits until it has read the
+// state it holds a shared lock on the container layer's directory, which
+// a removal takes exclusively first (Remove): so a container removed as
+// it ends (run --rm) still gives its waiters its exit, as docker's does.
+func (s *Store) Wait(ctx context.Context, id string) (State, error) {
+	if f, err := os.OpenFile(filepath.Join(s.Dir(id), "upper"), os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		defer f.Close()
+		if unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB) != nil {
+			return State{}, &NotFoundError{Ref: id[:12]} // being removed
+		}
+	}
+	if err := s.WaitExit(ctx, id); err != nil {
+		return State{}, err
+	}
+	st, err := s.State(id)
+	if errors.Is(err, os.ErrNotExist) {
+		return st, &NotFoundError{Ref: id[:12]} // removed meanwhile
+	}
+	return st, err
 }
 
 // WaitExit waits until the container's monitor is gone, or ctx is done.

@@ -348,12 +348,9 @@ func waitVerb() *verb {
 				var errs []error
 				for _, ref := range args {
 					cs, c, err := a.containerArg(ref)
-					if err == nil {
-						err = cs.WaitExit(ctx, c.ID)
-					}
 					var st runtime.State
 					if err == nil {
-						st, err = cs.State(c.ID)
+						st, err = cs.Wait(ctx, c.ID)
 					}
 					if err != nil {
 						errs = append(errs, err)

@@ -122,13 +122,18 @@ func TryLock(path string) (*FileLock, bool) {
 }
 
 // TryLockDir takes the lock of a directory itself (flock on the
-// directory) only if it is free: no lock file to make and remove.
-func TryLockDir(dir string) (*FileLock, bool) {
+// directory), exclusive or shared, only if it can at once: no lock file
+// to make and remove.
+func TryLockDir(dir string, shared bool) (*FileLock, bool) {
 	f, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, false
 	}
-	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+	how := unix.LOCK_EX
+	if shared {
+		how = unix.LOCK_SH
+	}
+	if unix.Flock(int(f.Fd()), how|unix.LOCK_NB) != nil {
 		f.Close()
 		return nil, false
 	}
