@@ -118,6 +118,12 @@ func TestUsageErrors(t *testing.T) {
 	if out := mustStrata(t, root, "version"); !strings.HasPrefix(out, "strata ") {
 		t.Errorf("version printed %q", out)
 	}
+	// As docker --version and -v.
+	for _, flag := range []string{"--version", "-v"} {
+		if out := mustStrata(t, root, flag); out != mustStrata(t, root, "version") {
+			t.Errorf("strata %s printed %q", flag, out)
+		}
+	}
 }
 
 func TestRootFromEnvironment(t *testing.T) {

@@ -132,11 +132,16 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	global.DurationVar(&a.readTimeout, "lazy-read-timeout", 30*time.Second, "how long a read of a lazy layer waits for an unreachable registry before it fails with EIO")
 	global.StringVar(&a.cacheMax, "cache-max", "", "bound the chunk cache of lazy layers (e.g. 10g): least recently used chunks of layers not in use are evicted")
 	help := global.BoolP("help", "h", false, "show help")
+	showVersion := global.BoolP("version", "v", false, "show the strata version (as strata version)")
 	vs := verbs()
 	if err := global.Parse(argv); err != nil {
 		fmt.Fprintf(stderr, "strata: %v\n", err)
 		globalUsage(stderr, global, vs)
 		return exitUsage
+	}
+	if *showVersion {
+		fmt.Fprintf(stdout, "strata %s\n", version)
+		return 0
 	}
 	if *help || global.NArg() == 0 {
 		w := stdout
