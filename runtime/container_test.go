@@ -9,9 +9,9 @@ import (
 	"github.com/stratafs/strata/internal/fsutil"
 )
 
-// A container's state is not synced to the disk; one a crash left empty
-// reads as exited, with the reason, and the container can be removed.
-func TestStateLostInACrash(t *testing.T) {
+// createdContainer makes a store and a container in it.
+func createdContainer(t *testing.T) (*Store, *Container) {
+	t.Helper()
 	s, err := OpenStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -20,6 +20,13 @@ func TestStateLostInACrash(t *testing.T) {
 	if err := s.Create(context.Background(), c); err != nil {
 		t.Fatal(err)
 	}
+	return s, c
+}
+
+// A container's state is not synced to the disk; one a crash left empty
+// reads as exited, with the reason, and the container can be removed.
+func TestStateLostInACrash(t *testing.T) {
+	s, c := createdContainer(t)
 	if err := s.SetState(c.ID, State{Status: StatusRunning, Pid: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -93,14 +100,7 @@ func TestValidName(t *testing.T) {
 // A container's monitor holds a lock on its directory; one of an older
 // strata holds monitor.lock instead, and is still seen alive.
 func TestMonitorAlive(t *testing.T) {
-	s, err := OpenStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &Container{Image: "busybox"}
-	if err := s.Create(context.Background(), c); err != nil {
-		t.Fatal(err)
-	}
+	s, c := createdContainer(t)
 	if s.MonitorAlive(c.ID) {
 		t.Fatal("alive with no monitor")
 	}
