@@ -332,15 +332,7 @@ func (s *Store) SetState(id string, st State) error {
 // moment each once it is free; false only when another monitor holds
 // it, or those hold it for long.
 func (s *Store) lockMonitor(id string) (*fsutil.FileLock, bool) {
-	for deadline := time.Now().Add(100 * time.Millisecond); ; {
-		if l, ok := fsutil.TryLockDir(s.Dir(id), false); ok {
-			return l, true
-		}
-		if s.monitorHolds(id) || time.Now().After(deadline) {
-			return nil, false
-		}
-		time.Sleep(time.Millisecond)
-	}
+	return fsutil.LockDirWithin(s.Dir(id), 100*time.Millisecond, func() bool { return s.monitorHolds(id) })
 }
 
 // monitorHolds tells whether a monitor holds the container's lock: then
@@ -464,11 +456,10 @@ func (s *Store) Remove(ctx context.Context, c *Container) error {
 	dir := s.Dir(c.ID)
 	// Those waiting for the container (Wait) read its exit before it
 	// goes: a while at most, as a waiter may be stopped.
-	if f, err := os.OpenFile(filepath.Join(dir, "upper"), os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
-		defer f.Close()
-		for deadline := time.Now().Add(time.Second); unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil && time.Now().Before(deadline); {
-			time.Sleep(time.Millisecond)
-		}
+	upper := filepath.Join(dir, "upper")
+	noUpper := func() bool { _, err := os.Stat(upper); return err != nil }
+	if l, ok := fsutil.LockDirWithin(upper, time.Second, noUpper); ok {
+		defer l.Unlock()
 	}
 	reapMounts(dir)
 	// Rename first, so a half-removed container never lists.
@@ -486,11 +477,11 @@ func (s *Store) Remove(ctx context.Context, c *Container) error {
 // a removal takes exclusively first (Remove): so a container removed as
 // it ends (run --rm) still gives its waiters its exit, as docker's does.
 func (s *Store) Wait(ctx context.Context, id string) (State, error) {
-	if f, err := os.OpenFile(filepath.Join(s.Dir(id), "upper"), os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
-		defer f.Close()
-		if unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB) != nil {
-			return State{}, &NotFoundError{Ref: id[:12]} // being removed
-		}
+	upper := filepath.Join(s.Dir(id), "upper")
+	if l, ok := fsutil.TryLockDir(upper, true); ok {
+		defer l.Unlock()
+	} else if _, err := os.Stat(upper); err == nil {
+		return State{}, &NotFoundError{Ref: id[:12]} // being removed
 	}
 	if err := s.WaitExit(ctx, id); err != nil {
 		return State{}, err

@@ -114,11 +114,7 @@ func TryLock(path string) (*FileLock, bool) {
 	if err != nil {
 		return nil, false
 	}
-	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
-		f.Close()
-		return nil, false
-	}
-	return &FileLock{f: f}, true
+	return tryFlock(f, unix.LOCK_EX)
 }
 
 // TryLockDir takes the lock of a directory itself (flock on the
@@ -133,6 +129,26 @@ func TryLockDir(dir string, shared bool) (*FileLock, bool) {
 	if shared {
 		how = unix.LOCK_SH
 	}
+	return tryFlock(f, how)
+}
+
+// LockDirWithin takes a directory's exclusive lock as TryLockDir does,
+// trying again while others hold it for a moment (shared holders passing
+// through), until d has passed or hopeless says it is no use.
+func LockDirWithin(dir string, d time.Duration, hopeless func() bool) (*FileLock, bool) {
+	for deadline := time.Now().Add(d); ; {
+		if l, ok := TryLockDir(dir, false); ok {
+			return l, true
+		}
+		if hopeless() || time.Now().After(deadline) {
+			return nil, false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// tryFlock takes the flock how on f without waiting, or closes f.
+func tryFlock(f *os.File, how int) (*FileLock, bool) {
 	if unix.Flock(int(f.Fd()), how|unix.LOCK_NB) != nil {
 		f.Close()
 		return nil, false
