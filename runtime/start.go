@@ -168,33 +168,42 @@ func (p *Launcher) Abort() {
 // read-only mount of it: sealInit) with stdio, the descriptors extra
 // holds at their numbers, and new namespaces (cloneFlags) or, with
 // join, in the PID namespace of the process that pidfd refers to.
-func (l *Launched) launch(stdio Stdio, tty bool, cloneFlags uintptr, join *os.File, extra map[int]*os.File, fallback string) error {
+func (l *Launched) launch(stdio Stdio, tty bool, cloneFlags uintptr, join *os.File, extra map[int]*os.File, fallback string) (err error) {
 	binary, release, err := sealInit(fallback)
 	if err != nil {
 		return err
 	}
 	defer release() // once started, the process keeps the mount
+	// Our ends, kept when init starts, closed when it cannot.
+	var ours []*os.File
+	defer func() {
+		if err != nil {
+			for _, f := range ours {
+				f.Close()
+			}
+		}
+	}()
 	specR, specW, err := os.Pipe()
 	if err != nil {
 		return err
 	}
 	defer specR.Close()
+	ours = append(ours, specW)
 	statusR, statusW, err := os.Pipe()
 	if err != nil {
-		specW.Close()
 		return err
 	}
 	defer statusW.Close()
+	ours = append(ours, statusR)
 	var consoleThere *os.File
 	if tty {
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			specW.Close()
-			statusR.Close()
 			return fmt.Errorf("console socket: %w", err)
 		}
 		l.consoleHere, consoleThere = os.NewFile(uintptr(fds[0]), "console"), os.NewFile(uintptr(fds[1]), "console")
 		defer consoleThere.Close()
+		ours = append(ours, l.consoleHere)
 	}
 	files := make([]*os.File, binaryFd-specFd+1)
 	files[specFd-3], files[statusFd-3], files[consoleFd-3], files[joinFd-3] = specR, statusW, consoleThere, join
@@ -228,11 +237,6 @@ func (l *Launched) launch(stdio Stdio, tty bool, cloneFlags uintptr, join *os.Fi
 		cmd.Stderr = stdio.Stderr
 	}
 	if err := startIn(cmd, join); err != nil {
-		specW.Close()
-		statusR.Close()
-		if l.consoleHere != nil {
-			l.consoleHere.Close()
-		}
 		return fmt.Errorf("start container init: %w", err)
 	}
 	l.cmd, l.specW, l.statusR = cmd, specW, statusR
