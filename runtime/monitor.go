@@ -126,9 +126,9 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 	}
 	// Until it is started, init waits: the container is made meanwhile.
 	defer l.Abort()
+	// The command's output: Abort closes it until the copies below take
+	// it, and they close it at its end.
 	outR, errR := l.Stdout, l.Stderr
-	defer outR.Close()
-	defer errR.Close()
 	// The cgroups are made while the rootfs is prepared.
 	var cg *Cgroup
 	var cgErr error
