@@ -10,7 +10,6 @@ import (
 	"os/signal"
 	"path"
 	"path/filepath"
-
 	"slices"
 	"strconv"
 	"strings"
