@@ -1236,19 +1236,12 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if !ok {
 		return syscall.EPERM
 	}
-	n.u.wmu.Lock()
-	defer n.u.unlockWrite()
-	if errno := n.copyUp(ctx); errno != 0 {
-		return errno
-	}
-	f, p, follow := n.upperFileAt(nil)
-	if f != nil {
-		defer unix.Close(f.fd)
-	}
-	if follow {
-		return fs.ToErrno(unix.Setxattr(p, attr, data, int(flags)))
-	}
-	return fs.ToErrno(unix.Lsetxattr(p, attr, data, int(flags)))
+	return n.changeUpper(ctx, func(p string, follow bool) error {
+		if follow {
+			return unix.Setxattr(p, attr, data, int(flags))
+		}
+		return unix.Lsetxattr(p, attr, data, int(flags))
+	})
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
@@ -1259,6 +1252,17 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if !ok {
 		return syscall.ENODATA
 	}
+	return n.changeUpper(ctx, func(p string, follow bool) error {
+		if follow {
+			return unix.Removexattr(p, attr)
+		}
+		return unix.Lremovexattr(p, attr)
+	})
+}
+
+// changeUpper copies the node up and makes change to its upper file,
+// reached as upperFileAt reaches it (follow: through a magic link).
+func (n *node) changeUpper(ctx context.Context, change func(p string, follow bool) error) syscall.Errno {
 	n.u.wmu.Lock()
 	defer n.u.unlockWrite()
 	if errno := n.copyUp(ctx); errno != 0 {
@@ -1268,10 +1272,7 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if f != nil {
 		defer unix.Close(f.fd)
 	}
-	if follow {
-		return fs.ToErrno(unix.Removexattr(p, attr))
-	}
-	return fs.ToErrno(unix.Lremovexattr(p, attr))
+	return fs.ToErrno(change(p, follow))
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
