@@ -176,25 +176,21 @@ func (s *Store) Create(ctx context.Context, c *Container) error {
 	return nil
 }
 
+// writeConfig replaces the container's configuration, its one record
+// file. That of a container that removes itself when it ends (run --rm)
+// is not synced: it must not outlive the container, and after a crash
+// one the disk lost part of is removed (removeBroken); the others wait
+// for the disk, as a record that outlives crashes must.
 func (s *Store) writeConfig(c *Container) error {
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
 		return err
 	}
-	return s.writeRecord(c, "config.json", b)
-}
-
-// writeRecord replaces one of the container's record files. The record
-// of a container that removes itself when it ends (run --rm) is not
-// synced: it must not outlive the container, and after a crash one the
-// disk lost part of is removed (removeBroken); the others wait for the
-// disk, as a record that outlives crashes must.
-func (s *Store) writeRecord(c *Container, name string, data []byte) error {
-	p := filepath.Join(s.Dir(c.ID), name)
+	p := filepath.Join(s.Dir(c.ID), "config.json")
 	if c.AutoRemove {
-		return fsutil.ReplaceFile(p, data, 0o600)
+		return fsutil.ReplaceFile(p, b, 0o600)
 	}
-	return fsutil.WriteFileAtomic(p, data, 0o600)
+	return fsutil.WriteFileAtomic(p, b, 0o600)
 }
 
 func (s *Store) load(id string) (*Container, error) {
