@@ -19,8 +19,13 @@ import (
 
 // openIn opens p inside the root as an O_PATH descriptor.
 func openIn(root int, p string) (int, error) {
+	return openInWith(root, p, unix.O_PATH)
+}
+
+// openInWith opens p inside the root with flags (close-on-exec added).
+func openInWith(root int, p string, flags uint64) (int, error) {
 	fd, err := unix.Openat2(root, p, &unix.OpenHow{
-		Flags:   unix.O_PATH | unix.O_CLOEXEC,
+		Flags:   flags | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
 	})
 	if err != nil {

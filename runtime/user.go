@@ -71,10 +71,7 @@ func parseGroup(r io.Reader) []groupEntry {
 }
 
 func readDB[T any](root int, p string, parse func(io.Reader) []T) []T {
-	fd, err := unix.Openat2(root, p, &unix.OpenHow{
-		Flags:   unix.O_RDONLY | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
-	})
+	fd, err := openInWith(root, p, unix.O_RDONLY)
 	if err != nil {
 		return nil
 	}
