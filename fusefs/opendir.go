@@ -15,19 +15,31 @@ import (
 //
 // READDIR(PLUS) then arrives without a handle. An in-process stream,
 // opened through the node's own OpendirHandle, serves it; it is kept
-// between the requests of one listing (they come at increasing offsets)
-// and dropped at its end. Any request can be served by a fresh stream
-// seeked to its offset, so the cache is only a shortcut.
+// between the requests of one listing (each starts where the last
+// ended) and dropped at its end. Any request can be served by a fresh
+// stream seeked to its offset, so the cache is only a shortcut.
+//
+// A stream is kept under the offset it stands at, and only a request
+// for that offset takes it: two listings of one directory at once must
+// not trade streams. go-fuse takes a request that starts inside the
+// batch a stream read last for the kernel repeating an interrupted one,
+// and replays that batch's tail; when the tail does not fit the reply,
+// the stream goes on from past the batch and the names between are lost.
 type withoutOpendir struct {
 	fuse.RawFileSystem
 	server *fuse.Server
 
-	mu      sync.Mutex
-	streams map[uint64]uint64 // node ID → handle of an open stream
+	mu sync.Mutex
+	// node ID → offset a stream stands at → its handle
+	streams map[uint64]map[uint64]uint64
 }
 
+// maxStreamsPerNode bounds the streams kept for one directory: listings
+// abandoned half-way leave theirs until the node is forgotten.
+const maxStreamsPerNode = 8
+
 func newWithoutOpendir(raw fuse.RawFileSystem) *withoutOpendir {
-	return &withoutOpendir{RawFileSystem: raw, streams: map[uint64]uint64{}}
+	return &withoutOpendir{RawFileSystem: raw, streams: map[uint64]map[uint64]uint64{}}
 }
 
 func (w *withoutOpendir) Init(s *fuse.Server) {
@@ -76,50 +88,71 @@ func (w *withoutOpendir) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *f
 		w.release(in.InHeader, fh)
 		return st
 	}
-	w.keep(in.InHeader, fh)
+	w.keep(in.InHeader, out.Offset, fh)
 	return st
 }
 
-// take hands out the stream kept for the node, if any. A listing that
-// starts over (offset 0) gets a fresh one, so it sees the directory as
-// it is now.
+// take hands out the stream kept for the node at offset, if any. A
+// listing that starts (offset 0) gets a fresh one, so it sees the
+// directory as it is now.
 func (w *withoutOpendir) take(node, offset uint64) (uint64, bool) {
-	fh, ok := w.pop(node)
-	if ok && offset == 0 {
-		w.release(fuse.InHeader{NodeId: node}, fh)
+	if offset == 0 {
 		return 0, false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	at := w.streams[node]
+	fh, ok := at[offset]
+	if ok {
+		delete(at, offset)
+		if len(at) == 0 {
+			delete(w.streams, node)
+		}
 	}
 	return fh, ok
 }
 
-// keep stores the stream for the listing's next request; a stream it
-// replaces (two listings of one directory at once) is released.
-func (w *withoutOpendir) keep(h fuse.InHeader, fh uint64) {
+// keep stores the stream for the request at offset that goes on with its
+// listing. One it replaces (two listings standing at one place), or one
+// over the node's bound, is released: its listing gets a fresh stream.
+func (w *withoutOpendir) keep(h fuse.InHeader, offset, fh uint64) {
+	var drop []uint64
 	w.mu.Lock()
-	old, had := w.streams[h.NodeId]
-	w.streams[h.NodeId] = fh
+	at := w.streams[h.NodeId]
+	if at == nil {
+		at = map[uint64]uint64{}
+		w.streams[h.NodeId] = at
+	}
+	if old, had := at[offset]; had {
+		drop = append(drop, old)
+	}
+	at[offset] = fh
+	for off, old := range at {
+		if len(at) <= maxStreamsPerNode {
+			break
+		}
+		if off != offset {
+			delete(at, off)
+			drop = append(drop, old)
+		}
+	}
 	w.mu.Unlock()
-	if had {
+	for _, old := range drop {
 		w.release(h, old)
 	}
 }
 
-// Forget drops the node's kept stream first: go-fuse drops a node the
+// Forget drops the node's kept streams first: go-fuse drops a node the
 // kernel forgets, open handles or not, as the kernel has none open.
 func (w *withoutOpendir) Forget(node, nlookup uint64) {
-	if fh, ok := w.pop(node); ok {
+	w.mu.Lock()
+	at := w.streams[node]
+	delete(w.streams, node)
+	w.mu.Unlock()
+	for _, fh := range at {
 		w.release(fuse.InHeader{NodeId: node}, fh)
 	}
 	w.RawFileSystem.Forget(node, nlookup)
-}
-
-// pop removes the stream kept for the node, if any, and returns it.
-func (w *withoutOpendir) pop(node uint64) (uint64, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	fh, ok := w.streams[node]
-	delete(w.streams, node)
-	return fh, ok
 }
 
 func (w *withoutOpendir) release(h fuse.InHeader, fh uint64) {

@@ -142,3 +142,37 @@ func TestListingsWithoutOpendir(t *testing.T) {
 	slices.Sort(changed)
 	sameNames(t, "listing after a change", strings.Split(names(t, dir), ","), changed)
 }
+
+// Two listings of one directory at once, read in batches of different
+// sizes, each see every name once: a request of one may start inside
+// the batch the other just read, and must not be taken for a repeat of
+// that batch.
+func TestListingsOfDifferentBatchSizesAtOnce(t *testing.T) {
+	layers, want := listingLayers(t)
+	mnt, _ := mountWritable(t, layers)
+	dir := filepath.Join(mnt, "many")
+	open := func() int {
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+	// Batches as Go's os.ReadDir and ls(1) read them.
+	small, big := open(), open()
+	smallBuf, bigBuf := make([]byte, 8192), make([]byte, 32768)
+	gotSmall := getdents(t, small, smallBuf)
+	gotBig := getdents(t, big, bigBuf)
+	gotSmall = append(gotSmall, getdents(t, small, smallBuf)...)
+	for names := []string{}; names != nil; {
+		names = getdents(t, small, smallBuf)
+		gotSmall = append(gotSmall, names...)
+	}
+	for names := []string{}; names != nil; {
+		names = getdents(t, big, bigBuf)
+		gotBig = append(gotBig, names...)
+	}
+	sameNames(t, "listing in small batches", gotSmall, want)
+	sameNames(t, "listing in big batches", gotBig, want)
+}
