@@ -131,6 +131,11 @@ var diffCases = []struct {
 	{"rename a new dir over a deleted lower dir", []op{mkdir("new"), write("new/x", "x"), rmAll("opt/app/config"), rename("new", "opt/app/config", 0),
 		mkdir("new2"), rmAll("srv"), mkdir("srv"), rename("new2", "srv", 0)}},
 	{"rename over one name of a lower hardlink set", []op{rename("etc/motd", "opt/app/h1", 0), write("etc/motd", "m"), rename("etc/motd", "usr/share/h3", unix.RENAME_NOREPLACE)}},
+	// Two names of one upper file, each renamed: the one moved over a
+	// lower name must leave a whiteout when it goes, whatever happens to
+	// the other name (they once shared what the union knew of the file).
+	{"names of one file renamed over a lower name and elsewhere", []op{write("tmp/n1", "n"), link("tmp/n1", "tmp/n2"), rename("tmp/n1", "etc/motd", 0),
+		rename("tmp/n2", "tmp/n3", 0), rm("etc/motd"), link("tmp/n3", "etc/group"), rename("tmp/n3", "tmp/n4", 0), rm("etc/group")}},
 	{"rename a lower dir into another", []op{rename("opt/app/config", "srv/moved", 0), rename("srv", "tmp/srv2", 0), rmdir("tmp/srv2/moved")}},
 	// The other names of the set live in a directory renamed since: the
 	// copy-up finds them at its new path (random seed 515).

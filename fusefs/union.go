@@ -165,9 +165,6 @@ type child struct {
 	// inoKept: ino was recorded in the upper at copy-up and wins over
 	// the lower origin's.
 	inoKept bool
-	// covers: a lower layer has this name beneath the upper entry, so
-	// removing it needs a whiteout.
-	covers bool
 }
 
 // attrs is what a record keeps of a layer's entry: a union of a large
@@ -468,13 +465,8 @@ func (u *Union) resolve(ctx context.Context, path string, c child, upperEnts []l
 			if e.Name == layertree.OpaqueMarker {
 				continue
 			}
-			if flags[e.Name] != 0 {
-				if ch, ok := out[e.Name]; ok && ch.upper && !e.Whiteout {
-					ch.covers = true
-				}
-				if hidden(e.Name) {
-					continue
-				}
+			if flags[e.Name] != 0 && hidden(e.Name) {
+				continue
 			}
 			if e.Whiteout {
 				// Below a whiteout nothing of the name shows: not even

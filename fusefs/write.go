@@ -453,13 +453,13 @@ func (n *node) prepareName(ctx context.Context, name string) (hadWhiteout bool, 
 // in an xattr: the upper filesystem reuses the numbers of deleted files,
 // and a file still open under its old number must not be confused with a
 // new one.
-func (n *node) created(ctx context.Context, name string, covers bool, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+func (n *node) created(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	p := n.upperChild(name)
 	var st syscall.Stat_t
 	if err := syscall.Lstat(p, &st); err != nil {
 		return nil, fs.ToErrno(err)
 	}
-	c := &child{attrs: attrs{mode: st.Mode, nlink: uint32(st.Nlink)}, upper: true, covers: covers}
+	c := &child{attrs: attrs{mode: st.Mode, nlink: uint32(st.Nlink)}, upper: true}
 	c.ino, c.inoKept = n.u.newIno(st.Ino, func(key string, v []byte) error { return unix.Lsetxattr(p, key, v, 0) })
 	n.u.mu.Lock()
 	if n.merged {
@@ -575,7 +575,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 			return nil, fs.ToErrno(err)
 		}
 	}
-	return n.created(ctx, name, hadWhiteout, out)
+	return n.created(ctx, name, out)
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
@@ -584,7 +584,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	}
 	n.u.wmu.Lock()
 	defer n.u.unlockWrite()
-	covers, errno := n.prepareName(ctx, name)
+	_, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
@@ -598,7 +598,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		unix.Unlink(p)
 		return nil, nil, 0, errno
 	}
-	inode, errno := n.created(ctx, name, covers, out)
+	inode, errno := n.created(ctx, name, out)
 	if errno != 0 {
 		unix.Close(fd)
 		return nil, nil, 0, errno
@@ -612,7 +612,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	}
 	n.u.wmu.Lock()
 	defer n.u.unlockWrite()
-	covers, errno := n.prepareName(ctx, name)
+	_, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -624,7 +624,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 		unix.Unlink(p)
 		return nil, errno
 	}
-	return n.created(ctx, name, covers, out)
+	return n.created(ctx, name, out)
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -636,7 +636,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 	if mode&unix.S_IFMT == unix.S_IFCHR && dev == 0 {
 		return nil, syscall.EPERM // that is a whiteout
 	}
-	covers, errno := n.prepareName(ctx, name)
+	_, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -648,7 +648,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 		unix.Unlink(p)
 		return nil, errno
 	}
-	return n.created(ctx, name, covers, out)
+	return n.created(ctx, name, out)
 }
 
 func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -661,7 +661,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	}
 	n.u.wmu.Lock()
 	defer n.u.unlockWrite()
-	covers, errno := n.prepareName(ctx, name)
+	_, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -686,14 +686,8 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		return nil, fs.ToErrno(err)
 	}
 	n.u.mu.Lock()
-	rec := tn.c // one file, two names
-	if covers {
-		// This name hides a lower one: it needs its own record to know
-		// a whiteout is due when it goes. Both records are in the upper.
-		rec = &child{attrs: attrs{mode: st.Mode, nlink: uint32(st.Nlink)}, upper: true, ino: tn.c.ino, inoKept: true, covers: true}
-	}
 	if n.merged {
-		n.children[name] = rec
+		n.children[name] = tn.c // one file, two names
 	}
 	ino := tn.c.ino
 	n.u.mu.Unlock()
@@ -780,7 +774,7 @@ func (n *node) removeName(ctx context.Context, name string, dir bool) syscall.Er
 			return fs.ToErrno(err)
 		}
 	}
-	if len(cs.lowers) > 0 || cs.covers {
+	if !cs.upper && len(cs.lowers) > 0 || n.lowerShows(ctx, name) {
 		if errno := n.whiteoutName(name); errno != 0 {
 			return errno
 		}
@@ -934,9 +928,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	from := n.upperChild(name)
 	to := np.upperChild(newName)
-	n.u.mu.Lock()
-	covered := dstExists && (len(dst.lowers) > 0 || dst.covers) || !dstExists && np.lowerHas(ctx, newName)
-	n.u.mu.Unlock()
+	covered := np.lowerShows(ctx, newName)
 	if srcEntry.IsDir() && len(sc.lowers) == 0 && covered {
 		// A directory of the upper alone, moved where a lower directory
 		// was (shown or deleted), must hide that one's content.
@@ -972,15 +964,13 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, 0); err != nil {
 		return fs.ToErrno(err)
 	}
-	if len(sc.lowers) > 0 || sc.covers {
+	if !sc.upper && len(sc.lowers) > 0 || n.lowerShows(ctx, name) {
 		if errno := n.whiteoutName(name); errno != 0 {
 			return errno
 		}
 	}
 	n.u.mu.Lock()
 	delete(n.children, name)
-	// What the target name covered below, it still covers.
-	src.c.covers = covered
 	if np.merged {
 		np.children[newName] = src.c
 	}
@@ -988,12 +978,15 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	return 0
 }
 
-// lowerHas reports whether a lower layer of directory n has name (it is
-// then whited out in the upper). Call with mu held; it reads layers only.
-func (n *node) lowerHas(ctx context.Context, name string) bool {
-	for _, ref := range n.c.lowers {
-		if _, err := n.u.layers[ref.idx].Stat(ctx, join(ref.path, name)); err == nil {
-			return true
+// lowerShows reports whether a lower layer of directory n shows an entry
+// name beneath the upper: removing or replacing what the upper has there
+// then needs a whiteout, as the kernel overlayfs decides it (a lookup in
+// the layers below). It is asked of the name, not of the file there: a
+// file renamed or linked to the name brings no lower entry of its own.
+func (n *node) lowerShows(ctx context.Context, name string) bool {
+	for _, ref := range n.u.snapshot(n.c).lowers {
+		if e, err := n.u.layers[ref.idx].Stat(ctx, join(ref.path, name)); err == nil {
+			return !e.Whiteout
 		}
 	}
 	return false
