@@ -176,3 +176,57 @@ func TestListingsOfDifferentBatchSizesAtOnce(t *testing.T) {
 	sameNames(t, "listing in small batches", gotSmall, want)
 	sameNames(t, "listing in big batches", gotBig, want)
 }
+
+// Listings that go on after the directory changed list every name that
+// was there all along exactly once, whether the rest comes from the
+// kernel's cache of the listing, refilled since by another listing, or
+// from the server's fresh snapshot of the directory.
+func TestListingsGoOnAcrossChanges(t *testing.T) {
+	layers, want := listingLayers(t)
+	mnt, _ := mountWritable(t, layers)
+	dir := filepath.Join(mnt, "many")
+	open := func() int {
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+	buf := make([]byte, 8192)
+	a, b := open(), open()
+	gotA, gotB := getdents(t, a, buf), getdents(t, b, buf)
+	// Names that sort (and used to be placed) before those listed, and
+	// one listed gone.
+	for i := range 40 {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("a-new-%02d", i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Remove(filepath.Join(dir, gotA[3])); err != nil {
+		t.Fatal(err)
+	}
+	stayed := slices.DeleteFunc(slices.Clone(want), func(n string) bool { return n == gotA[3] })
+	now := append(slices.Clone(stayed), newNames()...)
+	slices.Sort(now)
+	sameNames(t, "a listing after the change", readRest(t, open(), nil), now)
+	for name, got := range map[string][]string{"first": readRest(t, a, gotA), "second": readRest(t, b, gotB)} {
+		seen := map[string]int{}
+		for _, n := range got {
+			seen[n]++
+		}
+		for _, n := range stayed {
+			if seen[n] != 1 {
+				t.Errorf("%s listing: %s listed %d times", name, n, seen[n])
+			}
+		}
+	}
+}
+
+func newNames() []string {
+	var out []string
+	for i := range 40 {
+		out = append(out, fmt.Sprintf("a-new-%02d", i))
+	}
+	return out
+}

@@ -858,12 +858,38 @@ func (n *node) listing(ctx context.Context) ([]fuse.DirEntry, syscall.Errno) {
 		ents = append(ents, fuse.DirEntry{Name: name, Mode: mode, Ino: c.ino})
 	}
 	n.u.mu.Unlock()
+	ents[0].Off, ents[1].Off = 1, 2
 	names := ents[2:]
-	sort.Slice(names, func(i, j int) bool { return names[i].Name < names[j].Name })
-	for i := range ents {
-		ents[i].Off = uint64(i + 1)
+	for i := range names {
+		names[i].Off = dirCookie(names[i].Name)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		if names[i].Off != names[j].Off {
+			return names[i].Off < names[j].Off
+		}
+		return names[i].Name < names[j].Name
+	})
+	for i := 1; i < len(names); i++ {
+		if names[i].Off <= names[i-1].Off { // a collision: next free
+			names[i].Off = names[i-1].Off + 1
+		}
 	}
 	return ents, 0
+}
+
+// dirCookie is the offset (d_off) of a name in a listing: a hash of the
+// name, not its place, as ext4 gives, so a listing that goes on from an
+// offset in a newer snapshot of the directory (the kernel asks for the
+// rest of a listing without saying which one it is) lists every name
+// that was there all along exactly once. Listings are in cookie order.
+// 3 and up: 1 and 2 are "." and "..".
+func dirCookie(name string) uint64 {
+	h := uint64(14695981039346656037) // FNV-1a
+	for i := 0; i < len(name); i++ {
+		h ^= uint64(name[i])
+		h *= 1099511628211
+	}
+	return h>>2 + 3 // room above for collisions, below 2^63
 }
 
 // OpendirHandle lets the kernel cache the listing (FOPEN_CACHE_DIR): it
@@ -898,9 +924,10 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 	return &e, 0
 }
 
-// Seekdir goes to an offset handed out: entry i has offset i+1.
+// Seekdir goes past the entry whose offset is off: to the first with a
+// greater one, which is where that entry was if it is gone since.
 func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
-	d.pos = int(min(off, uint64(len(d.ents))))
+	d.pos = sort.Search(len(d.ents), func(i int) bool { return d.ents[i].Off > off })
 	return 0
 }
 
