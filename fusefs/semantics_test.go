@@ -204,6 +204,48 @@ func TestChmodOfUnlinkedOpenFile(t *testing.T) {
 	}
 }
 
+// A lower file opened read-only whose name then goes (unlinked, or
+// replaced by a rename) can still be changed through the descriptor, as
+// on a local filesystem; its name stays gone and the new file at the
+// name is untouched.
+func TestChmodOfLowerFileWhoseNameWent(t *testing.T) {
+	mnt, _ := mountWritable(t, twoLayers(t))
+	for _, how := range []string{"unlink", "rename over"} {
+		p := filepath.Join(mnt, "etc/conf")
+		if how == "rename over" {
+			p = filepath.Join(mnt, "data/big")
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if how == "unlink" {
+			err = os.Remove(p)
+		} else {
+			if err = os.WriteFile(filepath.Join(mnt, "tmp-new"), []byte("new"), 0o644); err == nil {
+				err = os.Rename(filepath.Join(mnt, "tmp-new"), p)
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Chmod(0o600); err != nil {
+			t.Errorf("%s: fchmod: %v", how, err)
+		}
+		if fi, err := f.Stat(); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: fstat after fchmod: %v, %v", how, fi, err)
+		}
+		f.Close()
+		fi, err := os.Stat(p)
+		switch {
+		case how == "unlink" && !os.IsNotExist(err):
+			t.Errorf("unlink: the name shows again: %v", err)
+		case how == "rename over" && (err != nil || fi.Mode().Perm() != 0o644 || fi.Size() != 3):
+			t.Errorf("rename over: the new file changed: %v, %v", fi, err)
+		}
+	}
+}
+
 // TestLowerWhiteoutClosesUpperDirectory: a directory made in the union
 // over a name a lower layer whites out must not show what lies below the
 // whiteout, also after a remount, as with the kernel overlayfs.

@@ -97,11 +97,18 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	parent := n.parentNode()
-	if parent == nil {
-		return syscall.EIO
+	// A file whose name went (unlinked, or replaced by a rename) after it
+	// was opened or looked up is copied to a file of no name: a change
+	// through a descriptor still open on it (fchmod, ftruncate, a write)
+	// applies to the file, as on a local filesystem, and shows nowhere.
+	detached := parent == nil
+	if detached && c.attrs.typ() != layertree.ModeRegular {
+		return syscall.ENOENT
 	}
-	if errno := parent.copyUp(ctx); errno != 0 {
-		return errno
+	if !detached {
+		if errno := parent.copyUp(ctx); errno != 0 {
+			return errno
+		}
 	}
 	src := c.lowers[0]
 	tree := n.u.layers[src.idx]
@@ -149,6 +156,16 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	unix.Lsetxattr(staged, n.u.inoKey(), putUint64(c.ino), 0)
 	ts := []unix.Timespec{unix.NsecToTimespec(e.Mtime.UnixNano()), unix.NsecToTimespec(e.Mtime.UnixNano())}
 	unix.UtimesNanoAt(unix.AT_FDCWD, staged, ts, unix.AT_SYMLINK_NOFOLLOW)
+	if detached {
+		fd, err := unix.Open(staged, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return fs.ToErrno(err)
+		}
+		n.u.mu.Lock()
+		n.c.upper, n.c.anonFd = true, int32(fd)
+		n.u.mu.Unlock()
+		return 0 // the staged name goes with tmp
+	}
 	dst := n.upperPath()
 	// A copy-up changes nothing of the directory in the union: its times
 	// stay as they were, as the kernel overlayfs keeps them.
