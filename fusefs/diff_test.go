@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -466,6 +467,94 @@ func TestRandomOpsAgainstKernelOverlay(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Operations from several processes at once on one union, over names
+// they share, leave it in a state its upper keeps: after a storm of
+// creates, writes, renames, links and removals with listings between, the
+// union remounted over its upper, and the kernel overlayfs over it, show
+// what the union showed. No operation fails as no local filesystem would
+// (EIO, ESTALE), and no listing shows a name twice.
+func TestConcurrentOpsKeepUpperConsistent(t *testing.T) {
+	lowers := multiLayerDirs(t)
+	implied := impliedDirs(lowers)
+	dirs := []string{"etc", "opt/app", "opt/app/config", "tmp", "srv", "usr/share"}
+	names := []string{"motd", "passwd", "group", "data.txt", "c.conf", "sticky", "n1", "n2", "n3", "d1", "d2"}
+	for seed := int64(1); seed <= 6; seed++ {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			strata, _, upper := setup(t, lowers)
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			var failures []string
+			for w := range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rng := newRand(seed*100 + int64(w))
+					pick := func() string { return dirs[rng.Intn(len(dirs))] + "/" + names[rng.Intn(len(names))] }
+					for i := range 250 {
+						a, b := pick(), pick()
+						var o op
+						switch rng.Intn(12) {
+						case 0:
+							o = write(a, fmt.Sprint("w", w, "i", i))
+						case 1:
+							o = appendTo(a, "+")
+						case 2:
+							o = unlinkF(a)
+						case 3:
+							o = rmdir(a)
+						case 4:
+							o = mkdir(a)
+						case 5, 6:
+							o = rename(a, b, 0)
+						case 7:
+							o = chmod(a, 0o640)
+						case 8:
+							o = truncate(a, 1)
+						case 9:
+							o = link(a, b)
+						case 10:
+							o = symlink("target", a)
+						default:
+							o = listOnce(filepath.Dir(a))
+						}
+						err := o.do(strata)
+						switch errnoOf(err) {
+						case syscall.EIO, syscall.ESTALE, syscall.ENOTCONN, syscall.EBADF, 1 << 20:
+							mu.Lock()
+							failures = append(failures, fmt.Sprintf("worker %d op %d %s: %v", w, i, o.desc, err))
+							mu.Unlock()
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			for _, f := range failures {
+				t.Error(f)
+			}
+			again, cross := t.TempDir(), t.TempDir()
+			mountStrata(t, lowers, upper, t.TempDir(), again)
+			compareTreesExcept(t, "strata remounted over its upper", again, strata, implied, map[string]bool{})
+			mountKernel(t, lowers, upper, t.TempDir(), cross)
+			compareTreesExcept(t, "kernel over strata's upper", cross, strata, implied, map[string]bool{})
+		})
+	}
+}
+
+// listOnce lists dir, failing if a name shows twice.
+func listOnce(dir string) op {
+	return op{"list " + dir, func(r string) error {
+		ents, err := os.ReadDir(filepath.Join(r, dir))
+		seen := map[string]bool{}
+		for _, e := range ents {
+			if seen[e.Name()] {
+				return fmt.Errorf("%s listed twice", e.Name())
+			}
+			seen[e.Name()] = true
+		}
+		return err
+	}}
 }
 
 // rng is a small deterministic generator, so seeds mean the same on every
