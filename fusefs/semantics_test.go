@@ -825,3 +825,60 @@ func TestOverlayXattrsEscaped(t *testing.T) {
 		t.Errorf("set user.strata.mine: %v, want EPERM", err)
 	}
 }
+
+// A writer that renames new versions of a file over it (the atomic
+// replace of editors, package managers and config reloads) and readers
+// that open and read it meanwhile: every open finds a file, the old
+// version or the new one, and every read is one whole version.
+func TestOpenRacingRenameOverSeesAFile(t *testing.T) {
+	mnt, _ := mountWritable(t, twoLayers(t))
+	target := filepath.Join(mnt, "etc/conf") // a lower file at first
+	version := func(i int) []byte {
+		return append([]byte(fmt.Sprintf("%08d:", i)), bytes.Repeat([]byte{byte('a' + i%26)}, 100+i%3000)...)
+	}
+	done := make(chan struct{})
+	writerErr := make(chan error, 1)
+	go func() {
+		defer close(done)
+		for i := 1; i <= 1500; i++ {
+			tmp := filepath.Join(mnt, "etc", fmt.Sprint("tmp", i%3))
+			if err := os.WriteFile(tmp, version(i), 0o644); err != nil {
+				writerErr <- err
+				return
+			}
+			if err := os.Rename(tmp, target); err != nil {
+				writerErr <- err
+				return
+			}
+		}
+	}()
+	var failures []string
+	reads := 0
+	for running := true; running; reads++ {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		b, err := os.ReadFile(target)
+		switch {
+		case err != nil:
+			failures = append(failures, err.Error())
+		case bytes.HasPrefix(b, []byte("conf")):
+		default:
+			var i int
+			fmt.Sscanf(string(b), "%08d:", &i)
+			if !bytes.Equal(b, version(i)) {
+				failures = append(failures, fmt.Sprintf("a read of %d bytes is not version %d", len(b), i))
+			}
+		}
+	}
+	select {
+	case err := <-writerErr:
+		t.Fatalf("writer: %v", err)
+	default:
+	}
+	if len(failures) > 0 {
+		t.Errorf("%d of %d reads failed, first: %s", len(failures), reads, failures[0])
+	}
+}

@@ -785,7 +785,9 @@ func (n *node) removeName(ctx context.Context, name string, dir bool) syscall.Er
 		if dir {
 			err = removeUpperDir(p)
 		} else {
+			gone := n.reachGone(name, p)
 			err = unix.Unlink(p)
+			gone.done(err == nil)
 		}
 		if err != nil {
 			return fs.ToErrno(err)
@@ -978,7 +980,13 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		}
 		unix.Unlink(np.upperChild(whiteout.Prefix + newName))
 	}
-	if err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, 0); err != nil {
+	gone := goneFile{fd: -1}
+	if dstExists && !srcEntry.IsDir() {
+		gone = np.reachGone(newName, to)
+	}
+	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, 0)
+	gone.done(err == nil)
+	if err != nil {
 		return fs.ToErrno(err)
 	}
 	if !sc.upper && len(sc.lowers) > 0 || n.lowerShows(ctx, name) {
@@ -993,6 +1001,54 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	n.u.mu.Unlock()
 	return 0
+}
+
+// goneFile is an upper file about to lose its name, held open for the
+// node the kernel has for it (see reachGone).
+type goneFile struct {
+	node *node
+	fd   int
+}
+
+// reachGone keeps a regular upper file that is about to lose its name
+// (p, name in n: an unlink, or a rename over it) reachable by the node
+// the kernel has for it: an open that looked the name up before the
+// change and comes after it must find the old file, as on a local
+// filesystem (the writer that renames a new version over a file is a
+// common pattern), and a stat of it must too.
+func (n *node) reachGone(name, p string) goneFile {
+	ch := n.GetChild(name)
+	if ch == nil || ch.StableAttr().Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return goneFile{fd: -1}
+	}
+	cn, ok := ch.Operations().(*node)
+	if !ok {
+		return goneFile{fd: -1}
+	}
+	fd, err := unix.Open(p, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return goneFile{fd: -1}
+	}
+	return goneFile{node: cn, fd: fd}
+}
+
+// done gives the node the file once its name went (gone); else, or when
+// the node holds one already, the descriptor is closed. OnForget closes
+// the node's.
+func (g goneFile) done(gone bool) {
+	if g.fd < 0 {
+		return
+	}
+	if gone {
+		g.node.u.mu.Lock()
+		if g.node.c.anonFd == 0 {
+			g.node.c.anonFd, g.fd = int32(g.fd), -1
+		}
+		g.node.u.mu.Unlock()
+	}
+	if g.fd >= 0 {
+		unix.Close(g.fd)
+	}
 }
 
 // lowerShows reports whether a lower layer of directory n shows an entry
@@ -1314,7 +1370,22 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		return n.u.openedUpper(&n.Inode, n.c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
 	}
 	if c.upper {
-		fd, err := unix.Open(n.upperPath(), int(flags)&^unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		p, nofollow := n.upperPath(), unix.O_NOFOLLOW
+		if !n.IsRoot() && n.parentNode() == nil {
+			// Its name went (unlinked, renamed over) since the kernel
+			// looked it up. Open descriptors still reach it; without
+			// one, ESTALE has the kernel look the name up again and
+			// open what is there now, as an open racing a rename over
+			// its name must see the old file or the new one, never
+			// no file at all.
+			dup := n.u.dupOpen(n.c)
+			if dup < 0 {
+				return nil, 0, syscall.ESTALE
+			}
+			defer unix.Close(dup)
+			p, nofollow = fdPath(dup), 0 // a magic link, followed
+		}
+		fd, err := unix.Open(p, int(flags)&^unix.O_CREAT|nofollow|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, 0, fs.ToErrno(err)
 		}
@@ -1323,7 +1394,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != n.StableAttr().Mode&unix.S_IFMT {
 			unix.Close(fd)
-			return nil, 0, syscall.ENOENT
+			return nil, 0, syscall.ESTALE
 		}
 		return n.u.openedUpper(&n.Inode, n.c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
 	}
