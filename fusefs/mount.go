@@ -104,7 +104,7 @@ func serverOptions(o MountOptions, readOnly bool) fuse.MountOptions {
 
 // rawFS is the file system go-fuse serves for u.
 func rawFS(u *Union, mo fuse.MountOptions) fuse.RawFileSystem {
-	return newWithoutOpendir(killPriv{killing: &u.killing, RawFileSystem: fs.NewNodeFS(u.Root(), &fs.Options{
+	return &nameOrder{RawFileSystem: newWithoutOpendir(killPriv{killing: &u.killing, RawFileSystem: fs.NewNodeFS(u.Root(), &fs.Options{
 		MountOptions:    mo,
 		Logger:          mo.Logger,
 		EntryTimeout:    &u.timeout,
@@ -118,7 +118,7 @@ func rawFS(u *Union, mo fuse.MountOptions) fuse.RawFileSystem {
 		// and the kernel's permission checks would let anyone read a
 		// 0000 /etc/shadow).
 		NullPermissions: true,
-	})})
+	})})}
 }
 
 // Device is a FUSE connection for a mount that another process makes: a

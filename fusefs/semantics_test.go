@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -880,5 +881,64 @@ func TestOpenRacingRenameOverSeesAFile(t *testing.T) {
 	}
 	if len(failures) > 0 {
 		t.Errorf("%d of %d reads failed, first: %s", len(failures), reads, failures[0])
+	}
+}
+
+// A name that keeps changing what it is (a file renamed away, a
+// directory made and removed, a symlink made and removed) while others
+// stat and open it: each sees one of those or none (ENOENT), never a
+// whiteout (ENXIO) or a file of another kind than the one it looked up
+// (EINVAL from a readlink of a file).
+func TestNameChangingKindWhileOpened(t *testing.T) {
+	mnt, _ := mountWritable(t, twoLayers(t))
+	x, y := filepath.Join(mnt, "etc/conf"), filepath.Join(mnt, "etc/moved") // a lower file at first
+	stop := make(chan struct{})
+	failures := make(chan error, 100)
+	fail := func(err error) {
+		select {
+		case failures <- err:
+		default:
+		}
+	}
+	var readers sync.WaitGroup
+	for range 3 {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var st syscall.Stat_t
+				if err := syscall.Lstat(x, &st); err != nil && err != syscall.ENOENT {
+					fail(fmt.Errorf("lstat: %w", err))
+				}
+				f, err := os.Open(x)
+				if err == nil {
+					if _, err := f.Stat(); err != nil {
+						fail(fmt.Errorf("fstat: %w", err))
+					}
+					f.Close()
+				} else if !errors.Is(err, syscall.ENOENT) {
+					fail(err)
+				}
+			}
+		}()
+	}
+	for range 100 {
+		os.WriteFile(x, []byte("file"), 0o644)
+		os.Rename(x, y)
+		os.Mkdir(x, 0o755)
+		syscall.Rmdir(x)
+		os.Symlink("nowhere", x)
+		os.Remove(x)
+	}
+	close(stop)
+	readers.Wait()
+	close(failures)
+	for err := range failures {
+		t.Error(err)
 	}
 }

@@ -781,14 +781,14 @@ func (n *node) removeName(ctx context.Context, name string, dir bool) syscall.Er
 	}
 	p := n.upperChild(name)
 	if cs.upper {
+		gone := n.reachGone(name, p)
 		var err error
 		if dir {
 			err = removeUpperDir(p)
 		} else {
-			gone := n.reachGone(name, p)
 			err = unix.Unlink(p)
-			gone.done(err == nil)
 		}
+		gone.done(err == nil)
 		if err != nil {
 			return fs.ToErrno(err)
 		}
@@ -981,7 +981,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		unix.Unlink(np.upperChild(whiteout.Prefix + newName))
 	}
 	gone := goneFile{fd: -1}
-	if dstExists && !srcEntry.IsDir() {
+	if dstExists {
 		gone = np.reachGone(newName, to)
 	}
 	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, 0)
@@ -1010,15 +1010,15 @@ type goneFile struct {
 	fd   int
 }
 
-// reachGone keeps a regular upper file that is about to lose its name
-// (p, name in n: an unlink, or a rename over it) reachable by the node
+// reachGone keeps an upper file that is about to lose its name (p, name
+// in n: an unlink, a rmdir, or a rename over it) reachable by the node
 // the kernel has for it: an open that looked the name up before the
 // change and comes after it must find the old file, as on a local
 // filesystem (the writer that renames a new version over a file is a
-// common pattern), and a stat of it must too.
+// common pattern), and an fstat of a removed directory must work.
 func (n *node) reachGone(name, p string) goneFile {
 	ch := n.GetChild(name)
-	if ch == nil || ch.StableAttr().Mode&syscall.S_IFMT != syscall.S_IFREG {
+	if ch == nil {
 		return goneFile{fd: -1}
 	}
 	cn, ok := ch.Operations().(*node)
