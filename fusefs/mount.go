@@ -104,7 +104,7 @@ func serverOptions(o MountOptions, readOnly bool) fuse.MountOptions {
 
 // rawFS is the file system go-fuse serves for u.
 func rawFS(u *Union, mo fuse.MountOptions) fuse.RawFileSystem {
-	return &nameOrder{RawFileSystem: newWithoutOpendir(killPriv{killing: &u.killing, RawFileSystem: fs.NewNodeFS(u.Root(), &fs.Options{
+	return &nameOrder{u: u, RawFileSystem: newWithoutOpendir(killPriv{killing: &u.killing, RawFileSystem: fs.NewNodeFS(u.Root(), &fs.Options{
 		MountOptions:    mo,
 		Logger:          mo.Logger,
 		EntryTimeout:    &u.timeout,

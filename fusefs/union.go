@@ -64,6 +64,10 @@ type Union struct {
 	// reading, so it never sees a name half-way through a rename.
 	mu  sync.Mutex
 	wmu sync.RWMutex
+	// namesHeldFor is the request (by its cancel channel) whose change
+	// of names holds wmu until go-fuse has recorded it (lockNames).
+	namesMu      sync.Mutex
+	namesHeldFor <-chan struct{}
 	// links shares one record among the names of a hardlinked file, by
 	// inode number, so a change through one name shows through all.
 	links map[uint64]*child
@@ -260,6 +264,50 @@ func (n *node) upperChild(name string) string {
 		return n.u.upperAt(name)
 	}
 	return n.u.upperAt(p + "/" + name)
+}
+
+// lockNames starts a change of names (a create, link, unlink, rmdir or
+// rename), for the request of ctx. wmu stays held past the union's part,
+// until go-fuse has recorded the change in its tree of nodes too
+// (nameOrder calls releaseNames): the paths the union finds its nodes at
+// come from that tree, and a lookup, open or stat in between would reach,
+// by a node's old path, whatever is there now — a whiteout (ENXIO), a
+// file of another kind, another file.
+func (u *Union) lockNames(ctx context.Context) {
+	u.wmu.Lock()
+	if fc, ok := ctx.(*fuse.Context); ok && fc.Cancel != nil {
+		u.namesMu.Lock()
+		u.namesHeldFor = fc.Cancel
+		u.namesMu.Unlock()
+	}
+}
+
+// unlockNames ends the union's part of a change of names: wmu is left to
+// releaseNames when the request came through nameOrder, else released.
+func (u *Union) unlockNames(ctx context.Context) {
+	if fc, ok := ctx.(*fuse.Context); ok && fc.Cancel != nil {
+		u.namesMu.Lock()
+		held := u.namesHeldFor == fc.Cancel
+		u.namesMu.Unlock()
+		if held {
+			return
+		}
+	}
+	u.unlockWrite()
+}
+
+// releaseNames ends the change of names of the request whose cancel
+// channel is cancel, if it holds one.
+func (u *Union) releaseNames(cancel <-chan struct{}) {
+	u.namesMu.Lock()
+	held := cancel != nil && u.namesHeldFor == cancel
+	if held {
+		u.namesHeldFor = nil
+	}
+	u.namesMu.Unlock()
+	if held {
+		u.unlockWrite()
+	}
 }
 
 // unlockWrite ends a change. The upper's descriptors of deep directories
@@ -896,7 +944,9 @@ func dirCookie(name string) uint64 {
 // drops the cache itself whenever it changes the directory, and only
 // strata changes it.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	n.u.wmu.RLock() // the merge reads the upper by path
 	ents, errno := n.listing(ctx)
+	n.u.wmu.RUnlock()
 	if errno != 0 {
 		return nil, 0, errno
 	}

@@ -571,8 +571,8 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	if n.u.readOnly() {
 		return nil, syscall.EROFS
 	}
-	n.u.wmu.Lock()
-	defer n.u.unlockWrite()
+	n.u.lockNames(ctx)
+	defer n.u.unlockNames(ctx)
 	hadWhiteout, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, errno
@@ -599,8 +599,8 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if n.u.readOnly() {
 		return nil, nil, 0, syscall.EROFS
 	}
-	n.u.wmu.Lock()
-	defer n.u.unlockWrite()
+	n.u.lockNames(ctx)
+	defer n.u.unlockNames(ctx)
 	_, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, nil, 0, errno
@@ -627,8 +627,8 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	if n.u.readOnly() {
 		return nil, syscall.EROFS
 	}
-	n.u.wmu.Lock()
-	defer n.u.unlockWrite()
+	n.u.lockNames(ctx)
+	defer n.u.unlockNames(ctx)
 	_, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, errno
@@ -648,8 +648,8 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 	if n.u.readOnly() {
 		return nil, syscall.EROFS
 	}
-	n.u.wmu.Lock()
-	defer n.u.unlockWrite()
+	n.u.lockNames(ctx)
+	defer n.u.unlockNames(ctx)
 	if mode&unix.S_IFMT == unix.S_IFCHR && dev == 0 {
 		return nil, syscall.EPERM // that is a whiteout
 	}
@@ -676,8 +676,8 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if !ok {
 		return nil, syscall.EXDEV
 	}
-	n.u.wmu.Lock()
-	defer n.u.unlockWrite()
+	n.u.lockNames(ctx)
+	defer n.u.unlockNames(ctx)
 	_, errno := n.prepareName(ctx, name)
 	if errno != 0 {
 		return nil, errno
@@ -850,8 +850,8 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if n.u.readOnly() {
 		return syscall.EROFS
 	}
-	n.u.wmu.Lock()
-	defer n.u.unlockWrite()
+	n.u.lockNames(ctx)
+	defer n.u.unlockNames(ctx)
 	return n.removeName(ctx, name, false)
 }
 
@@ -859,8 +859,8 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if n.u.readOnly() {
 		return syscall.EROFS
 	}
-	n.u.wmu.Lock()
-	defer n.u.unlockWrite()
+	n.u.lockNames(ctx)
+	defer n.u.unlockNames(ctx)
 	return n.removeName(ctx, name, true)
 }
 
@@ -878,8 +878,8 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if errno := validName(newName); errno != 0 {
 		return errno
 	}
-	n.u.wmu.Lock()
-	defer n.u.unlockWrite()
+	n.u.lockNames(ctx)
+	defer n.u.unlockNames(ctx)
 	// Changes keep the records of merged directories.
 	if _, errno := n.merge(ctx); errno != 0 {
 		return errno
