@@ -58,9 +58,32 @@ func getdents(t *testing.T, fd int, buf []byte) []string {
 	return names
 }
 
+// listingDir mounts listingLayers; it returns the merged directory, the
+// names it must show, and an opener of it whose descriptors close at the
+// end of the test.
+func listingDir(t *testing.T) (dir string, want []string, open func() int) {
+	t.Helper()
+	layers, want := listingLayers(t)
+	mnt, _ := mountWritable(t, layers)
+	dir = filepath.Join(mnt, "many")
+	return dir, want, func() int {
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		return fd
+	}
+}
+
 func readRest(t *testing.T, fd int, got []string) []string {
 	t.Helper()
-	buf := make([]byte, 2048)
+	return readRestWith(t, fd, got, make([]byte, 2048))
+}
+
+// readRestWith reads the rest of a listing in batches of len(buf).
+func readRestWith(t *testing.T, fd int, got []string, buf []byte) []string {
+	t.Helper()
 	for {
 		names := getdents(t, fd, buf)
 		if names == nil {
@@ -93,17 +116,7 @@ func firstDiff(a, b []string) string {
 // two at once, abandoned half-way, resumed at a saved offset and taken
 // after a change must all show exactly the merged directory.
 func TestListingsWithoutOpendir(t *testing.T) {
-	layers, want := listingLayers(t)
-	mnt, _ := mountWritable(t, layers)
-	dir := filepath.Join(mnt, "many")
-	open := func() int {
-		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { unix.Close(fd) })
-		return fd
-	}
+	dir, want, open := listingDir(t)
 	small := make([]byte, 1024)
 
 	// Two listings at once, interleaved, neither finished when the other
@@ -148,33 +161,15 @@ func TestListingsWithoutOpendir(t *testing.T) {
 // the batch the other just read, and must not be taken for a repeat of
 // that batch.
 func TestListingsOfDifferentBatchSizesAtOnce(t *testing.T) {
-	layers, want := listingLayers(t)
-	mnt, _ := mountWritable(t, layers)
-	dir := filepath.Join(mnt, "many")
-	open := func() int {
-		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { unix.Close(fd) })
-		return fd
-	}
+	_, want, open := listingDir(t)
 	// Batches as Go's os.ReadDir and ls(1) read them.
 	small, big := open(), open()
 	smallBuf, bigBuf := make([]byte, 8192), make([]byte, 32768)
 	gotSmall := getdents(t, small, smallBuf)
 	gotBig := getdents(t, big, bigBuf)
 	gotSmall = append(gotSmall, getdents(t, small, smallBuf)...)
-	for names := []string{}; names != nil; {
-		names = getdents(t, small, smallBuf)
-		gotSmall = append(gotSmall, names...)
-	}
-	for names := []string{}; names != nil; {
-		names = getdents(t, big, bigBuf)
-		gotBig = append(gotBig, names...)
-	}
-	sameNames(t, "listing in small batches", gotSmall, want)
-	sameNames(t, "listing in big batches", gotBig, want)
+	sameNames(t, "listing in small batches", readRestWith(t, small, gotSmall, smallBuf), want)
+	sameNames(t, "listing in big batches", readRestWith(t, big, gotBig, bigBuf), want)
 }
 
 // Listings that go on after the directory changed list every name that
@@ -182,17 +177,7 @@ func TestListingsOfDifferentBatchSizesAtOnce(t *testing.T) {
 // kernel's cache of the listing, refilled since by another listing, or
 // from the server's fresh snapshot of the directory.
 func TestListingsGoOnAcrossChanges(t *testing.T) {
-	layers, want := listingLayers(t)
-	mnt, _ := mountWritable(t, layers)
-	dir := filepath.Join(mnt, "many")
-	open := func() int {
-		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { unix.Close(fd) })
-		return fd
-	}
+	dir, want, open := listingDir(t)
 	buf := make([]byte, 8192)
 	a, b := open(), open()
 	gotA, gotB := getdents(t, a, buf), getdents(t, b, buf)
