@@ -961,13 +961,16 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 			return fs.ToErrno(err)
 		}
 	}
+	gone := goneFile{fd: -1}
 	if dstExists {
+		gone = np.reachGone(newName, to)
 		dc := n.u.snapshot(dst)
 		if dc.upper {
 			if de, err := n.u.upper.Stat(ctx, join(np.path(), newName)); err == nil && de.IsDir() {
 				// Only whiteouts are left in it: clear them so the
 				// rename may replace it.
 				if err := removeUpperDir(to); err != nil {
+					gone.done(false)
 					return fs.ToErrno(err)
 				}
 			}
@@ -979,10 +982,6 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 			unix.Unlink(to)
 		}
 		unix.Unlink(np.upperChild(whiteout.Prefix + newName))
-	}
-	gone := goneFile{fd: -1}
-	if dstExists {
-		gone = np.reachGone(newName, to)
 	}
 	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, 0)
 	gone.done(err == nil)
