@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -940,5 +941,98 @@ func TestNameChangingKindWhileOpened(t *testing.T) {
 	close(failures)
 	for err := range failures {
 		t.Error(err)
+	}
+}
+
+// heldTree holds the reads of one file until released, as a slow disk or
+// a lazy layer's network would.
+type heldTree struct {
+	layertree.Tree
+	path             string
+	reading, release chan struct{}
+	once             sync.Once
+}
+
+func (h *heldTree) Open(ctx context.Context, p string) (layertree.File, error) {
+	f, err := h.Tree.Open(ctx, p)
+	if err != nil || p != h.path {
+		return f, err
+	}
+	return &heldFile{File: f, h: h}, nil
+}
+
+type heldFile struct {
+	layertree.File
+	h *heldTree
+}
+
+func (f *heldFile) ReadAt(b []byte, off int64) (int, error) {
+	f.h.once.Do(func() { close(f.h.reading) })
+	<-f.h.release
+	return f.File.ReadAt(b, off)
+}
+
+// While a large file is copied up (its data still coming), the rest of
+// the union goes on: a lookup, stat and listing of another file do not
+// wait for the copy.
+func TestCopyUpLetsOthersGoOn(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	mem := layertree.NewMem()
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	mem.Add("big", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, data, nil)
+	mem.Add("d/f", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("f"), nil)
+	held := &heldTree{Tree: mem, path: "big", reading: make(chan struct{}), release: make(chan struct{})}
+	base := t.TempDir()
+	u, err := New(Options{Layers: []layertree.Tree{held}, UpperDir: filepath.Join(base, "u"), WorkDir: filepath.Join(base, "w")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := filepath.Join(base, "m")
+	os.Mkdir(mnt, 0o755)
+	srv, err := Mount(mnt, u, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Unmount() })
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(held.release) }) }
+	t.Cleanup(release)
+
+	opened := make(chan error, 1)
+	go func() {
+		f, err := os.OpenFile(filepath.Join(mnt, "big"), os.O_WRONLY, 0)
+		if err == nil {
+			f.Close()
+		}
+		opened <- err
+	}()
+	select {
+	case <-held.reading:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the copy-up never read the file")
+	}
+	others := make(chan error, 1)
+	go func() {
+		_, err := os.Stat(filepath.Join(mnt, "d/f"))
+		if err == nil {
+			_, err = os.ReadDir(filepath.Join(mnt, "d"))
+		}
+		others <- err
+	}()
+	select {
+	case err := <-others:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("a stat and a listing of another file waited for a copy-up")
+	}
+	release()
+	if err := <-opened; err != nil {
+		t.Fatalf("open for writing: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "big")); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("the copied-up file: %d bytes, %v", len(got), err)
 	}
 }

@@ -64,6 +64,10 @@ type Union struct {
 	// reading, so it never sees a name half-way through a rename.
 	mu  sync.Mutex
 	wmu sync.RWMutex
+	// stageMu serialises stageData; staged holds, per record, the data
+	// staged for its coming copy-up (guarded by mu).
+	stageMu sync.Mutex
+	staged  map[*child]string
 	// namesHeldFor is the request (by its cancel channel) whose change
 	// of names holds wmu until go-fuse has recorded it (lockNames).
 	namesMu      sync.Mutex
@@ -90,7 +94,7 @@ func New(opts Options) (*Union, error) {
 		return nil, fmt.Errorf("union: %d layers is more than %d", len(opts.Layers), 1<<15)
 	}
 	u := &Union{layers: opts.Layers, timeout: opts.Timeout, log: opts.Logger, noSync: opts.NoSync, onOpen: opts.OnOpen,
-		links: map[uint64]*child{}, layerLinks: map[int]map[uint64][]string{}, pre: newPrefetcher(opts.Layers)}
+		links: map[uint64]*child{}, staged: map[*child]string{}, layerLinks: map[int]map[uint64][]string{}, pre: newPrefetcher(opts.Layers)}
 	if u.timeout == 0 {
 		u.timeout = time.Hour
 	}

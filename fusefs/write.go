@@ -113,14 +113,12 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	src := c.lowers[0]
 	tree := n.u.layers[src.idx]
 	e := c.attrs.entry()
-	tmp, err := os.MkdirTemp(n.u.workDir, "copyup-")
-	if errors.Is(err, os.ErrNotExist) {
-		if err = os.Mkdir(n.u.workDir, 0o700); err == nil || errors.Is(err, os.ErrExist) {
-			tmp, err = os.MkdirTemp(n.u.workDir, "copyup-")
+	tmp, ready := n.u.takeStaged(n.c)
+	var err error
+	if !ready {
+		if tmp, err = n.u.stagingDir(); err != nil {
+			return fs.ToErrno(err)
 		}
-	}
-	if err != nil {
-		return fs.ToErrno(err)
 	}
 	defer os.RemoveAll(tmp)
 	staged := filepath.Join(tmp, "x")
@@ -128,7 +126,9 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	case layertree.ModeDir:
 		err = os.Mkdir(staged, 0o700)
 	case layertree.ModeRegular:
-		err = copyFile(ctx, tree, src.path, staged, !n.u.noSync)
+		if !ready {
+			err = copyFile(ctx, tree, src.path, staged, !n.u.noSync)
+		}
 	case layertree.ModeSymlink:
 		err = os.Symlink(e.Target, staged)
 	default:
@@ -191,6 +191,71 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	n.c.upper = true
 	n.u.mu.Unlock()
 	return 0
+}
+
+// stagingDir makes a directory of its own in the work directory for one
+// copy-up.
+func (u *Union) stagingDir() (string, error) {
+	tmp, err := os.MkdirTemp(u.workDir, "copyup-")
+	if errors.Is(err, os.ErrNotExist) {
+		if err = os.Mkdir(u.workDir, 0o700); err == nil || errors.Is(err, os.ErrExist) {
+			tmp, err = os.MkdirTemp(u.workDir, "copyup-")
+		}
+	}
+	return tmp, err
+}
+
+// stageMin is the size from which a file's data is copied for its
+// copy-up before the union's write lock is taken.
+const stageMin = 256 << 10
+
+// stageData copies the data of a lower file about to be copied up (a
+// change is coming) into the work directory, before the caller takes the
+// union's write lock: copying a large file takes seconds, and every
+// lookup, stat and open in the union waits while that lock is held.
+// Layers never change, so the copy stays good however long the change
+// waits; copyUp takes it (takeStaged). Failures are left to copyUp.
+func (n *node) stageData(ctx context.Context) {
+	c := n.u.snapshot(n.c)
+	if c.upper || c.attrs.typ() != layertree.ModeRegular || c.attrs.size < stageMin || len(c.lowers) == 0 {
+		return
+	}
+	n.u.stageMu.Lock()
+	defer n.u.stageMu.Unlock()
+	n.u.mu.Lock()
+	_, staged := n.u.staged[n.c]
+	upper := n.c.upper
+	n.u.mu.Unlock()
+	if staged || upper {
+		return
+	}
+	tmp, err := n.u.stagingDir()
+	if err != nil {
+		return
+	}
+	src := c.lowers[0]
+	if err := copyFile(ctx, n.u.layers[src.idx], src.path, filepath.Join(tmp, "x"), !n.u.noSync); err != nil {
+		os.RemoveAll(tmp)
+		return
+	}
+	n.u.mu.Lock()
+	if upper = n.c.upper; !upper { // else copied up meanwhile
+		n.u.staged[n.c] = tmp
+	}
+	n.u.mu.Unlock()
+	if upper {
+		os.RemoveAll(tmp)
+	}
+}
+
+// takeStaged hands out the data staged for c, if any: the directory
+// holding it as "x".
+func (u *Union) takeStaged(c *child) (string, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	tmp, ok := u.staged[c]
+	delete(u.staged, c)
+	return tmp, ok
 }
 
 // linkOtherNames keeps a lower hardlink set together across copy-up: every
@@ -676,6 +741,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if !ok {
 		return nil, syscall.EXDEV
 	}
+	tn.stageData(ctx)
 	n.u.lockNames(ctx)
 	defer n.u.unlockNames(ctx)
 	_, errno := n.prepareName(ctx, name)
@@ -877,6 +943,11 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	if errno := validName(newName); errno != 0 {
 		return errno
+	}
+	if ch := n.GetChild(name); ch != nil {
+		if sn, ok := ch.Operations().(*node); ok {
+			sn.stageData(ctx) // a lower file moves by a copy-up
+		}
 	}
 	n.u.lockNames(ctx)
 	defer n.u.unlockNames(ctx)
@@ -1133,6 +1204,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	if n.u.readOnly() {
 		return syscall.EROFS
 	}
+	n.stageData(ctx)
 	n.u.wmu.Lock()
 	defer n.u.unlockWrite()
 	if errno := n.copyUp(ctx); errno != 0 {
@@ -1291,6 +1363,9 @@ func (n *node) OnForget() {
 	if fd != 0 {
 		unix.Close(int(fd))
 	}
+	if tmp, ok := n.u.takeStaged(n.c); ok { // a change that never came
+		os.RemoveAll(tmp)
+	}
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
@@ -1328,6 +1403,7 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 // changeUpper copies the node up and makes change to its upper file,
 // reached as upperFileAt reaches it (follow: through a magic link).
 func (n *node) changeUpper(ctx context.Context, change func(p string, follow bool) error) syscall.Errno {
+	n.stageData(ctx)
 	n.u.wmu.Lock()
 	defer n.u.unlockWrite()
 	if errno := n.copyUp(ctx); errno != 0 {
@@ -1346,6 +1422,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		return nil, 0, syscall.EROFS
 	}
 	if write {
+		n.stageData(ctx)
 		n.u.wmu.Lock()
 		defer n.u.unlockWrite()
 		if errno := n.copyUp(ctx); errno != 0 {
