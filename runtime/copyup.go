@@ -16,13 +16,25 @@ import (
 // with their owners, modes and times. The destination is resolved inside
 // the rootfs, so an image's symlink cannot make it copy host files. Init
 // does it, with the root filesystem mounted in its namespace.
+//
+// Containers started at once with one new volume fill it once: each
+// holds the volume directory's lock (flock) while it looks and copies,
+// so the others wait and then find it full, as docker's daemon does it
+// once. Else the second found files the first had just copied (EEXIST)
+// and its container failed.
 func copyUp(rootfs string, m Mount) error {
-	ents, err := os.ReadDir(m.Source)
+	dir, err := os.Open(m.Source)
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", m.Source, err)
 	}
-	if len(ents) > 0 {
+	defer dir.Close()
+	if err := flockWait(int(dir.Fd())); err != nil {
+		return fmt.Errorf("volume %s: lock: %w", m.Source, err)
+	}
+	if names, err := dir.Readdirnames(1); len(names) > 0 {
 		return nil
+	} else if err != nil && err != io.EOF {
+		return fmt.Errorf("volume %s: %w", m.Source, err)
 	}
 	root, err := unix.Open(rootfs, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -116,4 +128,15 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// flockWait takes fd's exclusive flock, waiting for it (the kernel drops
+// it with the process, so a container killed half-way holds no one up).
+func flockWait(fd int) error {
+	for {
+		err := unix.Flock(fd, unix.LOCK_EX)
+		if err != unix.EINTR {
+			return err
+		}
+	}
 }

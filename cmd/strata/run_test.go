@@ -457,6 +457,42 @@ func TestVolumes(t *testing.T) {
 	}
 }
 
+// Containers started at once with one new volume each find it filled
+// with the image's content, copied once: none fails on files another
+// copied.
+func TestNewVolumeFilledOnceByContainersAtOnce(t *testing.T) {
+	root, ref := runImage(t)
+	// /bin: hundreds of entries, so a copy takes long enough to meet.
+	want := strings.TrimSpace(mustStrata(t, root, "run", "--rm", ref, "sh", "-c", "ls /bin | wc -l"))
+	for round := range 3 {
+		vol := fmt.Sprint("shared", round)
+		type res struct {
+			out  string
+			code int
+		}
+		results := make(chan res, 4)
+		for range 4 {
+			go func() {
+				cmd := exec.Command(strataBin, "--root", root, "run", "--rm", "-v", vol+":/bin", ref, "/bin/sh", "-c", "ls /bin | wc -l")
+				out, err := cmd.CombinedOutput()
+				code := 0
+				if ee, ok := err.(*exec.ExitError); ok {
+					code = ee.ExitCode()
+				} else if err != nil {
+					code = -1
+				}
+				results <- res{string(out), code}
+			}()
+		}
+		for range 4 {
+			if r := <-results; r.code != 0 || strings.TrimSpace(r.out) != want {
+				t.Errorf("round %d: exit %d, %q; want %s entries in /bin", round, r.code, r.out, want)
+			}
+		}
+		mustStrata(t, root, "volume", "rm", vol)
+	}
+}
+
 func TestMemoryLimit(t *testing.T) {
 	root, ref := runImage(t)
 	r := strata(t, root, "run", "--name", "hog", "-m", "16m", ref, "sh", "-c", "head -c 200m /dev/zero | tail > /dev/null")
