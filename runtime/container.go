@@ -101,6 +101,9 @@ type NotFoundError struct{ Ref string }
 
 func (e *NotFoundError) Error() string { return "no such container: " + e.Ref }
 
+// Is makes a container found gone also os.ErrNotExist.
+func (e *NotFoundError) Is(target error) bool { return target == os.ErrNotExist }
+
 // validName tells whether s is a container name docker takes:
 // [a-zA-Z0-9][a-zA-Z0-9_.-]*, after an optional "/". (Checked by hand: a
 // regexp would be compiled as every strata program starts.)
@@ -334,9 +337,12 @@ func (s *Store) lockMonitor(id string) (*fsutil.FileLock, bool) {
 // monitorHolds tells whether a monitor holds the container's lock: then
 // not even a shared lock can be had.
 func (s *Store) monitorHolds(id string) bool {
-	l, ok := fsutil.TryLockDir(s.Dir(id), true)
-	l.Unlock()
-	return !ok
+	d, err := os.Open(s.Dir(id))
+	if err != nil {
+		return false // removed: no monitor serves it
+	}
+	defer d.Close()
+	return unix.Flock(int(d.Fd()), unix.LOCK_SH|unix.LOCK_NB) != nil
 }
 
 // legacyMonitorLock is the lock file monitors of strata before 2026-12-06
@@ -421,6 +427,9 @@ func (s *Store) readState(id string) (State, error) {
 	if errors.Is(err, os.ErrNotExist) {
 		// Never started, if the container is there.
 		if _, cerr := os.Stat(filepath.Join(s.Dir(id), "config.json")); cerr != nil {
+			if errors.Is(cerr, os.ErrNotExist) { // removed meanwhile
+				return st, &NotFoundError{Ref: id[:min(12, len(id))]}
+			}
 			return st, err
 		}
 		return State{Status: StatusCreated}, nil
@@ -446,10 +455,13 @@ func (s *Store) Remove(ctx context.Context, c *Container) error {
 		return err
 	}
 	defer l.Unlock()
+	dir := s.Dir(c.ID)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return &NotFoundError{Ref: c.ID[:12]} // removed by another meanwhile
+	}
 	if s.MonitorAlive(c.ID) {
 		return fmt.Errorf("container %s is running: stop it first, or use rm -f", c.ID[:12])
 	}
-	dir := s.Dir(c.ID)
 	// Those waiting for the container (Wait) read its exit before it
 	// goes: a while at most, as a waiter may be stopped.
 	upper := filepath.Join(dir, "upper")
@@ -491,7 +503,9 @@ func (s *Store) Wait(ctx context.Context, id string) (State, error) {
 
 // WaitExit waits until the container's monitor is gone, or ctx is done.
 func (s *Store) WaitExit(ctx context.Context, id string) error {
-	if err := waitUnlocked(ctx, s.Dir(id), os.O_RDONLY|unix.O_DIRECTORY); err != nil {
+	if err := waitUnlocked(ctx, s.Dir(id), os.O_RDONLY|unix.O_DIRECTORY); errors.Is(err, os.ErrNotExist) {
+		return nil // removed: its monitor is gone
+	} else if err != nil {
 		return err
 	}
 	if _, err := os.Stat(s.legacyMonitorLock(id)); err == nil {
@@ -535,9 +549,12 @@ func (s *Store) Signal(id string, sig syscall.Signal) error {
 		return err
 	}
 	if st.Status != StatusRunning && st.Status != StatusPaused {
-		return fmt.Errorf("container %s is not running", id[:12])
+		return fmt.Errorf("container %s %w", id[:12], ErrNotRunning)
 	}
 	if err := unix.Kill(st.Pid, sig); err != nil {
+		if errors.Is(err, unix.ESRCH) { // it ended since its state was read
+			return fmt.Errorf("container %s %w", id[:12], ErrNotRunning)
+		}
 		return fmt.Errorf("signal container %s: %w", id[:12], err)
 	}
 	return nil

@@ -10,8 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrNotRunning is returned for an exec into a container that is not
-// running.
+// ErrNotRunning is returned for an exec into, or a signal to, a
+// container that is not running.
 var ErrNotRunning = errors.New("is not running")
 
 // Exec starts a process in a running container (strata exec): in its

@@ -201,7 +201,7 @@ func (a *app) stopContainer(ctx context.Context, cs *runtime.Store, c *runtime.C
 			return err
 		}
 	}
-	if err := cs.Signal(c.ID, sig); err != nil {
+	if err := cs.Signal(c.ID, sig); err != nil && !errors.Is(err, runtime.ErrNotRunning) {
 		return err
 	}
 	wctx, cancel := context.WithTimeout(ctx, time.Duration(timeout)*time.Second)
@@ -217,7 +217,7 @@ func (a *app) stopContainer(ctx context.Context, cs *runtime.Store, c *runtime.C
 // meanwhile is no error.
 func killContainer(ctx context.Context, cs *runtime.Store, c *runtime.Container) error {
 	runtime.OpenCgroup(c.ID).Freeze(false)
-	if err := cs.Signal(c.ID, syscall.SIGKILL); err != nil && cs.MonitorAlive(c.ID) {
+	if err := cs.Signal(c.ID, syscall.SIGKILL); err != nil && !errors.Is(err, runtime.ErrNotRunning) && cs.MonitorAlive(c.ID) {
 		return err
 	}
 	return cs.WaitExit(ctx, c.ID)

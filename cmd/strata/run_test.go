@@ -493,6 +493,49 @@ func TestNewVolumeFilledOnceByContainersAtOnce(t *testing.T) {
 	}
 }
 
+// rm -f of one running container by four at once: one removes it, the
+// others say there is no such container (not that it runs, nor a file
+// missing), and nothing of it is left.
+func TestRemoveForceAtOnce(t *testing.T) {
+	root, ref := runImage(t)
+	for round := range 3 {
+		name := fmt.Sprint("doomed", round)
+		mustStrata(t, root, "run", "-d", "--name", name, ref, "sleep", "100")
+		type res struct {
+			out  string
+			code int
+		}
+		results := make(chan res, 4)
+		for range 4 {
+			go func() {
+				out, err := exec.Command(strataBin, "--root", root, "rm", "-f", name).CombinedOutput()
+				code := 0
+				if ee, ok := err.(*exec.ExitError); ok {
+					code = ee.ExitCode()
+				} else if err != nil {
+					code = -1
+				}
+				results <- res{string(out), code}
+			}()
+		}
+		removed := 0
+		for range 4 {
+			switch r := <-results; {
+			case r.code == 0:
+				removed++
+			case !strings.Contains(r.out, "no such container"):
+				t.Errorf("round %d: exit %d: %s", round, r.code, r.out)
+			}
+		}
+		if removed != 1 {
+			t.Errorf("round %d: %d removals succeeded, want 1", round, removed)
+		}
+		if out := mustStrata(t, root, "ps", "-a", "-q"); out != "" {
+			t.Errorf("round %d: left: %s", round, out)
+		}
+	}
+}
+
 func TestMemoryLimit(t *testing.T) {
 	root, ref := runImage(t)
 	r := strata(t, root, "run", "--name", "hog", "-m", "16m", ref, "sh", "-c", "head -c 200m /dev/zero | tail > /dev/null")
