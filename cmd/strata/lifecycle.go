@@ -91,6 +91,12 @@ func startVerb() *verb {
 					return a.runForeground(ctx, c, *interactive, relay, nil)
 				}
 				if err := a.startDetached(c); err != nil {
+					if cs.MonitorAlive(c.ID) {
+						// Started by another start at once (ours found
+						// its monitor there): as when it was running.
+						fmt.Fprintln(a.stdout, args[0])
+						return nil
+					}
 					return a.failedStart(ctx, c, err)
 				}
 				fmt.Fprintln(a.stdout, args[0])

@@ -2,6 +2,7 @@ package main
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -466,27 +467,9 @@ func TestNewVolumeFilledOnceByContainersAtOnce(t *testing.T) {
 	want := strings.TrimSpace(mustStrata(t, root, "run", "--rm", ref, "sh", "-c", "ls /bin | wc -l"))
 	for round := range 3 {
 		vol := fmt.Sprint("shared", round)
-		type res struct {
-			out  string
-			code int
-		}
-		results := make(chan res, 4)
-		for range 4 {
-			go func() {
-				cmd := exec.Command(strataBin, "--root", root, "run", "--rm", "-v", vol+":/bin", ref, "/bin/sh", "-c", "ls /bin | wc -l")
-				out, err := cmd.CombinedOutput()
-				code := 0
-				if ee, ok := err.(*exec.ExitError); ok {
-					code = ee.ExitCode()
-				} else if err != nil {
-					code = -1
-				}
-				results <- res{string(out), code}
-			}()
-		}
-		for range 4 {
-			if r := <-results; r.code != 0 || strings.TrimSpace(r.out) != want {
-				t.Errorf("round %d: exit %d, %q; want %s entries in /bin", round, r.code, r.out, want)
+		for _, r := range strataAtOnce(t, root, 4, "run", "--rm", "-v", vol+":/bin", ref, "/bin/sh", "-c", "ls /bin | wc -l") {
+			if r.code != 0 || strings.TrimSpace(r.stdout) != want {
+				t.Errorf("round %d: exit %d, %q %s; want %s entries in /bin", round, r.code, r.stdout, r.stderr, want)
 			}
 		}
 		mustStrata(t, root, "volume", "rm", vol)
@@ -501,30 +484,13 @@ func TestRemoveForceAtOnce(t *testing.T) {
 	for round := range 3 {
 		name := fmt.Sprint("doomed", round)
 		mustStrata(t, root, "run", "-d", "--name", name, ref, "sleep", "100")
-		type res struct {
-			out  string
-			code int
-		}
-		results := make(chan res, 4)
-		for range 4 {
-			go func() {
-				out, err := exec.Command(strataBin, "--root", root, "rm", "-f", name).CombinedOutput()
-				code := 0
-				if ee, ok := err.(*exec.ExitError); ok {
-					code = ee.ExitCode()
-				} else if err != nil {
-					code = -1
-				}
-				results <- res{string(out), code}
-			}()
-		}
 		removed := 0
-		for range 4 {
-			switch r := <-results; {
+		for _, r := range strataAtOnce(t, root, 4, "rm", "-f", name) {
+			switch {
 			case r.code == 0:
 				removed++
-			case !strings.Contains(r.out, "no such container"):
-				t.Errorf("round %d: exit %d: %s", round, r.code, r.out)
+			case !strings.Contains(r.stderr, "no such container"):
+				t.Errorf("round %d: exit %d: %s", round, r.code, r.stderr)
 			}
 		}
 		if removed != 1 {
@@ -534,6 +500,48 @@ func TestRemoveForceAtOnce(t *testing.T) {
 			t.Errorf("round %d: left: %s", round, out)
 		}
 	}
+}
+
+// start of one created container by four at once: all succeed, as a
+// start of a running container does, and it runs once.
+func TestStartAtOnce(t *testing.T) {
+	root, ref := runImage(t)
+	mustStrata(t, root, "create", "--name", "once", ref, "sleep", "100")
+	for _, r := range strataAtOnce(t, root, 4, "start", "once") {
+		if r.code != 0 || r.stdout != "once\n" {
+			t.Errorf("start: exit %d, %q %s", r.code, r.stdout, r.stderr)
+		}
+	}
+	if out := mustStrata(t, root, "ps", "-q"); len(strings.Fields(out)) != 1 {
+		t.Errorf("running: %q", out)
+	}
+	mustStrata(t, root, "rm", "-f", "once")
+}
+
+// strataAtOnce runs n strata commands with args at once.
+func strataAtOnce(t *testing.T, root string, n int, args ...string) []result {
+	t.Helper()
+	out := make([]result, n)
+	var wg sync.WaitGroup
+	for i := range out {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := exec.Command(strataBin, append([]string{"--root", root}, args...)...)
+			var o, e bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &o, &e
+			err := cmd.Run()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				code, e = -1, *bytes.NewBufferString(err.Error())
+			}
+			out[i] = result{o.String(), e.String(), code}
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 func TestMemoryLimit(t *testing.T) {
