@@ -252,6 +252,14 @@ func (a *app) newContainer(ctx context.Context, f *createFlags, image string, ar
 		undo()
 		return nil, err
 	}
+	// A volume removed between its making above and the container's
+	// record (which now keeps it from removal) is made again, empty, as
+	// for a run after the removal.
+	for _, ref := range c.Volumes {
+		if _, _, err := vs.Create(ctx, ref.Name, ref.Anonymous); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
 }
 

@@ -518,6 +518,33 @@ func TestStartAtOnce(t *testing.T) {
 	mustStrata(t, root, "rm", "-f", "once")
 }
 
+// A run with a named volume and a removal of that volume at once: the run
+// succeeds either way (its volume made again if the removal came first),
+// and the removal never takes a volume a container was made with.
+func TestRunRacingVolumeRemoval(t *testing.T) {
+	root, ref := runImage(t)
+	for round := range 20 {
+		mustStrata(t, root, "volume", "create", "raced")
+		var wg sync.WaitGroup
+		var run result
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			run = strataAtOnce(t, root, 1, "run", "--name", "racer", "-v", "raced:/data", ref, "sh", "-c", "touch /data/x && echo ok")[0]
+		}()
+		strata(t, root, "volume", "rm", "raced")
+		wg.Wait()
+		if run.code != 0 || run.stdout != "ok\n" {
+			t.Errorf("round %d: run: exit %d, %q %s", round, run.code, run.stdout, run.stderr)
+		}
+		if out := mustStrata(t, root, "volume", "ls", "-q"); !slices.Contains(strings.Fields(out), "raced") {
+			t.Errorf("round %d: volumes %q, want the container's", round, out)
+		}
+		mustStrata(t, root, "rm", "-v", "racer")
+		mustStrata(t, root, "volume", "rm", "raced")
+	}
+}
+
 // strataAtOnce runs n strata commands with args at once.
 func strataAtOnce(t *testing.T, root string, n int, args ...string) []result {
 	t.Helper()
