@@ -39,6 +39,17 @@ func (k killPriv) Writev(cancel <-chan struct{}, in *fuse.WriteIn, data [][]byte
 	return k.RawFileSystem.Writev(cancel, in, data)
 }
 
+// Open notes an open with O_TRUNC by a caller without CAP_FSETID
+// (FUSE_OPEN_KILL_SUIDGID; the kernel passes O_TRUNC to the open itself,
+// FUSE_ATOMIC_O_TRUNC).
+func (k killPriv) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if in.Mode&fuse.OPEN_KILL_SUIDGID != 0 {
+		k.killing.Store(cancel, true)
+		defer k.killing.Delete(cancel)
+	}
+	return k.RawFileSystem.Open(cancel, in, out)
+}
+
 func (k killPriv) note(cancel <-chan struct{}, in *fuse.WriteIn) (forget func()) {
 	if in.WriteFlags&fuse.WRITE_KILL_SUIDGID == 0 {
 		return func() {}
@@ -47,8 +58,8 @@ func (k killPriv) note(cancel <-chan struct{}, in *fuse.WriteIn) (forget func())
 	return func() { k.killing.Delete(cancel) }
 }
 
-// mustKillPriv tells whether the write ctx serves comes from a caller
-// without CAP_FSETID.
+// mustKillPriv tells whether the write or truncating open ctx serves
+// comes from a caller without CAP_FSETID.
 func (u *Union) mustKillPriv(ctx context.Context) bool {
 	c, ok := ctx.(*fuse.Context)
 	if !ok {

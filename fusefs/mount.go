@@ -90,8 +90,10 @@ func serverOptions(o MountOptions, readOnly bool) fuse.MountOptions {
 		// Symlinks in layers never change, and one in the upper is
 		// replaced, never rewritten: the kernel may keep their targets.
 		EnableSymlinkCaching: true,
-		// Set-ID bits are killed by the union (see killPriv).
-		ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2,
+		// Set-ID bits are killed by the union (see killPriv). An open
+		// with O_TRUNC comes as one request (the union then copies no
+		// data up for a lower file it empties).
+		ExtraCapabilities: fuse.CAP_HANDLE_KILLPRIV_V2 | fuse.CAP_ATOMIC_O_TRUNC,
 	}
 	if root {
 		// mount(2) takes the VFS flags as bits, not as option strings.

@@ -972,32 +972,81 @@ func (f *heldFile) ReadAt(b []byte, off int64) (int, error) {
 	return f.File.ReadAt(b, off)
 }
 
-// While a large file is copied up (its data still coming), the rest of
-// the union goes on: a lookup, stat and listing of another file do not
-// wait for the copy.
-func TestCopyUpLetsOthersGoOn(t *testing.T) {
+// mountHeld mounts a writable union of one layer holding big (1 MiB,
+// data) and d/f, whose reads of big wait until release is called.
+func mountHeld(t *testing.T) (mnt string, data []byte, held *heldTree, release func()) {
+	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireFUSE(t)
 	mem := layertree.NewMem()
-	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	data = bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
 	mem.Add("big", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, data, nil)
 	mem.Add("d/f", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("f"), nil)
-	held := &heldTree{Tree: mem, path: "big", reading: make(chan struct{}), release: make(chan struct{})}
+	held = &heldTree{Tree: mem, path: "big", reading: make(chan struct{}), release: make(chan struct{})}
 	base := t.TempDir()
 	u, err := New(Options{Layers: []layertree.Tree{held}, UpperDir: filepath.Join(base, "u"), WorkDir: filepath.Join(base, "w")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mnt := filepath.Join(base, "m")
+	mnt = filepath.Join(base, "m")
 	os.Mkdir(mnt, 0o755)
 	srv, err := Mount(mnt, u, MountOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Unmount() })
-	var releaseOnce sync.Once
-	release := func() { releaseOnce.Do(func() { close(held.release) }) }
+	var once sync.Once
+	release = func() { once.Do(func() { close(held.release) }) }
 	t.Cleanup(release)
+	return mnt, data, held, release
+}
+
+// Emptying a lower file, by an open with O_TRUNC or a truncate to 0,
+// copies none of its data up (a lazy layer's file is not fetched for it),
+// as the kernel overlayfs copies none.
+func TestTruncatingCopiesNoData(t *testing.T) {
+	for _, how := range []string{"open O_TRUNC", "truncate 0"} {
+		t.Run(strings.ReplaceAll(how, " ", "_"), func(t *testing.T) {
+			mnt, _, held, _ := mountHeld(t)
+			p := filepath.Join(mnt, "big")
+			done := make(chan error, 1)
+			go func() {
+				if how == "truncate 0" {
+					done <- os.Truncate(p, 0)
+					return
+				}
+				f, err := os.OpenFile(p, os.O_WRONLY|os.O_TRUNC, 0)
+				if err == nil {
+					_, err = f.WriteString("new")
+					f.Close()
+				}
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-held.reading:
+				t.Fatal("the lower file was read to be emptied")
+			case <-time.After(10 * time.Second):
+				t.Fatal("emptying the file never finished")
+			}
+			want := map[string]string{"open O_TRUNC": "new", "truncate 0": ""}[how]
+			if got, err := os.ReadFile(p); err != nil || string(got) != want {
+				t.Errorf("after: %q, %v; want %q", got, err, want)
+			}
+		})
+	}
+}
+
+// While a large file is copied up (its data still coming), the rest of
+// the union goes on: a lookup, stat and listing of another file do not
+// wait for the copy.
+func TestCopyUpLetsOthersGoOn(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	mnt, data, held, release := mountHeld(t)
 
 	opened := make(chan error, 1)
 	go func() {

@@ -92,6 +92,13 @@ const nameMax = 255
 // built in the work directory and renamed into place whole, so a crash
 // never leaves a half-copied file visible. Call with wmu held.
 func (n *node) copyUp(ctx context.Context) syscall.Errno {
+	return n.copyUpWith(ctx, true)
+}
+
+// copyUpWith is copyUp; without data, a regular file is copied up empty
+// (an open with O_TRUNC is about to empty it, as the kernel overlayfs
+// then copies no data either).
+func (n *node) copyUpWith(ctx context.Context, data bool) syscall.Errno {
 	c := n.u.snapshot(n.c)
 	if c.upper {
 		return 0
@@ -126,7 +133,13 @@ func (n *node) copyUp(ctx context.Context) syscall.Errno {
 	case layertree.ModeDir:
 		err = os.Mkdir(staged, 0o700)
 	case layertree.ModeRegular:
-		if !ready {
+		switch {
+		case !data:
+			var f *os.File
+			if f, err = os.OpenFile(staged, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600); err == nil {
+				err = f.Close()
+			}
+		case !ready:
 			err = copyFile(ctx, tree, src.path, staged, !n.u.noSync)
 		}
 	case layertree.ModeSymlink:
@@ -1204,10 +1217,14 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	if n.u.readOnly() {
 		return syscall.EROFS
 	}
-	n.stageData(ctx)
+	sz, sizeSet := in.GetSize()
+	emptied := sizeSet && sz == 0 // truncate(2) to nothing: no data to copy up
+	if !emptied {
+		n.stageData(ctx)
+	}
 	n.u.wmu.Lock()
 	defer n.u.unlockWrite()
-	if errno := n.copyUp(ctx); errno != 0 {
+	if errno := n.copyUpWith(ctx, !emptied); errno != 0 {
 		return errno
 	}
 	f, p, follow := n.upperFileAt(fh)
@@ -1237,7 +1254,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 			return fs.ToErrno(err)
 		}
 	}
-	if sz, ok := in.GetSize(); ok {
+	if sizeSet {
 		var err error
 		if f != nil && writable(f.fd) {
 			err = unix.Ftruncate(f.fd, int64(sz))
@@ -1421,11 +1438,14 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if write && n.u.readOnly() {
 		return nil, 0, syscall.EROFS
 	}
+	trunc := flags&syscall.O_TRUNC != 0 // FUSE_ATOMIC_O_TRUNC: the open truncates
 	if write {
-		n.stageData(ctx)
+		if !trunc {
+			n.stageData(ctx)
+		}
 		n.u.wmu.Lock()
 		defer n.u.unlockWrite()
-		if errno := n.copyUp(ctx); errno != 0 {
+		if errno := n.copyUpWith(ctx, !trunc); errno != 0 {
 			return nil, 0, errno
 		}
 	} else {
@@ -1471,6 +1491,17 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != n.StableAttr().Mode&unix.S_IFMT {
 			unix.Close(fd)
 			return nil, 0, syscall.ESTALE
+		}
+		if trunc && n.u.mustKillPriv(ctx) {
+			// A truncate by a caller without CAP_FSETID: the kernel
+			// drops the size it knows, not the mode.
+			if killed, errno := killSetIDAt(ctx, fdPath(fd), true); errno != 0 {
+				unix.Close(fd)
+				return nil, 0, errno
+			} else if killed {
+				n.NotifyContent(-1, 0)
+				unix.Fstat(fd, &st)
+			}
 		}
 		return n.u.openedUpper(&n.Inode, n.c, fd, flags, st.Mode), fuse.FOPEN_NOFLUSH, 0
 	}
