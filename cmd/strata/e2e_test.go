@@ -63,17 +63,24 @@ type result struct {
 // strata runs the binary with a store root and returns what it printed.
 func strata(t *testing.T, root string, args ...string) result {
 	t.Helper()
+	r, err := runStrata(root, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// runStrata is strata for any goroutine: an error is one of running the
+// binary at all.
+func runStrata(root string, args ...string) (result, error) {
 	cmd := exec.Command(strataBin, append([]string{"--root", root}, args...)...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
-	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
+		return result{o.String(), e.String(), ee.ExitCode()}, nil
 	}
-	return result{o.String(), e.String(), code}
+	return result{o.String(), e.String(), 0}, err
 }
 
 func mustStrata(t *testing.T, root string, args ...string) string {

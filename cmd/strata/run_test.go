@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -554,17 +553,11 @@ func strataAtOnce(t *testing.T, root string, n int, args ...string) []result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmd := exec.Command(strataBin, append([]string{"--root", root}, args...)...)
-			var o, e bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &o, &e
-			err := cmd.Run()
-			code := 0
-			if ee, ok := err.(*exec.ExitError); ok {
-				code = ee.ExitCode()
-			} else if err != nil {
-				code, e = -1, *bytes.NewBufferString(err.Error())
+			r, err := runStrata(root, args...)
+			if err != nil {
+				r = result{stderr: err.Error(), code: -1}
 			}
-			out[i] = result{o.String(), e.String(), code}
+			out[i] = r
 		}()
 	}
 	wg.Wait()
