@@ -1085,3 +1085,91 @@ func TestCopyUpLetsOthersGoOn(t *testing.T) {
 		t.Errorf("the copied-up file: %d bytes, %v", len(got), err)
 	}
 }
+
+// heldListTree holds the listing of one directory until released, as a
+// large directory on a cold disk would.
+type heldListTree struct {
+	layertree.Tree
+	path             string
+	reading, release chan struct{}
+	once             sync.Once
+}
+
+func (h *heldListTree) ReadDir(ctx context.Context, p string) ([]layertree.Entry, error) {
+	if p == h.path {
+		h.once.Do(func() { close(h.reading) })
+		<-h.release
+	}
+	return h.Tree.ReadDir(ctx, p)
+}
+
+// While a directory is first listed (its layers slow to list), files are
+// made and renamed elsewhere in the union, and others looked up.
+func TestFirstListingLetsChangesGoOn(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	mem := layertree.NewMem()
+	mem.Add("big/a", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("a"), nil)
+	mem.Add("d/f", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("f"), nil)
+	held := &heldListTree{Tree: mem, path: "big", reading: make(chan struct{}), release: make(chan struct{})}
+	base := t.TempDir()
+	u, err := New(Options{Layers: []layertree.Tree{held}, UpperDir: filepath.Join(base, "u"), WorkDir: filepath.Join(base, "w")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := filepath.Join(base, "m")
+	os.Mkdir(mnt, 0o755)
+	srv, err := Mount(mnt, u, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Unmount() })
+	var once sync.Once
+	release := func() { once.Do(func() { close(held.release) }) }
+	t.Cleanup(release)
+
+	listed := make(chan error, 1)
+	go func() {
+		ents, err := os.ReadDir(filepath.Join(mnt, "big"))
+		if err == nil && (len(ents) != 1 || ents[0].Name() != "a") {
+			err = fmt.Errorf("listed %v", ents)
+		}
+		listed <- err
+	}()
+	select {
+	case <-held.reading:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the listing never read the layer")
+	}
+	changes := make(chan error, 1)
+	go func() {
+		err := os.WriteFile(filepath.Join(mnt, "d/new"), []byte("n"), 0o644)
+		if err == nil {
+			err = os.Rename(filepath.Join(mnt, "d/new"), filepath.Join(mnt, "d/moved"))
+		}
+		if err == nil {
+			_, err = os.Stat(filepath.Join(mnt, "d/f"))
+		}
+		changes <- err
+	}()
+	select {
+	case err := <-changes:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("a create, a rename and a stat elsewhere waited for a first listing")
+	}
+	// The directory itself moves while its listing is under way: the
+	// listing is made again where it went, and shows its content.
+	if err := os.Rename(filepath.Join(mnt, "big"), filepath.Join(mnt, "big2")); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if err := <-listed; err != nil {
+		t.Fatal(err)
+	}
+	if got := names(t, filepath.Join(mnt, "big2")); got != "a" {
+		t.Errorf("big2 lists %q", got)
+	}
+}

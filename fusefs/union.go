@@ -72,6 +72,9 @@ type Union struct {
 	// of names holds wmu until go-fuse has recorded it (lockNames).
 	namesMu      sync.Mutex
 	namesHeldFor <-chan struct{}
+	// renames counts the renames begun (under wmu): a merge made
+	// without wmu is kept only if none began meanwhile (listing).
+	renames atomic.Uint64
 	// links shares one record among the names of a hardlinked file, by
 	// inode number, so a change through one name shows through all.
 	links map[uint64]*child
@@ -356,11 +359,18 @@ func (n *node) merge(ctx context.Context) (map[string]*child, syscall.Errno) {
 // path); when this call did the merge, it calls then with the records and
 // the lower listings read, before anyone else sees them.
 func (n *node) mergeAt(ctx context.Context, path string, then func(map[string]*child, []layerRef, []listing)) (map[string]*child, syscall.Errno) {
+	children, _, errno := n.mergeIf(ctx, path, then, nil)
+	return children, errno
+}
+
+// mergeIf is mergeAt that keeps its merge only if still valid() when it
+// is done (checked under mu); else it reports stale, keeping nothing.
+func (n *node) mergeIf(ctx context.Context, path string, then func(map[string]*child, []layerRef, []listing), valid func() bool) (children map[string]*child, stale bool, errno syscall.Errno) {
 	n.u.mu.Lock()
 	if n.merged {
 		m := n.children
 		n.u.mu.Unlock()
-		return m, 0
+		return m, false, 0
 	}
 	n.u.mu.Unlock()
 	c := n.u.snapshot(n.c)
@@ -368,16 +378,19 @@ func (n *node) mergeAt(ctx context.Context, path string, then func(map[string]*c
 	if c.upper {
 		var err error
 		if upperEnts, err = n.u.upper.ReadDir(ctx, path); err != nil {
-			return nil, fs.ToErrno(err)
+			return nil, false, fs.ToErrno(err)
 		}
 	}
 	listings := n.u.readLowers(ctx, c.lowers)
 	out, lowers, errno := n.u.resolve(ctx, path, c, upperEnts, listings)
 	if errno != 0 {
-		return nil, errno
+		return nil, false, errno
 	}
 	n.u.mu.Lock()
 	defer n.u.mu.Unlock()
+	if !n.merged && valid != nil && !valid() {
+		return nil, true, 0
+	}
 	if !n.merged {
 		if then != nil {
 			then(out, c.lowers, listings)
@@ -392,7 +405,7 @@ func (n *node) mergeAt(ctx context.Context, path string, then func(map[string]*c
 			n.c.lowers = slices.Clone(lowers)
 		}
 	}
-	return n.children, 0
+	return n.children, false, 0
 }
 
 // lookupOne resolves one name of a directory not merged yet, asking each
@@ -885,9 +898,26 @@ func (n *node) getattr(fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 func (n *node) listing(ctx context.Context) ([]fuse.DirEntry, syscall.Errno) {
 	// A directory listed is often walked into: read its subdirectories'
 	// lower listings ahead (prefetcher).
-	children, errno := n.mergeAt(ctx, n.path(), n.u.pre.queueChildren)
-	if errno != 0 {
-		return nil, errno
+	//
+	// The merge reads the upper by the directory's path, without the
+	// union's write lock, which a merge of a large directory would hold
+	// for a second against every change and so every lookup: a rename
+	// that moved the directory or one above it meanwhile (seen by the
+	// count of renames) makes it merge again at the new path.
+	var children map[string]*child
+	for {
+		n.u.wmu.RLock()
+		renames, path := n.u.renames.Load(), n.path()
+		n.u.wmu.RUnlock()
+		var stale bool
+		var errno syscall.Errno
+		children, stale, errno = n.mergeIf(ctx, path, n.u.pre.queueChildren, func() bool { return n.u.renames.Load() == renames })
+		if errno != 0 {
+			return nil, errno
+		}
+		if !stale {
+			break
+		}
 	}
 	n.u.mu.Lock()
 	if n.readAhead != nil {
@@ -948,9 +978,7 @@ func dirCookie(name string) uint64 {
 // drops the cache itself whenever it changes the directory, and only
 // strata changes it.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	n.u.wmu.RLock() // the merge reads the upper by path
 	ents, errno := n.listing(ctx)
-	n.u.wmu.RUnlock()
 	if errno != 0 {
 		return nil, 0, errno
 	}

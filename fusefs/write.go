@@ -964,6 +964,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	n.u.lockNames(ctx)
 	defer n.u.unlockNames(ctx)
+	n.u.renames.Add(1) // paths may change: merges under way start over
 	// Changes keep the records of merged directories.
 	if _, errno := n.merge(ctx); errno != 0 {
 		return errno
