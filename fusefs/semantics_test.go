@@ -972,6 +972,41 @@ func (f *heldFile) ReadAt(b []byte, off int64) (int, error) {
 	return f.File.ReadAt(b, off)
 }
 
+// mountWritableTrees mounts a writable union of layers over a fresh
+// upper directory.
+func mountWritableTrees(t *testing.T, layers ...layertree.Tree) string {
+	t.Helper()
+	base := t.TempDir()
+	u, err := New(Options{Layers: layers, UpperDir: filepath.Join(base, "u"), WorkDir: filepath.Join(base, "w")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := filepath.Join(base, "m")
+	os.Mkdir(mnt, 0o755)
+	srv, err := Mount(mnt, u, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Unmount() })
+	return mnt
+}
+
+// within runs f, failing the test if it errs or takes over ten seconds
+// (it then waits on something it should not).
+func within(t *testing.T, what string, f func() error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("%s: still waiting after 10 s", what)
+	}
+}
+
 // mountHeld mounts a writable union of one layer holding big (1 MiB,
 // data) and d/f, whose reads of big wait until release is called.
 func mountHeld(t *testing.T) (mnt string, data []byte, held *heldTree, release func()) {
@@ -983,18 +1018,7 @@ func mountHeld(t *testing.T) (mnt string, data []byte, held *heldTree, release f
 	mem.Add("big", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, data, nil)
 	mem.Add("d/f", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("f"), nil)
 	held = &heldTree{Tree: mem, path: "big", reading: make(chan struct{}), release: make(chan struct{})}
-	base := t.TempDir()
-	u, err := New(Options{Layers: []layertree.Tree{held}, UpperDir: filepath.Join(base, "u"), WorkDir: filepath.Join(base, "w")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt = filepath.Join(base, "m")
-	os.Mkdir(mnt, 0o755)
-	srv, err := Mount(mnt, u, MountOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Unmount() })
+	mnt = mountWritableTrees(t, held)
 	var once sync.Once
 	release = func() { once.Do(func() { close(held.release) }) }
 	t.Cleanup(release)
@@ -1061,22 +1085,13 @@ func TestCopyUpLetsOthersGoOn(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the copy-up never read the file")
 	}
-	others := make(chan error, 1)
-	go func() {
+	within(t, "a stat and a listing of another file, during a copy-up", func() error {
 		_, err := os.Stat(filepath.Join(mnt, "d/f"))
 		if err == nil {
 			_, err = os.ReadDir(filepath.Join(mnt, "d"))
 		}
-		others <- err
-	}()
-	select {
-	case err := <-others:
-		if err != nil {
-			t.Error(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Error("a stat and a listing of another file waited for a copy-up")
-	}
+		return err
+	})
 	release()
 	if err := <-opened; err != nil {
 		t.Fatalf("open for writing: %v", err)
@@ -1112,18 +1127,7 @@ func TestFirstListingLetsChangesGoOn(t *testing.T) {
 	mem.Add("big/a", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("a"), nil)
 	mem.Add("d/f", layertree.Entry{Mode: layertree.ModeRegular | 0o644}, []byte("f"), nil)
 	held := &heldListTree{Tree: mem, path: "big", reading: make(chan struct{}), release: make(chan struct{})}
-	base := t.TempDir()
-	u, err := New(Options{Layers: []layertree.Tree{held}, UpperDir: filepath.Join(base, "u"), WorkDir: filepath.Join(base, "w")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt := filepath.Join(base, "m")
-	os.Mkdir(mnt, 0o755)
-	srv, err := Mount(mnt, u, MountOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Unmount() })
+	mnt := mountWritableTrees(t, held)
 	var once sync.Once
 	release := func() { once.Do(func() { close(held.release) }) }
 	t.Cleanup(release)
@@ -1141,8 +1145,7 @@ func TestFirstListingLetsChangesGoOn(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the listing never read the layer")
 	}
-	changes := make(chan error, 1)
-	go func() {
+	within(t, "a create, a rename and a stat elsewhere, during a first listing", func() error {
 		err := os.WriteFile(filepath.Join(mnt, "d/new"), []byte("n"), 0o644)
 		if err == nil {
 			err = os.Rename(filepath.Join(mnt, "d/new"), filepath.Join(mnt, "d/moved"))
@@ -1150,16 +1153,8 @@ func TestFirstListingLetsChangesGoOn(t *testing.T) {
 		if err == nil {
 			_, err = os.Stat(filepath.Join(mnt, "d/f"))
 		}
-		changes <- err
-	}()
-	select {
-	case err := <-changes:
-		if err != nil {
-			t.Error(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Error("a create, a rename and a stat elsewhere waited for a first listing")
-	}
+		return err
+	})
 	// The directory itself moves while its listing is under way: the
 	// listing is made again where it went, and shows its content.
 	if err := os.Rename(filepath.Join(mnt, "big"), filepath.Join(mnt, "big2")); err != nil {
