@@ -241,12 +241,17 @@ func (u *Union) ino(idx int, path string, e layertree.Entry) uint64 {
 		return uint64(idx+1)<<48 | e.Ino&low
 	}
 	// Trees without inode numbers (in memory): a hash of the path.
+	return uint64(idx+1)<<48 | fnv1a(path)&low
+}
+
+// fnv1a is the 64-bit FNV-1a hash of s.
+func fnv1a(s string) uint64 {
 	h := uint64(14695981039346656037)
-	for i := 0; i < len(path); i++ {
-		h ^= uint64(path[i])
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
 		h *= 1099511628211
 	}
-	return uint64(idx+1)<<48 | h&low
+	return h
 }
 
 // path is the node's path in the union, "" for the root.
@@ -966,12 +971,7 @@ func (n *node) listing(ctx context.Context) ([]fuse.DirEntry, syscall.Errno) {
 // that was there all along exactly once. Listings are in cookie order.
 // 3 and up: 1 and 2 are "." and "..".
 func dirCookie(name string) uint64 {
-	h := uint64(14695981039346656037) // FNV-1a
-	for i := 0; i < len(name); i++ {
-		h ^= uint64(name[i])
-		h *= 1099511628211
-	}
-	return h>>2 + 3 // room above for collisions, below 2^63
+	return fnv1a(name)>>2 + 3 // room above for collisions, below 2^63
 }
 
 // OpendirHandle lets the kernel cache the listing (FOPEN_CACHE_DIR): it
