@@ -77,11 +77,19 @@ func (u *Union) mustKillPriv(ctx context.Context) bool {
 // the mode alone (statx STATX_MODE, as stat(1) -c %A does) would show the
 // bits still set.
 func (f *upperFile) killSetID(ctx context.Context) syscall.Errno {
-	killed, errno := killSetIDAt(ctx, fdPath(f.fd), true)
-	if killed && f.inode != nil {
-		f.inode.NotifyContent(-1, 0) // attributes only
-	}
+	_, errno := killSetIDOf(ctx, f.inode, f.fd)
 	return errno
+}
+
+// killSetIDOf kills the set-ID bits of fd, open on inode's file (nil for
+// a descriptor borrowed), as killSetID does, telling the kernel when it
+// had any; it says whether it had.
+func killSetIDOf(ctx context.Context, inode *fs.Inode, fd int) (bool, syscall.Errno) {
+	killed, errno := killSetIDAt(ctx, fdPath(fd), true)
+	if killed && inode != nil {
+		inode.NotifyContent(-1, 0) // attributes only
+	}
+	return killed, errno
 }
 
 // killSetIDAt kills the set-ID bits of the file at p (follow: through a

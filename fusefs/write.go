@@ -1496,11 +1496,10 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		if trunc && n.u.mustKillPriv(ctx) {
 			// A truncate by a caller without CAP_FSETID: the kernel
 			// drops the size it knows, not the mode.
-			if killed, errno := killSetIDAt(ctx, fdPath(fd), true); errno != 0 {
+			if killed, errno := killSetIDOf(ctx, &n.Inode, fd); errno != 0 {
 				unix.Close(fd)
 				return nil, 0, errno
 			} else if killed {
-				n.NotifyContent(-1, 0)
 				unix.Fstat(fd, &st)
 			}
 		}
