@@ -523,15 +523,7 @@ func waitUnlocked(ctx context.Context, path string, flags int) error {
 	}
 	defer f.Close()
 	done := make(chan error, 1)
-	go func() {
-		for {
-			err := unix.Flock(int(f.Fd()), unix.LOCK_SH)
-			if !errors.Is(err, unix.EINTR) {
-				done <- err
-				return
-			}
-		}
-	}()
+	go func() { done <- flockWait(int(f.Fd()), unix.LOCK_SH) }()
 	select {
 	case err := <-done:
 		unix.Flock(int(f.Fd()), unix.LOCK_UN)

@@ -28,7 +28,7 @@ func copyUp(rootfs string, m Mount) error {
 		return fmt.Errorf("volume %s: %w", m.Source, err)
 	}
 	defer dir.Close()
-	if err := flockWait(int(dir.Fd())); err != nil {
+	if err := flockWait(int(dir.Fd()), unix.LOCK_EX); err != nil {
 		return fmt.Errorf("volume %s: lock: %w", m.Source, err)
 	}
 	if names, err := dir.Readdirnames(1); len(names) > 0 {
@@ -130,12 +130,12 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
-// flockWait takes fd's exclusive flock, waiting for it (the kernel drops
-// it with the process, so a container killed half-way holds no one up).
-func flockWait(fd int) error {
+// flockWait takes the flock how (LOCK_EX, LOCK_SH) on fd, waiting for it
+// through signals (the kernel drops a flock with the process, so a
+// container killed half-way holds no one up).
+func flockWait(fd, how int) error {
 	for {
-		err := unix.Flock(fd, unix.LOCK_EX)
-		if err != unix.EINTR {
+		if err := unix.Flock(fd, how); !errors.Is(err, unix.EINTR) {
 			return err
 		}
 	}
