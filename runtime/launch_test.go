@@ -2,12 +2,14 @@ package runtime
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
 	goruntime "runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/stratafs/strata/internal/testenv"
@@ -31,14 +33,14 @@ func TestLaunchAbort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid := l.cmd.Process.Pid
+	pid := l.proc.pid
 	self, _ := os.Readlink("/proc/self/ns/pid")
 	its, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/pid")
 	if err != nil || its == self {
 		t.Errorf("launched init's PID namespace %q (%v), want one of its own (ours: %q)", its, err, self)
 	}
 	l.Abort()
-	if l.cmd.ProcessState == nil {
+	if !l.proc.Exited() {
 		t.Fatal("init not reaped after Abort")
 	}
 	if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
@@ -93,5 +95,40 @@ func TestResolvingHoldsTheRoot(t *testing.T) {
 	c := r.wait()
 	if c.userErr != nil || c.user.home != "/root" {
 		t.Errorf("lookups after the root moved: %+v, %v", c.user, c.userErr)
+	}
+}
+
+// A started process gives its exit code, docker's 128+N when killed by
+// signal N, and, once reaped, takes no signal, so none can reach a process
+// that took its PID.
+func TestChildExitAndSignal(t *testing.T) {
+	sh := &syscall.SysProcAttr{}
+	for _, tc := range []struct {
+		script string
+		kill   bool
+		want   int
+	}{
+		{"exit 3", false, 3},
+		{"exec sleep 60", true, 128 + int(syscall.SIGKILL)},
+	} {
+		c, err := forkExec("/bin/sh", []string{"sh", "-c", tc.script}, make([]*os.File, 3), sh)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.kill {
+			if err := c.Kill(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ws, err := c.Wait()
+		if err != nil || exitCode(ws) != tc.want {
+			t.Errorf("sh -c %q: exit code %d (%v), want %d", tc.script, exitCode(ws), err, tc.want)
+		}
+		if ws2, _ := c.Wait(); ws2 != ws {
+			t.Errorf("second Wait: %v, want %v", ws2, ws)
+		}
+		if err := c.Signal(syscall.SIGTERM); !errors.Is(err, os.ErrProcessDone) {
+			t.Errorf("signal after exit: %v, want os.ErrProcessDone", err)
+		}
 	}
 }

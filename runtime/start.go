@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	goruntime "runtime"
 	"sync"
 	"syscall"
@@ -24,7 +23,7 @@ type Stdio struct {
 // Process is a started container process: PID 1 of its namespaces, or a
 // process started in them by exec.
 type Process struct {
-	cmd *exec.Cmd
+	proc *child
 	// Pid is the process's ID in strata's PID namespace.
 	Pid int
 	// Console is the master side of the process's terminal (Spec.Tty).
@@ -54,7 +53,7 @@ type LaunchOptions struct {
 // the monitor's work of making the container. Start sends the spec; Abort
 // ends one that is not to be started.
 type Launched struct {
-	cmd                                   *exec.Cmd
+	proc                                  *child
 	specW, statusR, consoleHere, mountedR *os.File
 	// Device is the FUSE device init is to mount the root filesystem
 	// from (Spec.RootfsMount); the server keeps a descriptor of its own.
@@ -205,41 +204,40 @@ func (l *Launched) launch(stdio Stdio, tty bool, cloneFlags uintptr, join *os.Fi
 		defer consoleThere.Close()
 		ours = append(ours, l.consoleHere)
 	}
-	files := make([]*os.File, binaryFd-specFd+1)
-	files[specFd-3], files[statusFd-3], files[consoleFd-3], files[joinFd-3] = specR, statusW, consoleThere, join
-	for fd, f := range extra {
-		files[fd-3] = f
+	// Descriptors 0 to binaryFd; nil is closed in the child.
+	files := make([]*os.File, binaryFd+1)
+	files[0], files[1], files[2] = stdio.Stdin, stdio.Stdout, stdio.Stderr
+	if files[0] == nil || files[1] == nil || files[2] == nil {
+		null, err := os.OpenFile(os.DevNull, os.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer null.Close()
+		for i := range 3 {
+			if files[i] == nil {
+				files[i] = null
+			}
+		}
 	}
-	files[binaryFd-3] = binary.file
-	cmd := &exec.Cmd{
-		Path:       binary.executable(binaryFd),
-		Args:       []string{"strata", "init"},
-		Env:        []string{},
-		ExtraFiles: files,
-		SysProcAttr: &syscall.SysProcAttr{
-			Cloneflags: cloneFlags,
-			// A session of its own, so a terminal can be its controlling one.
-			Setsid: true,
-		},
+	files[specFd], files[statusFd], files[consoleFd], files[joinFd] = specR, statusW, consoleThere, join
+	for fd, f := range extra {
+		files[fd] = f
+	}
+	files[binaryFd] = binary.file
+	attr := &syscall.SysProcAttr{
+		Cloneflags: cloneFlags,
+		// A session of its own, so a terminal can be its controlling one.
+		Setsid: true,
 	}
 	if join == nil {
 		// The container dies with its monitor, which serves its rootfs.
-		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+		attr.Pdeathsig = syscall.SIGKILL
 	}
-	// Assigned one by one: a nil *os.File must stay a nil io.Reader.
-	if stdio.Stdin != nil {
-		cmd.Stdin = stdio.Stdin
-	}
-	if stdio.Stdout != nil {
-		cmd.Stdout = stdio.Stdout
-	}
-	if stdio.Stderr != nil {
-		cmd.Stderr = stdio.Stderr
-	}
-	if err := startIn(cmd, join); err != nil {
+	proc, err := startIn(binary.executable(binaryFd), files, attr, join)
+	if err != nil {
 		return fmt.Errorf("start container init: %w", err)
 	}
-	l.cmd, l.specW, l.statusR = cmd, specW, statusR
+	l.proc, l.specW, l.statusR = proc, specW, statusR
 	return nil
 }
 
@@ -250,8 +248,8 @@ func (l *Launched) Abort() {
 		return
 	}
 	l.started = true
-	l.cmd.Process.Kill()
-	l.cmd.Wait()
+	l.proc.Kill()
+	l.proc.Wait()
 	l.close()
 }
 
@@ -296,7 +294,7 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 	}
 	l.started = true
 	defer l.close()
-	cmd := l.cmd
+	proc := l.proc
 	// Init mounts the root filesystem once it has read the spec: serve it
 	// then. If init fails first, the pipe closes empty.
 	served := make(chan error, 1)
@@ -313,19 +311,19 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 			err := rootfs.Serve()
 			if err != nil {
 				// Init waits for the mount to answer: it cannot go on.
-				cmd.Process.Kill()
+				proc.Kill()
 			}
 			served <- err
 		}()
 	} else {
 		served <- nil
 	}
-	p := &Process{cmd: cmd, Pid: cmd.Process.Pid}
+	p := &Process{proc: proc, Pid: proc.pid}
 	// Whatever happens, the device is not served after start returns.
 	waitServed := sync.OnceValue(func() error { return <-served })
 	fail := func(err error) (*Process, error) {
-		cmd.Process.Kill()
-		cmd.Wait()
+		proc.Kill()
+		proc.Wait()
 		waitServed()
 		return nil, err
 	}
@@ -344,7 +342,7 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 		return fail(err)
 	}
 	if err := waitServed(); err != nil {
-		cmd.Wait()
+		proc.Wait()
 		return nil, err
 	}
 	if len(msg) > 0 {
@@ -352,7 +350,7 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 		if err := json.Unmarshal(msg, &ie); err != nil {
 			ie = InitError{Code: 125, Msg: fmt.Sprintf("container init: %s", msg)}
 		}
-		cmd.Wait()
+		proc.Wait()
 		return nil, &ie
 	}
 	if l.consoleHere != nil {
@@ -364,24 +362,31 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 	return p, nil
 }
 
-// startIn starts cmd; with join, in the PID namespace of the process the
-// pidfd join refers to. Only children enter a PID namespace, so the
-// thread that forks joins it first; that thread is then unfit for other
-// goroutines and is left locked, so that it ends with this one.
-func startIn(cmd *exec.Cmd, join *os.File) error {
+// startIn starts path (forkExec); with join, in the PID namespace of the
+// process the pidfd join refers to. Only children enter a PID namespace,
+// so the thread that forks joins it first; that thread is then unfit for
+// other goroutines and is left locked, so that it ends with this one.
+func startIn(path string, files []*os.File, attr *syscall.SysProcAttr, join *os.File) (*child, error) {
+	argv := []string{"strata", "init"}
 	if join == nil {
-		return cmd.Start()
+		return forkExec(path, argv, files, attr)
 	}
-	done := make(chan error, 1)
+	type started struct {
+		c   *child
+		err error
+	}
+	done := make(chan started, 1)
 	go func() {
 		goruntime.LockOSThread()
 		if err := unix.Setns(int(join.Fd()), unix.CLONE_NEWPID); err != nil {
-			done <- fmt.Errorf("join the container's PID namespace: %w", err)
+			done <- started{err: fmt.Errorf("join the container's PID namespace: %w", err)}
 			return
 		}
-		done <- cmd.Start()
+		c, err := forkExec(path, argv, files, attr)
+		done <- started{c, err}
 	}()
-	return <-done
+	s := <-done
+	return s.c, s.err
 }
 
 // receiveFd takes one descriptor sent over a unix socket.
@@ -428,26 +433,18 @@ func (p *Process) Forward(sigs <-chan os.Signal) (stop func()) {
 	return func() { close(done) }
 }
 
-// Signal sends sig to the process.
+// Signal sends sig to the process; one that has ended gets nothing
+// (os.ErrProcessDone).
 func (p *Process) Signal(sig syscall.Signal) error {
-	return p.cmd.Process.Signal(sig)
+	return p.proc.Signal(sig)
 }
 
 // Wait waits for the process to end and returns its exit code as docker
 // reports it: its own code, or 128+N when killed by signal N.
 func (p *Process) Wait() (int, error) {
-	err := p.cmd.Wait()
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
+	ws, err := p.proc.Wait()
+	if err != nil {
 		return -1, err
 	}
-	return ExitCode(p.cmd.ProcessState), nil
-}
-
-// ExitCode is docker's exit code for a finished process.
-func ExitCode(ps *os.ProcessState) int {
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return 128 + int(ws.Signal())
-	}
-	return ps.ExitCode()
+	return exitCode(ws), nil
 }
