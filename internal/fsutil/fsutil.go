@@ -58,14 +58,37 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode, durable bool) e
 	if err := f.Close(); err != nil {
 		return err
 	}
+	if !durable {
+		ok = true
+		return replaceWith(tmp, path)
+	}
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
 	ok = true
-	if !durable {
+	return SyncDir(dir)
+}
+
+// replaceWith puts the file tmp at path, and removes it from tmp.
+//
+// Over an existing file the names are exchanged and the old file removed:
+// a rename over a file makes ext4 (auto_da_alloc) allocate the new file's
+// blocks at once and start writing them out, as a crash guard for files
+// replaced without a sync, and removing the file later then frees blocks
+// (each a discard, on a disk mounted with discard). Files replaced here
+// are not synced on purpose; a container's state, replaced at every start
+// and exit and removed with it, would cost 0.1–0.3 ms more each time.
+func replaceWith(tmp, path string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_EXCHANGE)
+	if err == nil {
+		os.Remove(tmp) // now the old file
 		return nil
 	}
-	return SyncDir(dir)
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
 }
 
 // SyncDir makes a directory's entries durable.
