@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -165,7 +166,7 @@ func (s *Store) Create(ctx context.Context, c *Container) error {
 		}
 	}
 	dir := s.Dir(c.ID)
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	if err := s.makeDir(dir); err != nil {
 		return fmt.Errorf("create container: %w", err)
 	}
 	// One file: a container not started has no state.json (readState),
@@ -227,6 +228,8 @@ func (s *Store) list() (cs []*Container, broken []string, err error) {
 			continue
 		case strings.HasPrefix(e.Name(), removing):
 			broken = append(broken, e.Name())
+			continue
+		case e.Name() == spares:
 			continue
 		}
 		c, err := s.load(e.Name())
@@ -476,7 +479,100 @@ func (s *Store) Remove(ctx context.Context, c *Container) error {
 		return fmt.Errorf("remove container %s: %w", c.ID[:12], err)
 	}
 	removeRunDir(c.ID) // a killed monitor's
-	return os.RemoveAll(gone)
+	return s.recycle(gone)
+}
+
+// spares is the directory, in the store, of emptied container directories
+// kept for new containers, maxSpares the most it keeps. On a disk mounted
+// with discard (as cloud disks often are) removing a directory costs a
+// discard of its block, 0.1–0.2 ms each here, where making one costs
+// 10 µs: a container started and removed (run --rm) would pay for two,
+// its directory and its container layer's, on the path of every start.
+const (
+	spares    = ".spare"
+	maxSpares = 4
+)
+
+// makeDir makes a container's directory: a spare one renamed into place,
+// with its empty container layer, or a new one.
+func (s *Store) makeDir(dir string) error {
+	names, _ := dirNames(filepath.Join(s.dir, spares))
+	for _, name := range names {
+		if os.Rename(filepath.Join(s.dir, spares, name), dir) == nil {
+			// The container layer's root shows in the container as its
+			// root directory: its times are the container's.
+			unix.UtimesNano(filepath.Join(dir, "upper"), nil)
+			return nil
+		}
+	}
+	return os.Mkdir(dir, 0o700)
+}
+
+// recycle empties a removed container's directory into a spare one, or
+// removes it when there are spares enough. The container layer's
+// directory stays only when it is empty and as run makes it: a container
+// may have changed its root's owner, mode or extended attributes, which
+// the next container must not inherit.
+func (s *Store) recycle(gone string) error {
+	names, err := dirNames(filepath.Join(s.dir, spares))
+	if err != nil && !errors.Is(err, os.ErrNotExist) || len(names) >= maxSpares {
+		return os.RemoveAll(gone)
+	}
+	ents, err := dirNames(gone)
+	if err != nil {
+		return os.RemoveAll(gone)
+	}
+	for _, name := range ents {
+		p := filepath.Join(gone, name)
+		if name == "upper" && asMade(p, 0o755) && emptyDir(p) {
+			continue
+		}
+		if err := os.RemoveAll(p); err != nil {
+			return err
+		}
+	}
+	if !asMade(gone, 0o700) {
+		return os.RemoveAll(gone)
+	}
+	if err := os.Mkdir(filepath.Join(s.dir, spares), 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return os.RemoveAll(gone)
+	}
+	if os.Rename(gone, filepath.Join(s.dir, spares, strings.TrimPrefix(filepath.Base(gone), removing))) != nil {
+		return os.RemoveAll(gone)
+	}
+	return nil
+}
+
+// asMade tells whether p is a directory as this process makes one with
+// perm: that mode, its owner, and no extended attributes (no ACL either).
+func asMade(p string, perm uint32) bool {
+	var st unix.Stat_t
+	if unix.Lstat(p, &st) != nil || st.Mode != unix.S_IFDIR|perm || int(st.Uid) != os.Geteuid() || int(st.Gid) != os.Getegid() {
+		return false
+	}
+	n, err := unix.Llistxattr(p, nil)
+	return err == nil && n == 0
+}
+
+// emptyDir tells whether the directory dir has no entries.
+func emptyDir(dir string) bool {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	_, err = f.Readdirnames(1)
+	return err == io.EOF
+}
+
+// dirNames lists dir's names, unsorted.
+func dirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
 }
 
 // Wait waits until the container's monitor is gone, or ctx is done, and

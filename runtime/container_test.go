@@ -4,7 +4,11 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/fsutil"
 )
@@ -131,5 +135,158 @@ func TestMonitorAlive(t *testing.T) {
 		if e.Name() != "config.json" && e.Name() != "monitor.lock" {
 			t.Errorf("a created container has %s", e.Name())
 		}
+	}
+}
+
+// A removed container's directory, emptied, serves the next container:
+// on a disk mounted with discard, removing a directory costs far more
+// than making one. What the old container left or changed never reaches
+// the new one: its files, its state, a container layer whose root it
+// changed.
+func TestRemovedDirectoriesServeNewContainers(t *testing.T) {
+	ctx := context.Background()
+	s, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// create makes a container whose container layer is as run makes it.
+	create := func() (*Container, string) {
+		t.Helper()
+		c := &Container{Image: "busybox", AutoRemove: true}
+		if err := s.Create(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		upper := filepath.Join(s.Dir(c.ID), "upper")
+		if err := os.MkdirAll(upper, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(upper, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return c, upper
+	}
+	inode := func(p string) uint64 {
+		t.Helper()
+		var st syscall.Stat_t
+		if err := syscall.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	for _, tc := range []struct {
+		name string
+		// change is what the old container does to its directory; keep
+		// whether the new one may have its container layer.
+		change func(dir, upper string) error
+		keep   bool
+	}{
+		{"ran and wrote its log", func(dir, upper string) error {
+			if err := s.SetState(filepath.Base(dir), State{Status: StatusExited, ExitCode: 3}); err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(dir, "container.log"), []byte("{}\n"), 0o600)
+		}, true},
+		{"wrote to its container layer", func(dir, upper string) error {
+			if err := os.MkdirAll(filepath.Join(upper, "etc"), 0o755); err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(upper, "etc", "motd"), []byte("old"), 0o644)
+		}, false},
+		{"changed its root's mode", func(dir, upper string) error { return os.Chmod(upper, 0o700) }, false},
+		{"changed its root's owner", func(dir, upper string) error { return os.Chown(upper, 1000, 1000) }, false},
+		{"set an attribute on its root", func(dir, upper string) error {
+			if err := unix.Setxattr(upper, "user.strata-test", []byte("x"), 0); err != nil {
+				t.Skipf("extended attributes on %s: %v", upper, err)
+			}
+			return nil
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old, upper := create()
+			dirIno, upperIno := inode(s.Dir(old.ID)), inode(upper)
+			if err := tc.change(s.Dir(old.ID), upper); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Remove(ctx, old); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(s.Dir(old.ID)); !os.IsNotExist(err) {
+				t.Fatalf("removed container's directory still there: %v", err)
+			}
+			if all, err := s.List(); err != nil || len(all) != 0 {
+				t.Fatalf("containers after the removal: %v, %v", all, err)
+			}
+			c := &Container{Image: "busybox"}
+			if err := s.Create(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			dir := s.Dir(c.ID)
+			if inode(dir) != dirIno {
+				t.Errorf("new container's directory is not the removed one's")
+			}
+			names, err := dirNames(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(names)
+			want := []string{"config.json"}
+			if tc.keep {
+				want = []string{"config.json", "upper"}
+			}
+			if !slices.Equal(names, want) {
+				t.Errorf("new container's directory holds %v, want %v", names, want)
+			}
+			if tc.keep && inode(filepath.Join(dir, "upper")) != upperIno {
+				t.Errorf("new container's layer is not the removed one's")
+			}
+			if st, err := s.State(c.ID); err != nil || st.Status != StatusCreated {
+				t.Errorf("new container's state: %+v, %v", st, err)
+			}
+			if err := s.Remove(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// Only a few spare directories are kept, and nothing lists them as
+// containers or removes them as broken.
+func TestSpareDirectoriesAreFew(t *testing.T) {
+	ctx := context.Background()
+	s, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var made []*Container
+	for range maxSpares + 3 {
+		c := &Container{Image: "busybox"}
+		if err := s.Create(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		made = append(made, c)
+	}
+	for _, c := range made {
+		if err := s.Remove(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spareNames := func() []string {
+		names, err := dirNames(filepath.Join(s.dir, spares))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return names
+	}
+	if n := len(spareNames()); n != maxSpares {
+		t.Errorf("%d spare directories after %d removals, want %d", n, len(made), maxSpares)
+	}
+	if all, err := s.List(); err != nil || len(all) != 0 {
+		t.Errorf("containers: %v, %v", all, err)
+	}
+	if err := s.Create(ctx, &Container{Image: "busybox"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(spareNames()); n != maxSpares-1 {
+		t.Errorf("%d spare directories after a create took one, want %d", n, maxSpares-1)
 	}
 }
