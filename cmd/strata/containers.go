@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -494,7 +495,7 @@ func (a *app) runForeground(ctx context.Context, c *runtime.Container, interacti
 		launched.Abort()
 		return runError(err)
 	}
-	o := runtime.RunOptions{Stdout: a.stdout, Stderr: a.stderr, Signals: relay.signals(), Launched: launched}
+	o := runtime.RunOptions{Stdout: a.stdout, Stderr: a.stderr, Signals: relay.signals(), Started: relay.commandStarted, Launched: launched}
 	if interactive {
 		o.Stdin = os.Stdin
 	}
@@ -538,29 +539,64 @@ func serverMemory() {
 // container's own.
 var errSilent = errors.New("")
 
-// signalRelay catches the signals strata passes on to a container. Each
-// registration is a round trip to the Go runtime's signal thread (for the
-// 27 signals, about a millisecond), so it is done while the container is
-// being made, and never undone: the process exits when its container
-// does.
+// signalRelay catches the signals strata passes on to a container, and
+// never lets them go: the process exits when its container does.
+//
+// Each registration is a round trip to the Go runtime's signal thread,
+// four context switches here (all 27 signals: about 0.4 ms off a
+// container start, whose two CPUs they share). So the six signals users
+// send to a running container (earlySignals) are registered at once, on
+// a goroutine, while the container is made, and the others once its
+// command has run for laterSignalsAfter. One of those sent sooner gets
+// Go's default: ignored, for most; strata ends, for the few that mean a
+// crash when sent by kill(1) (SIGABRT, SIGSEGV, ...); strata stops, for
+// SIGTSTP.
 type signalRelay struct {
 	c          chan os.Signal
 	registered chan struct{}
+	later      sync.Once
 }
+
+// laterSignalsAfter is how long a command runs before the signals other
+// than earlySignals are registered: a container that ends sooner never
+// pays for them.
+const laterSignalsAfter = 10 * time.Millisecond
 
 func relaySignals() *signalRelay {
 	r := &signalRelay{c: make(chan os.Signal, 8), registered: make(chan struct{})}
 	go func() {
-		signal.Notify(r.c, forwardedSignals()...)
+		signal.Notify(r.c, earlySignals()...)
 		close(r.registered)
 	}()
 	return r
 }
 
-// signals is the channel, once every signal is registered.
+// signals is the channel, once earlySignals are registered.
 func (r *signalRelay) signals() <-chan os.Signal {
 	<-r.registered
 	return r.c
+}
+
+// commandStarted registers the other forwarded signals, laterSignalsAfter
+// from now.
+func (r *signalRelay) commandStarted() {
+	r.later.Do(func() {
+		time.AfterFunc(laterSignalsAfter, func() {
+			var rest []os.Signal
+			for _, s := range forwardedSignals() {
+				if !slices.Contains(earlySignals(), s) {
+					rest = append(rest, s)
+				}
+			}
+			signal.Notify(r.c, rest...)
+		})
+	})
+}
+
+// earlySignals are those users send to a running container: to end it
+// (and, left to Go's default, strata itself), to reload, to reopen logs.
+func earlySignals() []os.Signal {
+	return []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
 }
 
 // forwardedSignals are those strata run passes to the container: all that

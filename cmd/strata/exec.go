@@ -118,6 +118,7 @@ func (a *app) execIn(ref string, argv []string, o execOptions) (int, error) {
 		// Its parent gone, the container's init adopts it.
 		return 0, nil
 	}
+	relay.commandStarted()
 	var copying sync.WaitGroup
 	if p.Console != nil {
 		if terminal {

@@ -2,9 +2,12 @@ package main
 
 import (
 	"archive/tar"
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -693,5 +696,76 @@ func TestRunNetwork(t *testing.T) {
 	}
 	if name != hostname {
 		t.Errorf("--network host: hostname %q, want the host's %q", name, hostname)
+	}
+}
+
+// Signals sent to a foreground strata run reach the container's command:
+// those users send to a running container (earlySignals) from its first
+// moment, the others once it has run a while (until then, Go ignores
+// them: they are sent again until heard).
+func TestRunForwardsSignals(t *testing.T) {
+	root, ref := runImage(t)
+	for _, tc := range []struct {
+		sig   syscall.Signal
+		name  string
+		code  int
+		early bool
+	}{
+		{syscall.SIGTERM, "TERM", 8, true},
+		{syscall.SIGINT, "INT", 9, true},
+		{syscall.SIGUSR1, "USR1", 10, true},
+		{syscall.SIGALRM, "ALRM", 11, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			script := fmt.Sprintf("trap 'echo got %s; exit %d' %s; echo ready; sleep 600 & wait", tc.name, tc.code, tc.name)
+			cmd := exec.Command(strataBin, "--root", root, "run", "--rm", ref, "sh", "-c", script)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			out := bufio.NewReader(stdout)
+			if line, err := out.ReadString('\n'); line != "ready\n" {
+				cmd.Process.Kill()
+				cmd.Wait()
+				t.Fatalf("first line %q (%v); stderr: %s", line, err, stderr.String())
+			}
+			type ended struct {
+				rest string
+				err  error
+			}
+			done := make(chan ended, 1)
+			go func() {
+				rest, _ := io.ReadAll(out)
+				done <- ended{string(rest), cmd.Wait()}
+			}()
+			var e ended
+			for deadline := time.Now().Add(20 * time.Second); ; {
+				if err := cmd.Process.Signal(tc.sig); err != nil {
+					t.Fatal(err)
+				}
+				wait := 100 * time.Millisecond
+				if tc.early {
+					wait = time.Until(deadline) // once is enough
+				}
+				select {
+				case e = <-done:
+				case <-time.After(wait):
+					if time.Now().Before(deadline) {
+						continue
+					}
+					cmd.Process.Kill()
+					e = <-done
+				}
+				break
+			}
+			if code := cmd.ProcessState.ExitCode(); code != tc.code || e.rest != "got "+tc.name+"\n" {
+				t.Errorf("SIG%s: exit %d, output %q, want %d and the trap's line; stderr: %s", tc.name, code, e.rest, tc.code, stderr.String())
+			}
+		})
 	}
 }
