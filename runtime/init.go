@@ -232,9 +232,8 @@ func setupContainer(spec *Spec, enterCgroup func() error, r *resolving) error {
 	if resolvableEarly(spec) {
 		r.start(spec, spec.Rootfs, false)
 	}
-	if err := setupRootfs(spec); err != nil {
-		return err
-	}
+	// Done while the monitor answers the new mount's INIT, which the
+	// first lookup in it (setupRootfs's) would wait for.
 	if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
 		return fmt.Errorf("init: hostname: %w", err)
 	}
@@ -242,6 +241,9 @@ func setupContainer(spec *Spec, enterCgroup func() error, r *resolving) error {
 		if err := loopbackUp(); err != nil {
 			return fmt.Errorf("init: bring up lo: %w", err)
 		}
+	}
+	if err := setupRootfs(spec); err != nil {
+		return err
 	}
 	if err := pivotRoot(spec.Rootfs); err != nil {
 		return err
