@@ -80,6 +80,10 @@ func initContainer(status *os.File) (int, error) {
 	if !readable(specFd) {
 		json.Unmarshal([]byte(warmSpec), new(Spec))
 	}
+	attach, err := receiveStart(specFd)
+	if err != nil {
+		return 0, fmt.Errorf("init: read spec: %w", err)
+	}
 	var spec Spec
 	if err := json.NewDecoder(in).Decode(&spec); err != nil {
 		return 0, fmt.Errorf("init: read spec: %w", err)
@@ -123,11 +127,12 @@ func initContainer(status *os.File) (int, error) {
 		return nil
 	})
 	r := &resolving{done: make(chan struct{})}
-	setup := setupContainer
 	if spec.Join {
-		setup = joinContainer
+		err = joinContainer(&spec, enterCgroup, r)
+	} else {
+		err = setupContainer(&spec, attach, enterCgroup, r)
 	}
-	if err := setup(&spec, enterCgroup, r); err != nil {
+	if err != nil {
 		return 0, err
 	}
 	r.start(&spec, "/", spec.Join)
@@ -212,7 +217,7 @@ func resolvableEarly(spec *Spec) bool {
 
 // setupContainer makes the container's world as PID 1 of its new
 // namespaces: its root filesystem with mounts, hostname and network.
-func setupContainer(spec *Spec, enterCgroup func() error, r *resolving) error {
+func setupContainer(spec *Spec, attach int, enterCgroup func() error, r *resolving) error {
 	unix.Umask(0)
 	// The cgroup2 filesystem the container gets shows the namespace of
 	// the process that mounts it.
@@ -225,7 +230,7 @@ func setupContainer(spec *Spec, enterCgroup func() error, r *resolving) error {
 		return fmt.Errorf("init: make mounts private: %w", err)
 	}
 	if m := spec.RootfsMount; m != nil {
-		if err := mountRootfs(spec.Rootfs, m); err != nil {
+		if err := mountRootfs(spec.Rootfs, m, attach); err != nil {
 			return err
 		}
 	}
@@ -270,10 +275,22 @@ func setupContainer(spec *Spec, enterCgroup func() error, r *resolving) error {
 	return nil
 }
 
-// mountRootfs mounts the root filesystem from its device, here in the
-// container's mount namespace, closes the device and tells the monitor,
-// which then serves the mount.
-func mountRootfs(dir string, m *DeviceMount) error {
+// mountRootfs attaches the root filesystem the monitor mounted (attach,
+// with m.Attach) or mounts it from its device, here in the container's
+// mount namespace, and closes the device. Mounted here, the monitor is
+// told, and serves it then.
+func mountRootfs(dir string, m *DeviceMount, attach int) error {
+	if m.Attach {
+		unix.Close(rootfsFd)
+		unix.Close(mountedFd)
+		if attach < 0 {
+			return errors.New("init: the monitor sent no root filesystem")
+		}
+		return attachRootfs(attach, dir)
+	}
+	if attach >= 0 {
+		unix.Close(attach)
+	}
 	err := unix.Mount(m.Source, dir, m.FSType, m.Flags, fmt.Sprintf(m.Data, rootfsFd))
 	unix.Close(rootfsFd)
 	if err != nil {
@@ -306,7 +323,7 @@ func joinContainer(*Spec, func() error, *resolving) error {
 
 // warmSpec has a value of every type a Spec holds, for init to build its
 // decoder with before the spec comes.
-const warmSpec = `{"protocol":0,"rootfs":"/r","rootfsMount":{"source":"s","fstype":"t","flags":1,"data":"d"},` +
+const warmSpec = `{"protocol":0,"rootfs":"/r","rootfsMount":{"source":"s","fstype":"t","flags":1,"data":"d","attach":true},` +
 	`"args":["a"],"env":["E=1"],"cwd":"/","user":"u","hostname":"h","network":"none","readonlyRootfs":true,` +
 	`"mounts":[{"type":"bind","source":"/s","destination":"/d","readOnly":true,"data":"d","copyUp":true}],` +
 	`"capabilities":["CAP_KILL"],"privileged":true,"init":true,"tty":true,"consoleSize":{"height":1,"width":1},` +

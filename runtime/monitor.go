@@ -173,6 +173,7 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 		return 125, err
 	}
 	defer fs.Release()
+	l.ServeRootfs(fs)
 
 	logw := openLog(filepath.Join(dir, "container.log"))
 	defer logw.Close()

@@ -11,7 +11,7 @@ import (
 
 // specProtocol numbers the form of Spec and of the descriptors init is
 // given: change it with either.
-const specProtocol = 3
+const specProtocol = 4
 
 // Spec is everything the container's first process needs: the monitor
 // hands it to the init process over a pipe.
@@ -69,6 +69,9 @@ type DeviceMount struct {
 	FSType string  `json:"fstype"`
 	Flags  uintptr `json:"flags"`
 	Data   string  `json:"data"`
+	// Attach: the monitor made the mount, attached nowhere, and sent it
+	// with the spec (detachedMount); init attaches it.
+	Attach bool `json:"attach,omitempty"`
 }
 
 // ConsoleSize is a terminal's size in characters.

@@ -53,7 +53,11 @@ type LaunchOptions struct {
 // the monitor's work of making the container. Start sends the spec; Abort
 // ends one that is not to be started.
 type Launched struct {
-	proc                                  *child
+	proc *child
+	// attach is the root filesystem's mount and served the end of its
+	// serving's start, once ServeRootfs made them.
+	attach                                *os.File
+	served                                chan error
 	specW, statusR, consoleHere, mountedR *os.File
 	// Device is the FUSE device init is to mount the root filesystem
 	// from (Spec.RootfsMount); the server keeps a descriptor of its own.
@@ -182,10 +186,13 @@ func (l *Launched) launch(stdio Stdio, tty bool, cloneFlags uintptr, join *os.Fi
 			}
 		}
 	}()
-	specR, specW, err := os.Pipe()
+	// A socket, not a pipe: the spec may come with the root filesystem's
+	// mount (sendStart).
+	specFds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return fmt.Errorf("spec socket: %w", err)
 	}
+	specR, specW := os.NewFile(uintptr(specFds[0]), "spec"), os.NewFile(uintptr(specFds[1]), "spec")
 	defer specR.Close()
 	ours = append(ours, specW)
 	statusR, statusW, err := os.Pipe()
@@ -254,11 +261,34 @@ func (l *Launched) Abort() {
 }
 
 func (l *Launched) close() {
-	for _, f := range []*os.File{l.specW, l.statusR, l.consoleHere, l.mountedR, l.Device, l.Stdout, l.Stderr} {
+	for _, f := range []*os.File{l.specW, l.statusR, l.consoleHere, l.mountedR, l.attach, l.Device, l.Stdout, l.Stderr} {
 		if f != nil {
 			f.Close()
 		}
 	}
+}
+
+// ServeRootfs mounts the root filesystem, attached nowhere, and serves
+// it at once, for Start to send to init (detachedMount): the server is
+// up, its readers waiting on the device, before init looks anything up.
+// Where the kernel cannot, it does nothing, and Start leaves the mounting
+// to init. Call it once, before Start, with Start's rootfs.
+func (l *Launched) ServeRootfs(rootfs *Rootfs) {
+	f, err := detachedMount(&rootfs.Mount, l.Device)
+	if err != nil {
+		return
+	}
+	l.attach = f
+	l.served = make(chan error, 1)
+	l.mountedR.Close()
+	l.mountedR = nil
+	go func() {
+		err := rootfs.Serve()
+		if err != nil {
+			l.proc.Kill() // its lookups would wait for an answer
+		}
+		l.served <- err
+	}()
 }
 
 // Start sends init its spec and, with rootfs, serves the root
@@ -295,10 +325,17 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 	l.started = true
 	defer l.close()
 	proc := l.proc
-	// Init mounts the root filesystem once it has read the spec: serve it
-	// then. If init fails first, the pipe closes empty.
-	served := make(chan error, 1)
-	if rootfs != nil {
+	// Init mounts the root filesystem once it has read the spec, unless
+	// ServeRootfs mounted it already: serve it then. If init fails first,
+	// the pipe closes empty.
+	served := l.served
+	switch {
+	case served != nil:
+		m := *spec.RootfsMount
+		m.Attach = true
+		spec.RootfsMount = &m
+	case rootfs != nil:
+		served = make(chan error, 1)
 		mountedR := l.mountedR
 		l.mountedR = nil
 		go func() {
@@ -315,7 +352,8 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 			}
 			served <- err
 		}()
-	} else {
+	default:
+		served = make(chan error, 1)
 		served <- nil
 	}
 	p := &Process{proc: proc, Pid: proc.pid}
@@ -328,6 +366,9 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 		return nil, err
 	}
 	spec.Protocol = specProtocol // spec is start's own copy
+	if err := sendStart(l.specW, l.attach); err != nil {
+		return fail(fmt.Errorf("send spec to container init: %w", err))
+	}
 	if err := json.NewEncoder(l.specW).Encode(spec); err != nil {
 		return fail(fmt.Errorf("send spec to container init: %w", err))
 	}
