@@ -1,8 +1,10 @@
 package runtime
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -90,15 +92,20 @@ func attachRootfs(fd int, dir string) error {
 	return nil
 }
 
-// sendStart begins the spec's stream: one byte, with the descriptor f
-// when not nil (init's receiveStart).
+// startByte begins the spec's stream: a space, which the JSON decoder of
+// an init from before it skips, so that init still reads the spec's
+// protocol number and refuses it plainly.
+const startByte = ' '
+
+// sendStart begins the spec's stream with startByte, and with it the
+// descriptor f when not nil (init's receiveStart).
 func sendStart(sock *os.File, f *os.File) error {
 	var rights []byte
 	if f != nil {
 		rights = unix.UnixRights(int(f.Fd()))
 	}
 	for {
-		err := unix.Sendmsg(int(sock.Fd()), []byte{0}, rights, nil, 0)
+		err := unix.Sendmsg(int(sock.Fd()), []byte{startByte}, rights, nil, 0)
 		if err != unix.EINTR {
 			return err
 		}
@@ -106,29 +113,32 @@ func sendStart(sock *os.File, f *os.File) error {
 }
 
 // receiveStart takes the byte sendStart sent, and the descriptor with it
-// (-1 for none).
-func receiveStart(sock int) (int, error) {
+// (-1 for none). From a strata before it, the byte is the spec's first:
+// rest is what to read the spec from.
+func receiveStart(sock *os.File) (fd int, rest io.Reader, err error) {
 	buf, oob := make([]byte, 1), make([]byte, unix.CmsgSpace(4))
 	for {
-		n, oobn, _, _, err := unix.Recvmsg(sock, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		n, oobn, _, _, err := unix.Recvmsg(int(sock.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err != nil:
-			return -1, err
+			return -1, nil, err
 		case n == 0:
-			return -1, errors.New("no spec")
+			return -1, nil, errors.New("no spec")
+		case buf[0] != startByte:
+			return -1, io.MultiReader(bytes.NewReader(buf), sock), nil
 		case oobn == 0:
-			return -1, nil
+			return -1, sock, nil
 		}
 		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 		if err != nil || len(msgs) != 1 {
-			return -1, fmt.Errorf("spec: bad descriptor message (%v)", err)
+			return -1, nil, fmt.Errorf("spec: bad descriptor message (%v)", err)
 		}
 		fds, err := unix.ParseUnixRights(&msgs[0])
 		if err != nil || len(fds) != 1 {
-			return -1, fmt.Errorf("spec: bad descriptor message (%v)", err)
+			return -1, nil, fmt.Errorf("spec: bad descriptor message (%v)", err)
 		}
-		return fds[0], nil
+		return fds[0], sock, nil
 	}
 }

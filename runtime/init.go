@@ -80,12 +80,12 @@ func initContainer(status *os.File) (int, error) {
 	if !readable(specFd) {
 		json.Unmarshal([]byte(warmSpec), new(Spec))
 	}
-	attach, err := receiveStart(specFd)
+	attach, specStream, err := receiveStart(in)
 	if err != nil {
 		return 0, fmt.Errorf("init: read spec: %w", err)
 	}
 	var spec Spec
-	if err := json.NewDecoder(in).Decode(&spec); err != nil {
+	if err := json.NewDecoder(specStream).Decode(&spec); err != nil {
 		return 0, fmt.Errorf("init: read spec: %w", err)
 	}
 	if spec.Protocol != specProtocol {

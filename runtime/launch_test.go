@@ -3,6 +3,7 @@ package runtime
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -130,5 +131,32 @@ func TestChildExitAndSignal(t *testing.T) {
 		if err := c.Signal(syscall.SIGTERM); !errors.Is(err, os.ErrProcessDone) {
 			t.Errorf("signal after exit: %v, want os.ErrProcessDone", err)
 		}
+	}
+}
+
+// An init sent a spec by a strata of another protocol (one from before the
+// spec's stream began with startByte, here) refuses it plainly, naming
+// both numbers, with docker's code for strata's own failure.
+func TestInitRefusesAnotherProtocol(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	l, err := Launch(LaunchOptions{Network: "none", fallback: filepath.Join(t.TempDir(), "init")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Abort()
+	old := specProtocol - 1
+	if err := json.NewEncoder(l.specW).Encode(map[string]any{"protocol": old, "args": []string{"true"}}); err != nil {
+		t.Fatal(err)
+	}
+	l.specW.Close()
+	msg, err := io.ReadAll(l.statusR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := l.proc.Wait()
+	want := []string{"protocol " + strconv.Itoa(specProtocol), "sent " + strconv.Itoa(old)}
+	if err != nil || exitCode(ws) != 125 || !strings.Contains(string(msg), want[0]) || !strings.Contains(string(msg), want[1]) {
+		t.Errorf("init given protocol %d: exit %d (%v), status %s; want 125 and a message with %q and %q", old, exitCode(ws), err, msg, want[0], want[1])
 	}
 }
