@@ -20,12 +20,12 @@ import (
 
 // The descriptors the init process is given besides stdio.
 const (
-	specFd    = 3 // the Spec as JSON; EOF once the monitor has placed the process in its cgroups
+	specFd    = 3 // a socket: startByte (with the root's mount, when attached), the Spec as JSON; EOF once the monitor has placed the process in its cgroups
 	statusFd  = 4 // close-on-exec: EOF means the command started, a JSON InitError means it did not
 	consoleFd = 5 // with Spec.Tty: a socket to send the terminal's master side over
 	joinFd    = 6 // with Spec.Join: a pidfd of the container's first process
-	rootfsFd  = 7 // with Spec.RootfsMount: the device the root filesystem is mounted from
-	mountedFd = 8 // with Spec.RootfsMount: a byte written once it is mounted, so it is served
+	rootfsFd  = 7 // with Spec.RootfsMount, not attached: the device the root filesystem is mounted from
+	mountedFd = 8 // with Spec.RootfsMount, not attached: a byte written once it is mounted, so it is served
 	binaryFd  = 9 // init's own binary, as executed (sealInit); closed before the command runs
 )
 

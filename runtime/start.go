@@ -54,8 +54,8 @@ type LaunchOptions struct {
 // ends one that is not to be started.
 type Launched struct {
 	proc *child
-	// attach is the root filesystem's mount and served the end of its
-	// serving's start, once ServeRootfs made them.
+	// attach is the root filesystem's mount, attached nowhere, and served
+	// gives what starting to serve it returned: both set by ServeRootfs.
 	attach                                *os.File
 	served                                chan error
 	specW, statusR, consoleHere, mountedR *os.File
