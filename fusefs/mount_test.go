@@ -12,15 +12,15 @@ func TestSpareProcs(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
 	t.Setenv("GOMAXPROCS", "") // restored after, and empty is unset
 	runtime.GOMAXPROCS(runtime.NumCPU())
-	spareProcs()
+	SpareProcs()
 	readers := min(max(runtime.NumCPU(), 2), 16)
 	if got := runtime.GOMAXPROCS(0); got <= readers+1 {
-		t.Errorf("GOMAXPROCS %d after spareProcs, want more than go-fuse's %d readers and one", got, readers)
+		t.Errorf("GOMAXPROCS %d after SpareProcs, want more than go-fuse's %d readers and one", got, readers)
 	}
 	t.Setenv("GOMAXPROCS", "3")
 	runtime.GOMAXPROCS(3)
-	spareProcs()
+	SpareProcs()
 	if got := runtime.GOMAXPROCS(0); got != 3 {
-		t.Errorf("GOMAXPROCS %d after spareProcs, want the user's 3", got)
+		t.Errorf("GOMAXPROCS %d after SpareProcs, want the user's 3", got)
 	}
 }

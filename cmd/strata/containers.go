@@ -430,6 +430,8 @@ func runVerb() *verb {
 				var relay *signalRelay
 				var launched *runtime.Launcher
 				if !*detach {
+					// This process will serve the container's root.
+					fusefs.SpareProcs()
 					launched = runtime.NewLauncher()
 					// The container's init starts now and waits while the
 					// image is found and the container made. (If it cannot,
@@ -490,6 +492,7 @@ func (a *app) failedStart(ctx context.Context, c *runtime.Container, err error) 
 // Network and Tty and with stdin when interactive.
 func (a *app) runForeground(ctx context.Context, c *runtime.Container, interactive bool, relay *signalRelay, launched *runtime.Launcher) error {
 	serverMemory()
+	fusefs.SpareProcs() // run did already; start -a not
 	cs, err := a.containers()
 	if err != nil {
 		launched.Abort()
