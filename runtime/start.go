@@ -282,13 +282,17 @@ func (l *Launched) ServeRootfs(rootfs *Rootfs) {
 	l.served = make(chan error, 1)
 	l.mountedR.Close()
 	l.mountedR = nil
-	go func() {
-		err := rootfs.Serve()
-		if err != nil {
-			l.proc.Kill() // its lookups would wait for an answer
-		}
-		l.served <- err
-	}()
+	go serve(rootfs, l.proc, l.served)
+}
+
+// serve serves rootfs and sends served what that gave; when it cannot,
+// it ends init, whose lookups in its root would wait for an answer.
+func serve(rootfs *Rootfs, initProc *child, served chan<- error) {
+	err := rootfs.Serve()
+	if err != nil {
+		initProc.Kill()
+	}
+	served <- err
 }
 
 // Start sends init its spec and, with rootfs, serves the root
@@ -300,7 +304,9 @@ func (l *Launched) Start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 	s := *spec
 	s.Join, s.RootfsMount = false, nil
 	if rootfs != nil {
-		s.RootfsMount = &rootfs.Mount
+		m := rootfs.Mount
+		m.Attach = l.attach != nil // ServeRootfs mounted it
+		s.RootfsMount = &m
 	}
 	l.Stdout, l.Stderr = nil, nil // the caller's
 	return l.start(&s, place, rootfs)
@@ -331,9 +337,6 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 	served := l.served
 	switch {
 	case served != nil:
-		m := *spec.RootfsMount
-		m.Attach = true
-		spec.RootfsMount = &m
 	case rootfs != nil:
 		served = make(chan error, 1)
 		mountedR := l.mountedR
@@ -345,12 +348,7 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 				served <- nil
 				return
 			}
-			err := rootfs.Serve()
-			if err != nil {
-				// Init waits for the mount to answer: it cannot go on.
-				proc.Kill()
-			}
-			served <- err
+			serve(rootfs, proc, served)
 		}()
 	default:
 		served = make(chan error, 1)
