@@ -56,11 +56,17 @@ func forkExec(path string, argv []string, files []*os.File, sys *syscall.SysProc
 // reapNow kills and reaps pid.
 func reapNow(pid int) error {
 	syscall.Kill(pid, syscall.SIGKILL)
+	_, err := wait4(pid)
+	return err
+}
+
+// wait4 waits for the child pid to end and reaps it.
+func wait4(pid int) (syscall.WaitStatus, error) {
 	var ws syscall.WaitStatus
 	for {
 		_, err := syscall.Wait4(pid, &ws, 0, nil)
 		if err != syscall.EINTR {
-			return err
+			return ws, err
 		}
 	}
 }
@@ -90,13 +96,7 @@ func (c *child) Kill() error { return c.Signal(syscall.SIGKILL) }
 // the same status.
 func (c *child) Wait() (syscall.WaitStatus, error) {
 	c.waitOnce.Do(func() {
-		for {
-			_, err := syscall.Wait4(c.pid, &c.status, 0, nil)
-			if err != syscall.EINTR {
-				c.waitErr = err
-				break
-			}
-		}
+		c.status, c.waitErr = wait4(c.pid)
 		c.mu.Lock()
 		close(c.exited)
 		unix.Close(c.pidfd)

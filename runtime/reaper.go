@@ -62,10 +62,7 @@ func reapChildren(command int) (code int, done bool) {
 		}
 		if pid == command {
 			done = true
-			code = ws.ExitStatus()
-			if ws.Signaled() {
-				code = 128 + int(ws.Signal())
-			}
+			code = exitCode(syscall.WaitStatus(ws))
 		}
 	}
 }
