@@ -136,9 +136,8 @@ func serve(c *config, live func(), stderr io.Writer) error {
 	if fi, err := os.Stat(c.mountpoint); err != nil || !fi.IsDir() {
 		return fmt.Errorf("mount point %s: not a directory", c.mountpoint)
 	}
-	// As strata's own union servers: the heap under 48 MiB while the live
-	// heap is under half that, a walk not spent collecting.
-	gctune.ForUnion(48 << 20)
+	// As strata's own union servers: a walk not spent collecting.
+	gctune.ForUnion(gctune.UnionFloor)
 	var layers []layertree.Tree
 	for _, d := range c.lower {
 		// xattr_permissions=0, as fuse-overlayfs's default: ownership

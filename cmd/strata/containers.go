@@ -532,10 +532,9 @@ func (a *app) runForeground(ctx context.Context, c *runtime.Container, interacti
 // serverMemory sets the collector of a process that serves a union for
 // as long as a container runs or a mount lives (gctune.ForUnion): lazy
 // reads and prefetches churn through buffers, and a walk of the tree
-// grows the heap by a record per entry; the heap stays under 48 MiB while
-// the live heap is under half that.
+// grows the heap by a record per entry.
 func serverMemory() {
-	gctune.ForUnion(48 << 20)
+	gctune.ForUnion(gctune.UnionFloor)
 }
 
 // errSilent ends strata with an exit code and no message: the

@@ -8,6 +8,10 @@ import (
 	"runtime/metrics"
 )
 
+// UnionFloor is the floor strata's union servers pass ForUnion: the heap
+// stays under 48 MiB while the live heap is under half that.
+const UnionFloor = 48 << 20
+
 // ForUnion tunes the collector of a process serving a union. A walk of a
 // tree allocates a record and an inode per entry, and the heap grows
 // for as long as it goes on: with the default (a collection each time the
