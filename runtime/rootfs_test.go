@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -103,5 +104,39 @@ func TestRootfsAttachedOrMountedByInit(t *testing.T) {
 				t.Errorf("the container's write in the upper directory: %q, %v", b, err)
 			}
 		})
+	}
+}
+
+// A root that cannot be served fails the start with the reason, also when
+// serving it ended init before its spec went out (where sending the spec
+// then fails on a closed socket).
+func TestRootfsServeFailureIsTheReason(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	l, err := Launch(LaunchOptions{Network: "none", fallback: filepath.Join(t.TempDir(), "init")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Abort()
+	dev, err := fusefs.NewDevice(l.Device, fusefs.MountOptions{FsName: "strata:test", Container: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close(time.Second)
+	gone := errors.New("layer 0123 is gone")
+	rootfs := &Rootfs{
+		Mount: DeviceMount{Source: dev.Source, FSType: dev.FSType, Flags: dev.Flags, Data: dev.Data},
+		Serve: func() error { return gone },
+	}
+	l.ServeRootfs(rootfs)
+	if l.attach == nil {
+		t.Skip("this kernel cannot make a detached FUSE mount (fsopen, fsmount)")
+	}
+	l.proc.Wait() // ended by the failure to serve
+	defer l.Stdout.Close() // the caller's once Start is called
+	defer l.Stderr.Close()
+	_, err = l.Start(&Spec{Rootfs: t.TempDir(), Network: "none", Args: []string{"true"}}, nil, rootfs)
+	if !errors.Is(err, gone) {
+		t.Errorf("start with a root that cannot be served: %v, want %v", err, gone)
 	}
 }

@@ -357,10 +357,14 @@ func (l *Launched) start(spec *Spec, place func(pid int) error, rootfs *Rootfs) 
 	p := &Process{proc: proc, Pid: proc.pid}
 	// Whatever happens, the device is not served after start returns.
 	waitServed := sync.OnceValue(func() error { return <-served })
+	// A root that could not be served ended init (serve), maybe before
+	// its spec went out: that is the cause to report, not the broken pipe.
 	fail := func(err error) (*Process, error) {
 		proc.Kill()
 		proc.Wait()
-		waitServed()
+		if serr := waitServed(); serr != nil {
+			return nil, serr
+		}
 		return nil, err
 	}
 	spec.Protocol = specProtocol // spec is start's own copy
