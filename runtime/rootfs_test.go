@@ -132,7 +132,7 @@ func TestRootfsServeFailureIsTheReason(t *testing.T) {
 	if l.attach == nil {
 		t.Skip("this kernel cannot make a detached FUSE mount (fsopen, fsmount)")
 	}
-	l.proc.Wait() // ended by the failure to serve
+	l.proc.Wait()          // ended by the failure to serve
 	defer l.Stdout.Close() // the caller's once Start is called
 	defer l.Stderr.Close()
 	_, err = l.Start(&Spec{Rootfs: t.TempDir(), Network: "none", Args: []string{"true"}}, nil, rootfs)
