@@ -1,3 +1,5 @@
+//go:build !strata_noregistry
+
 package lazypull
 
 import (
@@ -385,11 +387,7 @@ func (s *Store) trees(rec *ImageRecord, remote *Remote) ([]layertree.Tree, []*la
 	var lazy []*lazyTree
 	out := make([]layertree.Tree, 0, len(rec.Layers))
 	for i := len(rec.Layers) - 1; i >= 0; i-- {
-		l := rec.Layers[i]
-		if !s.HasLayer(l.DiffID) {
-			return nil, nil, fmt.Errorf("layer %s of image %s is missing from the store (pull the image again)", l.DiffID, shortID(rec.ConfigDigest))
-		}
-		stored, err := s.Layer(l.DiffID)
+		stored, err := s.storedLayer(rec, rec.Layers[i].DiffID)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -1,3 +1,5 @@
+//go:build !strata_noregistry
+
 package lazypull
 
 import (

@@ -643,6 +643,38 @@ func (s *Store) removeLayer(diffID string) error {
 	return removeAll(trash)
 }
 
+// ErrLazyLayer is LocalTrees' answer for an image with a lazy layer.
+var ErrLazyLayer = errors.New("layer pulled lazily")
+
+// LocalTrees are the trees of rec's layers, top first, when every one is
+// extracted in the store (Puller.Trees reads lazy ones too).
+func (s *Store) LocalTrees(rec *ImageRecord) ([]layertree.Tree, error) {
+	out := make([]layertree.Tree, 0, len(rec.Layers))
+	for i := len(rec.Layers) - 1; i >= 0; i-- {
+		stored, err := s.storedLayer(rec, rec.Layers[i].DiffID)
+		if err != nil {
+			return nil, err
+		}
+		if stored.Lazy {
+			return nil, fmt.Errorf("%w: %s of image %s", ErrLazyLayer, stored.DiffID, shortID(rec.ConfigDigest))
+		}
+		t, err := s.layerDir(stored)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// storedLayer is the store's record of one of rec's layers.
+func (s *Store) storedLayer(rec *ImageRecord, diffID string) (LayerRecord, error) {
+	if !s.HasLayer(diffID) {
+		return LayerRecord{}, fmt.Errorf("layer %s of image %s is missing from the store (pull the image again)", diffID, shortID(rec.ConfigDigest))
+	}
+	return s.Layer(diffID)
+}
+
 // layerDir opens an extracted layer's tree, reading override_stat only
 // where an extraction without root may have written it. Layers are
 // extracted with the kernel overlayfs's markers (layerFormat), so no OCI

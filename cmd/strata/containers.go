@@ -92,27 +92,20 @@ func (a *app) imageFor(ctx context.Context, ref, pull, platform string, lazy boo
 	}
 	rec, err := s.Lookup(ref)
 	if err == nil && pull != "always" {
+		if err := a.servable(rec); err != nil {
+			return nil, err
+		}
 		a.remember(rec)
 		return rec, nil
 	}
 	if pull == "never" {
 		return nil, fmt.Errorf("%w (and --pull never)", err)
 	}
-	opts, oerr := a.pullOptions(platform, nil)
-	if oerr != nil {
-		return nil, oerr
-	}
-	opts.Lazy = lazy
-	if _, perr := lazypull.ParseReference(ref, opts.Insecure...); perr != nil {
-		return nil, perr
-	}
-	fmt.Fprintf(a.stderr, "Unable to find image '%s' locally, pulling\n", ref)
-	res, err := lazypull.NewPuller(s, opts).Pull(ctx, ref)
-	if err != nil {
+	if rec, err = a.pull(ctx, s, ref, platform, lazy); err != nil {
 		return nil, err
 	}
-	a.remember(res.Image)
-	return res.Image, nil
+	a.remember(rec)
+	return rec, nil
 }
 
 func (a *app) remember(rec *lazypull.ImageRecord) {
@@ -332,6 +325,18 @@ func parseBytes(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size (like 64m or 1g)", s)
 	}
 	return int64(f * float64(mult)), nil
+}
+
+// imageUnion is the union of an image's layers, and of the layers below
+// them, under upper (none: read-only). Lazy layers fetch their
+// prioritized files at once and, with background, the rest after, until
+// ctx ends.
+func (a *app) imageUnion(ctx context.Context, rec *lazypull.ImageRecord, upper, work string, background bool, onOpen func(string), below ...layertree.Tree) (*fusefs.Union, error) {
+	layers, err := a.layerTrees(ctx, rec, background)
+	if err != nil {
+		return nil, err
+	}
+	return fusefs.New(fusefs.Options{Layers: append(layers, below...), UpperDir: upper, WorkDir: work, Logger: a.log, OnOpen: onOpen})
 }
 
 // storeMounter mounts containers' root filesystems from the image store

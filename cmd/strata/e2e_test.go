@@ -34,21 +34,19 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	strataBin = filepath.Join(dir, "strata")
-	// Static, as make builds them; strata-init beside strata, as make
-	// installs them.
-	build := func(out, pkg string) *exec.Cmd {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
+	// As make builds and installs them: static, strata without registry
+	// code, and strata-full and strata-init beside it.
+	for _, b := range []struct{ out, pkg, tags string }{
+		{"strata", ".", "strata_noregistry"},
+		{"strata-full", ".", ""},
+		{"strata-init", "../strata-init", ""},
+	} {
+		cmd := exec.Command("go", "build", "-tags", b.tags, "-o", filepath.Join(dir, b.out), b.pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		return cmd
-	}
-	out, err := build(strataBin, ".").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build strata: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	if out, err := build(filepath.Join(dir, "strata-init"), "../strata-init").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build strata-init: %v\n%s", err, out)
-		os.Exit(1)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b.out, err, out)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -90,6 +88,71 @@ func mustStrata(t *testing.T, root string, args ...string) string {
 		t.Fatalf("strata %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
 	}
 	return r.stdout
+}
+
+// TestThinAndFullListTheSameVerbs: strata (built without registry code)
+// and strata-full offer one command line.
+func TestThinAndFullListTheSameVerbs(t *testing.T) {
+	thin, err := exec.Command(strataBin, "--help").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := exec.Command(filepath.Join(filepath.Dir(strataBin), "strata-full"), "--help").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(thin) != string(full) {
+		t.Errorf("strata --help:\n%s\nstrata-full --help:\n%s", thin, full)
+	}
+	if !strings.Contains(string(thin), "  pull ") {
+		t.Errorf("strata --help lists no pull:\n%s", thin)
+	}
+}
+
+// TestWithoutStrataFull: a strata installed without strata-full says so
+// for what needs a registry, leaves nothing behind, and does the rest.
+func TestWithoutStrataFull(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"strata", "strata-init"} {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(strataBin), name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := t.TempDir()
+	run := func(args ...string) (string, int) {
+		cmd := exec.Command(filepath.Join(dir, "strata"), append([]string{"--root", root}, args...)...)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"pull", "127.0.0.1:1/missing"}, 1},
+		{[]string{"run", "--rm", "127.0.0.1:1/missing", "true"}, 125},
+	} {
+		out, code := run(c.args...)
+		if code != c.code || !strings.Contains(out, "strata-full") {
+			t.Errorf("strata %s without strata-full: exit %d (want %d): %s", strings.Join(c.args, " "), code, c.code, out)
+		}
+	}
+	if out, code := run("ps", "-a", "-q"); code != 0 || out != "" {
+		t.Errorf("containers left: exit %d %q", code, out)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(root, "containers")); len(entries) != 0 {
+		t.Errorf("container directories left: %v", entries)
+	}
+	if out, code := run("images", "-q"); code != 0 {
+		t.Errorf("strata images without strata-full: exit %d: %s", code, out)
+	}
 }
 
 func TestUsageErrors(t *testing.T) {

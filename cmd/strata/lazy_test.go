@@ -1,3 +1,5 @@
+//go:build !strata_noregistry
+
 package main
 
 import (
@@ -52,6 +54,13 @@ func TestLazyRun(t *testing.T) {
 	if n := blobBytes.Load(); n > size/4 {
 		t.Errorf("lazy pull fetched %d of the layer's %d bytes", n, size)
 	}
+	// strata hands containers of a lazy image to strata-full, a created
+	// one at its start too.
+	mustStrata(t, root, "create", "--name", "lazy-created", "--background-fetch=false", ref, "echo", "started lazily")
+	if out := mustStrata(t, root, "start", "-a", "lazy-created"); out != "started lazily\n" {
+		t.Errorf("start -a of a container of a lazy image: %q", out)
+	}
+	mustStrata(t, root, "rm", "lazy-created")
 	out := mustStrata(t, root, "run", "--rm", "--background-fetch=false", ref, "sh", "-c", "echo hello from a lazy layer; ls /bin | grep -c .")
 	if !strings.HasPrefix(out, "hello from a lazy layer\n") {
 		t.Errorf("lazy container output: %q", out)

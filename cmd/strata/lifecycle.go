@@ -87,6 +87,9 @@ func startVerb() *verb {
 					fmt.Fprintln(a.stdout, args[0])
 					return nil
 				}
+				if err := a.servableID(c.ImageID); err != nil {
+					return err
+				}
 				if *attach || *interactive {
 					return a.runForeground(ctx, c, *interactive, relay, nil)
 				}

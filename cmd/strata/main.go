@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/lazypull"
 )
@@ -90,12 +91,11 @@ type verb struct {
 }
 
 func verbs() []*verb {
-	return []*verb{
-		pullVerb(), pushVerb(), convertVerb(), imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(),
-		mountVerb(), mountServerVerb(), umountVerb(),
+	return append(registryVerbs(),
+		imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(), umountVerb(),
 		runVerb(), execVerb(), createVerb(), startVerb(), psVerb(), stopVerb(), killVerb(), rmVerb(), logsVerb(),
-		waitVerb(), renameVerb(), pauseVerb(true), pauseVerb(false), volumeVerb(), systemVerb(), monitorVerb(), initVerb(),
-	}
+		waitVerb(), renameVerb(), pauseVerb(true), pauseVerb(false), volumeVerb(), monitorVerb(), initVerb(),
+	)
 }
 
 // interruptible is a context that SIGINT and SIGTERM cancel. The signals
@@ -174,7 +174,7 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if v.raw {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		if err := v.flags(nil)(ctx, a, global.Args()[1:]); err != nil {
+		if err := handOver(v.flags(nil)(ctx, a, global.Args()[1:]), argv); err != nil {
 			fmt.Fprintf(stderr, "strata %s: %v\n", v.name, err)
 			var ee *exitError
 			if errors.As(err, &ee) {
@@ -210,7 +210,7 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		verbUsage(stderr, v, fs)
 		return exitUsage
 	}
-	err = runVerb(interruptible(), a, args)
+	err = handOver(runVerb(interruptible(), a, args), argv)
 	if err == nil {
 		return 0
 	}
@@ -228,6 +228,15 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return ee.code
 	}
 	return exitFailure
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(interface{ Fd() uintptr })
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func parseLevel(s string) (slog.Level, error) {

@@ -1,24 +1,20 @@
+//go:build !strata_noregistry
+
 package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/fusefs"
 	"github.com/stratafs/strata/internal/daemon"
-	"github.com/stratafs/strata/layertree"
 	"github.com/stratafs/strata/lazypull"
 )
 
@@ -90,11 +86,6 @@ func (a *app) startMountServer(ctx context.Context, image, dir, upper string, ba
 	return nil
 }
 
-func mountID(dir string) string {
-	h := sha256.Sum256([]byte(dir))
-	return hex.EncodeToString(h[:8])
-}
-
 // mountServerVerb is the process that serves a mount: it reports to
 // strata mount once the mount is live, and exits when it is unmounted.
 func mountServerVerb() *verb {
@@ -160,60 +151,4 @@ func (a *app) mountImage(ctx context.Context, rec *lazypull.ImageRecord, dir, up
 	}
 	// The serving process reads the mount only through raw syscalls.
 	return fusefs.Mount(dir, u, fusefs.MountOptions{FsName: fsName, Container: true, NoLocalClients: true})
-}
-
-// imageUnion is the union of an image's layers, and of the layers below
-// them, under upper (none: read-only). Lazy layers fetch their
-// prioritized files at once and, with background, the rest after, until
-// ctx ends.
-func (a *app) imageUnion(ctx context.Context, rec *lazypull.ImageRecord, upper, work string, background bool, onOpen func(string), below ...layertree.Tree) (*fusefs.Union, error) {
-	opts, err := a.pullOptions("", nil)
-	if err != nil {
-		return nil, err
-	}
-	layers, err := lazypull.NewPuller(a.store, opts).Trees(ctx, rec, lazypull.TreeOptions{Background: background})
-	if err != nil {
-		return nil, err
-	}
-	return fusefs.New(fusefs.Options{Layers: append(layers, below...), UpperDir: upper, WorkDir: work, Logger: a.log, OnOpen: onOpen})
-}
-
-func umountVerb() *verb {
-	return &verb{name: "umount", args: "DIR", summary: "Unmount a strata mount", minArgs: 1, maxArgs: 1,
-		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
-			lazy := fs.BoolP("lazy", "l", false, "detach now, clean up when no longer busy")
-			return func(ctx context.Context, a *app, args []string) error {
-				dir, err := filepath.Abs(args[0])
-				if err != nil {
-					return err
-				}
-				flags := 0
-				if *lazy {
-					flags = unix.MNT_DETACH
-				}
-				if err := unix.Unmount(dir, flags); err != nil {
-					if errors.Is(err, unix.EPERM) {
-						if out, ferr := exec.Command("fusermount3", "-u", dir).CombinedOutput(); ferr == nil {
-							return nil
-						} else {
-							return fmt.Errorf("umount %s: %s", dir, strings.TrimSpace(string(out)))
-						}
-					}
-					if errors.Is(err, unix.EINVAL) {
-						return fmt.Errorf("umount %s: not a mount point", args[0])
-					}
-					return fmt.Errorf("umount %s: %w", args[0], err)
-				}
-				// The server exits once the kernel tells it; give it a moment
-				// so a following rmi sees the image unpinned.
-				deadline := time.Now().Add(2 * time.Second)
-				for time.Now().Before(deadline) {
-					if _, err := os.Stat(filepath.Join(a.root, "pins", "mount-"+mountID(dir)+".pin")); os.IsNotExist(err) {
-						break
-					}
-					time.Sleep(10 * time.Millisecond)
-				}
-				return nil
-			}
-		}}
 }

@@ -1,3 +1,5 @@
+//go:build !strata_noregistry
+
 package main
 
 import (
@@ -7,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/stratafs/strata/lazypull"
 )
 
@@ -17,15 +17,6 @@ import (
 type progressPrinter interface {
 	lazypull.Progress
 	Finish()
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(interface{ Fd() uintptr })
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
 }
 
 func newProgress(w io.Writer, tty bool) progressPrinter {
