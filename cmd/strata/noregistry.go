@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/stratafs/strata/layertree"
 	"github.com/stratafs/strata/lazypull"
@@ -34,11 +35,12 @@ func (a *app) pull(context.Context, *lazypull.Store, string, string, bool) (*laz
 }
 
 // layerTrees are rec's extracted layers, top first. A lazy one is an
-// error: servable sent every image with one to strata-full.
+// error, not a hand-over: the container is made by now, and servable
+// sent every image with one to strata-full before.
 func (a *app) layerTrees(_ context.Context, rec *lazypull.ImageRecord, _ bool) ([]layertree.Tree, error) {
 	trees, err := a.store.LocalTrees(rec)
 	if errors.Is(err, lazypull.ErrLazyLayer) {
-		return nil, errors.Join(err, errNeedsRegistry)
+		return nil, fmt.Errorf("%w, which strata-full serves, not strata", err)
 	}
 	return trees, err
 }
