@@ -61,11 +61,12 @@ func Mount(dir string, u *Union, o MountOptions) (*fuse.Server, error) {
 }
 
 // SpareProcs raises GOMAXPROCS to leave Go Ps to spare in a process that
-// serves a union. Mount and Device.Serve call it once go-fuse has sized
-// its readers (NewServer: as many as GOMAXPROCS, 2 to 16); a process may
-// call it before, from its start, for the Ps to be there all along (strata
-// run does: its container starts 0.3–0.5 ms sooner). go-fuse then allows
-// as many readers as Ps, which a single stream of requests never grows to.
+// serves a union. Mount calls it once go-fuse has sized its readers
+// (NewServer: as many as GOMAXPROCS, 2 to 16); a process that serves a
+// Device calls it itself, later: a container's monitor once the command
+// has run a moment, as the Ps cost a start more than they give.
+// go-fuse allows as many readers as Ps, which a single stream of requests
+// never grows to.
 //
 // Each reader waits in read(2) on the device holding a P. With none idle,
 // Go's sysmon wakes every 20 µs to take them back, and a reader that gets
@@ -214,7 +215,6 @@ func (d *Device) Serve(u *Union) error {
 		close(d.done) // go-fuse closed the device
 		return fmt.Errorf("serve the mount: %w", err)
 	}
-	SpareProcs()
 	d.srv = srv
 	go func() {
 		srv.Serve()
