@@ -70,6 +70,24 @@ func cleanupContainers(t *testing.T, root string) {
 	}
 }
 
+// TestRunPullsAMissingImage: run pulls what the store lacks, as docker
+// run does (strata hands that run to strata-full), and runs it.
+func TestRunPullsAMissingImage(t *testing.T) {
+	_, ref := runImage(t)
+	root := t.TempDir()
+	t.Cleanup(func() { cleanupContainers(t, root) })
+	r := strata(t, root, "run", "--rm", ref, "echo", "pulled and run")
+	if r.code != 0 || r.stdout != "pulled and run\n" || !strings.Contains(r.stderr, "Unable to find image") {
+		t.Errorf("run of a missing image: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if out := mustStrata(t, root, "images", "-q"); strings.TrimSpace(out) == "" {
+		t.Errorf("the image run pulled is not in the store")
+	}
+	if out := mustStrata(t, root, "ps", "-a", "-q"); out != "" {
+		t.Errorf("run --rm left containers: %q", out)
+	}
+}
+
 func TestRunExitCodes(t *testing.T) {
 	root, ref := runImage(t)
 	for _, c := range []struct {
