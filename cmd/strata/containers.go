@@ -143,10 +143,6 @@ func (a *app) newContainer(ctx context.Context, f *createFlags, image string, ar
 	if err != nil {
 		return nil, &usageError{msg: err.Error()}
 	}
-	env, err := envFromFlags(f.env, f.envFiles)
-	if err != nil {
-		return nil, err
-	}
 	stopSignal := f.stopSignal
 	if stopSignal != "" {
 		if _, err := runtime.ParseSignal(stopSignal); err != nil {
@@ -158,6 +154,13 @@ func (a *app) newContainer(ctx context.Context, f *createFlags, image string, ar
 		return nil, err
 	}
 	rec, err := a.imageFor(ctx, image, f.pull, f.platform, f.lazy)
+	if err != nil {
+		return nil, err
+	}
+	// Read once the image is here: a strata without registry code hands
+	// the command to strata-full before, and an --env-file that is a pipe
+	// can be read only once.
+	env, err := envFromFlags(f.env, f.envFiles)
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +296,11 @@ func envFromFlags(env, files []string) ([]string, error) {
 				return nil, err
 			}
 		}
+		err = sc.Err()
 		fh.Close()
+		if err != nil {
+			return nil, fmt.Errorf("--env-file %s: %w", p, err)
+		}
 	}
 	for _, e := range env {
 		if err := add(e, ""); err != nil {

@@ -88,6 +88,48 @@ func TestRunPullsAMissingImage(t *testing.T) {
 	}
 }
 
+// TestRunEnvFile: --env-file as docker reads it (comments and blank
+// lines skipped, KEY alone taken from strata's environment or dropped,
+// -e after it), its errors, and one that is a pipe, read once by the
+// strata-full a run of a missing image is handed to.
+func TestRunEnvFile(t *testing.T) {
+	root, ref := runImage(t)
+	t.Setenv("STRATA_TEST_FROM_HOST", "host value")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "env")
+	content := "# a comment\n\nA=1\n  B=two words\nSTRATA_TEST_FROM_HOST\nSTRATA_TEST_UNSET\n"
+	if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := `echo "$A|$B|$C|$STRATA_TEST_FROM_HOST|${STRATA_TEST_UNSET-unset}"`
+	out := mustStrata(t, root, "run", "--rm", "--env-file", file, "-e", "C=3", "-e", "A=from -e", ref, "sh", "-c", script)
+	if out != "from -e|two words|3|host value|unset\n" {
+		t.Errorf("environment from --env-file and -e: %q", out)
+	}
+
+	bad := filepath.Join(dir, "bad")
+	if err := os.WriteFile(bad, []byte("OK=1\nBAD KEY=2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ file, msg string }{
+		{filepath.Join(dir, "missing"), "missing"},
+		{bad, "line 2"},
+	} {
+		if r := strata(t, root, "run", "--rm", "--env-file", c.file, ref, "true"); r.code != 125 || !strings.Contains(r.stderr, c.msg) {
+			t.Errorf("--env-file %s: exit %d (want 125), stderr %q (want %q)", c.file, r.code, r.stderr, c.msg)
+		}
+	}
+
+	fresh := t.TempDir()
+	t.Cleanup(func() { cleanupContainers(t, fresh) })
+	cmd := exec.Command(strataBin, "--root", fresh, "run", "--rm", "--env-file", "/dev/stdin", ref, "sh", "-c", `echo "$PIPED"`)
+	cmd.Stdin = strings.NewReader("PIPED=through a pipe\n")
+	b, err := cmd.Output()
+	if err != nil || string(b) != "through a pipe\n" {
+		t.Errorf("--env-file from a pipe, image pulled by the run: %q, %v", b, err)
+	}
+}
+
 func TestRunExitCodes(t *testing.T) {
 	root, ref := runImage(t)
 	for _, c := range []struct {
