@@ -117,16 +117,25 @@ var capNames = map[string]int{
 	"PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
 }
 
-// AllCapabilities is every capability this kernel knows, for --privileged.
+// AllCapabilities are what --privileged gives: every capability this
+// kernel has that the calling process's bounding set holds, since a
+// process can give no other (containerd's WithAllCurrentCapabilities).
 func AllCapabilities() []string {
 	var out []string
 	for n, v := range capNames {
-		if v <= unix.CAP_LAST_CAP {
+		if bounded(v) {
 			out = append(out, "CAP_"+n)
 		}
 	}
 	slices.Sort(out)
 	return out
+}
+
+// bounded tells whether capability c is in the calling process's bounding
+// set (false too for one this kernel does not know).
+func bounded(c int) bool {
+	in, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0)
+	return err == nil && in == 1
 }
 
 // Capabilities applies --cap-add and --cap-drop (names with or without
@@ -157,10 +166,12 @@ func Capabilities(base, add, drop []string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	// What the bounding set lacks is left out of base (docker's
+	// defaults on a host that withholds some), and refused when asked for.
 	var out []string
 	if !dropAll {
 		for _, c := range base {
-			if !slices.Contains(drops, c) {
+			if !slices.Contains(drops, c) && bounded(capNames[strings.TrimPrefix(c, "CAP_")]) {
 				out = append(out, c)
 			}
 		}
@@ -169,6 +180,9 @@ func Capabilities(base, add, drop []string) ([]string, error) {
 		return AllCapabilities(), nil
 	}
 	for _, c := range adds {
+		if !bounded(capNames[strings.TrimPrefix(c, "CAP_")]) {
+			return nil, fmt.Errorf("capability %s: strata does not hold it (not in its bounding set), so no container it starts can have it", c)
+		}
 		if !slices.Contains(out, c) {
 			out = append(out, c)
 		}

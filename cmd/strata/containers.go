@@ -101,7 +101,8 @@ func (a *app) imageFor(ctx context.Context, ref, pull, platform string, lazy boo
 	if pull == "never" {
 		return nil, fmt.Errorf("%w (and --pull never)", err)
 	}
-	if rec, err = a.pull(ctx, s, ref, platform, lazy); err != nil {
+	missing := err != nil // else --pull always
+	if rec, err = a.pull(ctx, s, ref, platform, lazy, missing); err != nil {
 		return nil, err
 	}
 	a.remember(rec)

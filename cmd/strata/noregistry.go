@@ -31,7 +31,7 @@ func registryVerbs() []*verb {
 	}
 }
 
-func (a *app) pull(context.Context, *lazypull.Store, string, string, bool) (*lazypull.ImageRecord, error) {
+func (a *app) pull(context.Context, *lazypull.Store, string, string, bool, bool) (*lazypull.ImageRecord, error) {
 	return nil, errNeedsRegistry
 }
 

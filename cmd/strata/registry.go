@@ -18,7 +18,7 @@ func registryVerbs() []*verb {
 
 // pull fetches ref for run and create, which found it missing or were
 // told --pull always.
-func (a *app) pull(ctx context.Context, s *lazypull.Store, ref, platform string, lazy bool) (*lazypull.ImageRecord, error) {
+func (a *app) pull(ctx context.Context, s *lazypull.Store, ref, platform string, lazy, missing bool) (*lazypull.ImageRecord, error) {
 	opts, err := a.pullOptions(platform, nil)
 	if err != nil {
 		return nil, err
@@ -27,7 +27,9 @@ func (a *app) pull(ctx context.Context, s *lazypull.Store, ref, platform string,
 	if _, err := lazypull.ParseReference(ref, opts.Insecure...); err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(a.stderr, "Unable to find image '%s' locally, pulling\n", ref)
+	if missing {
+		fmt.Fprintf(a.stderr, "Unable to find image '%s' locally\n", ref)
+	}
 	res, err := lazypull.NewPuller(s, opts).Pull(ctx, ref)
 	if err != nil {
 		return nil, err

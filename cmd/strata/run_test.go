@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -828,4 +829,167 @@ func TestRunForwardsSignals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestLogsTailTimestampsFollow: logs --tail N, -t (docker's RFC 3339 with
+// nanoseconds before each line) and -f, which prints what comes and ends
+// with the container.
+func TestLogsTailTimestampsFollow(t *testing.T) {
+	root, ref := runImage(t)
+	mustStrata(t, root, "run", "--name", "counted", ref, "sh", "-c", "seq 1 5")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tail", "2"}, "4\n5\n"},
+		{[]string{"--tail", "0"}, ""},
+		{[]string{"--tail", "all"}, "1\n2\n3\n4\n5\n"},
+	} {
+		if out := mustStrata(t, root, append(append([]string{"logs"}, c.args...), "counted")...); out != c.want {
+			t.Errorf("logs %v: %q, want %q", c.args, out, c.want)
+		}
+	}
+	stamped := mustStrata(t, root, "logs", "-t", "--tail", "1", "counted")
+	if !regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z 5\n$`).MatchString(stamped) {
+		t.Errorf("logs -t --tail 1: %q", stamped)
+	}
+	if r := strata(t, root, "logs", "--tail", "-3", "counted"); r.code != 125 || !strings.Contains(r.stderr, "--tail") {
+		t.Errorf("logs --tail -3: exit %d %s", r.code, r.stderr)
+	}
+
+	dir := t.TempDir()
+	mustStrata(t, root, "run", "-d", "--name", "talker", "-v", dir+":/go", ref,
+		"sh", "-c", "echo first; while [ ! -e /go/now ]; do sleep 0.05; done; echo second")
+	follow := exec.Command(strataBin, "--root", root, "logs", "-f", "talker")
+	out, err := follow.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- follow.Wait() }()
+	lines := bufio.NewReader(out)
+	if l, _ := lines.ReadString('\n'); l != "first\n" {
+		t.Errorf("logs -f began with %q", l)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "now"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := lines.ReadString('\n'); l != "second\n" {
+		t.Errorf("logs -f went on with %q", l)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("logs -f: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		follow.Process.Kill()
+		t.Error("logs -f did not end with the container")
+	}
+	mustStrata(t, root, "rm", "counted", "talker")
+}
+
+// TestRunCapabilitiesAndPrivileged: --cap-add and --cap-drop change
+// docker's default set; --privileged gives every capability, the host's
+// devices and /proc unmasked.
+func TestRunCapabilitiesAndPrivileged(t *testing.T) {
+	root, ref := runImage(t)
+	capEff := func(args ...string) uint64 {
+		t.Helper()
+		out := mustStrata(t, root, append(append([]string{"run", "--rm"}, args...), ref, "sh", "-c", "grep CapEff /proc/self/status")...)
+		var v uint64
+		if _, err := fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(out, "CapEff:")), "%x", &v); err != nil {
+			t.Fatalf("CapEff from %q: %v", out, err)
+		}
+		return v
+	}
+	const (
+		chown    = 1 << 0
+		netRaw   = 1 << 13
+		sysAdmin = 1 << 21
+		dockers  = 0xa80425fb
+	)
+	if got := capEff(); got != dockers {
+		t.Errorf("default capabilities %#x, want docker's %#x", got, dockers)
+	}
+	if got := capEff("--cap-drop", "CHOWN", "--cap-drop", "net_raw", "--cap-add", "CAP_SYS_ADMIN"); got != dockers&^chown&^netRaw|sysAdmin {
+		t.Errorf("--cap-drop CHOWN,NET_RAW --cap-add SYS_ADMIN: %#x", got)
+	}
+	if got := capEff("--cap-drop", "ALL", "--cap-add", "CHOWN"); got != chown {
+		t.Errorf("--cap-drop ALL --cap-add CHOWN: %#x", got)
+	}
+	// --privileged: all strata holds, which here is this test's bounding
+	// set; a capability outside it cannot be added.
+	var bnd uint64
+	status, _ := os.ReadFile("/proc/self/status")
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapBnd:"); ok {
+			fmt.Sscanf(strings.TrimSpace(v), "%x", &bnd)
+		}
+	}
+	if got := capEff("--privileged"); got != bnd {
+		t.Errorf("--privileged: capabilities %#x, want the bounding set %#x", got, bnd)
+	}
+	const sysResource = 1 << 24 // withheld on this machine's hosts
+	if bnd&sysResource == 0 {
+		if r := strata(t, root, "run", "--rm", "--cap-add", "SYS_RESOURCE", ref, "true"); r.code != 125 || !strings.Contains(r.stderr, "bounding set") {
+			t.Errorf("--cap-add of a capability strata lacks: exit %d %s", r.code, r.stderr)
+		}
+	} else {
+		t.Log("CAP_SYS_RESOURCE is in the bounding set here: its refusal is not checked")
+	}
+	out := mustStrata(t, root, "run", "--rm", "--privileged", ref, "sh", "-c",
+		"grep -c . /proc/timer_list >/dev/null && echo unmasked; ls /dev | grep -c -v -e '^null$' -e '^zero$'")
+	if !strings.HasPrefix(out, "unmasked\n") {
+		t.Errorf("--privileged: /proc/timer_list masked: %q", out)
+	}
+	host, _ := os.ReadDir("/dev")
+	if n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(out, "unmasked\n"))); n < len(host)/2 {
+		t.Errorf("--privileged: %d devices in /dev, the host has %d", n, len(host))
+	}
+}
+
+// TestRunCPUsPidsAndPullAlways: --cpus and --pids-limit set the
+// container's cgroup (a fork over the limit fails); --pull always pulls
+// an image the store has.
+func TestRunCPUsPidsAndPullAlways(t *testing.T) {
+	root, ref := runImage(t)
+	id := strings.TrimSpace(mustStrata(t, root, "run", "-d", "--cpus", "0.5", ref, "sleep", "30"))
+	if got := cpuLimit(t, id); got != "50000 100000" {
+		t.Errorf("--cpus 0.5: the cgroup's quota and period are %q, want 50000 100000", got)
+	}
+	mustStrata(t, root, "rm", "-f", id)
+
+	r := strata(t, root, "run", "--rm", "--pids-limit", "4", ref, "sh", "-c",
+		"for i in 1 2 3 4 5 6; do sleep 2 & done 2>&1; echo forked")
+	if !strings.Contains(r.stdout, "can't fork") || strings.Contains(r.stdout, "forked") {
+		t.Errorf("--pids-limit 4: six children forked: exit %d, %q", r.code, r.stdout)
+	}
+
+	r = strata(t, root, "run", "--rm", "--pull", "always", ref, "echo", "pulled again")
+	if r.code != 0 || r.stdout != "pulled again\n" || strings.Contains(r.stderr, "Unable to find") {
+		t.Errorf("--pull always: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+// cpuLimit is the CPU quota and period of container id's cgroup, as the
+// host's cgroup filesystem has them (v2 cpu.max, or v1's two files).
+func cpuLimit(t *testing.T, id string) string {
+	t.Helper()
+	if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/strata", id, "cpu.max")); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	dir := filepath.Join("/sys/fs/cgroup/cpu/strata", id)
+	q, err := os.ReadFile(filepath.Join(dir, "cpu.cfs_quota_us"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := os.ReadFile(filepath.Join(dir, "cpu.cfs_period_us"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(q)) + " " + strings.TrimSpace(string(p))
 }
