@@ -993,3 +993,80 @@ func cpuLimit(t *testing.T, id string) string {
 	}
 	return strings.TrimSpace(string(q)) + " " + strings.TrimSpace(string(p))
 }
+
+// TestRunSignalsAndStopSignal: a command ended by signal N exits 128+N
+// (strata kill of a foreground run; --init passes on its command's
+// death); stop sends --stop-signal, or else the image's StopSignal.
+func TestRunSignalsAndStopSignal(t *testing.T) {
+	root, ref := runImage(t)
+	run := exec.Command(strataBin, "--root", root, "run", "--rm", "--name", "victim", ref, "sh", "-c", "echo ready; sleep 100")
+	out, err := run.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := bufio.NewReader(out).ReadString('\n'); l != "ready\n" {
+		t.Fatalf("run said %q", l)
+	}
+	mustStrata(t, root, "kill", "victim")
+	run.Wait()
+	if code := run.ProcessState.ExitCode(); code != 137 {
+		t.Errorf("run of a container killed by SIGKILL: exit %d, want 137", code)
+	}
+	if r := strata(t, root, "run", "--rm", "--init", ref, "sh", "-c", "kill -TERM $$"); r.code != 143 {
+		t.Errorf("--init, the command ended by SIGTERM: exit %d, want 143 (%s)", r.code, r.stderr)
+	}
+
+	trap := "trap 'exit 9' USR1; trap 'exit 10' USR2; echo up; while :; do sleep 0.05; done"
+	mustStrata(t, root, "run", "-d", "--name", "flagged", "--stop-signal", "USR1", ref, "sh", "-c", trap)
+	waitFor(t, "flagged up", func() bool { return strings.Contains(strata(t, root, "logs", "flagged").stdout, "up") })
+	mustStrata(t, root, "stop", "flagged")
+	if out := mustStrata(t, root, "wait", "flagged"); out != "9\n" {
+		t.Errorf("stop with --stop-signal USR1: exit %q, want 9", out)
+	}
+
+	// The image's own StopSignal.
+	img, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cf.Config
+	cfg.StopSignal = "SIGUSR2"
+	if img, err = mutate.Config(img, cfg); err != nil {
+		t.Fatal(err)
+	}
+	stopRef := strings.Replace(ref, "demo/run:v1", "demo/stopsignal:v1", 1)
+	if err := testimage.Push(context.Background(), stopRef, img); err != nil {
+		t.Fatal(err)
+	}
+	mustStrata(t, root, "run", "-d", "--name", "imaged", stopRef, "sh", "-c", trap)
+	waitFor(t, "imaged up", func() bool { return strings.Contains(strata(t, root, "logs", "imaged").stdout, "up") })
+	mustStrata(t, root, "stop", "imaged")
+	if out := mustStrata(t, root, "wait", "imaged"); out != "10\n" {
+		t.Errorf("stop with the image's StopSignal SIGUSR2: exit %q, want 10", out)
+	}
+	mustStrata(t, root, "rm", "flagged", "imaged")
+}
+
+// TestStartAttachInteractive: start -a -i of a created container gives
+// it this standard input and prints its output.
+func TestStartAttachInteractive(t *testing.T) {
+	root, ref := runImage(t)
+	mustStrata(t, root, "create", "-i", "--name", "reader", ref, "tr", "a-z", "A-Z")
+	cmd := exec.Command(strataBin, "--root", root, "start", "-a", "-i", "reader")
+	cmd.Stdin = strings.NewReader("through start\n")
+	b, err := cmd.Output()
+	if err != nil || string(b) != "THROUGH START\n" {
+		t.Errorf("start -a -i: %q, %v", b, err)
+	}
+	if out := mustStrata(t, root, "wait", "reader"); out != "0\n" {
+		t.Errorf("start -a -i: exit %q", out)
+	}
+	mustStrata(t, root, "rm", "reader")
+}
