@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -454,6 +455,9 @@ func volumeVerb() *verb {
 					return err
 				}
 				rest := fs.Args()
+				if (args[0] == "inspect" || args[0] == "rm") && len(rest) == 0 {
+					return &exitError{code: exitUsage, err: fmt.Errorf("usage: strata volume %s VOLUME...", args[0])}
+				}
 				switch args[0] {
 				case "create":
 					if len(rest) > 1 {
@@ -511,6 +515,15 @@ func volumeVerb() *verb {
 					}
 					return errors.Join(errs...)
 				case "prune":
+					if !*force {
+						what := "all anonymous volumes no container uses"
+						if *all {
+							what = "all volumes no container uses"
+						}
+						if err := a.confirm(what); err != nil {
+							return err
+						}
+					}
 					names, freed, err := vs.Prune(ctx, *all, a.volumeUsers)
 					if len(names) > 0 {
 						fmt.Fprintln(a.stdout, "Deleted Volumes:")
@@ -527,4 +540,15 @@ func volumeVerb() *verb {
 				return nil
 			}
 		}}
+}
+
+// confirm asks before a prune removes what, as docker's prune commands
+// do: anything but y or yes is no.
+func (a *app) confirm(what string) error {
+	fmt.Fprintf(a.stdout, "This will remove %s.\nAre you sure you want to continue? [y/N] ", what)
+	line, _ := bufio.NewReader(a.stdin).ReadString('\n')
+	if ans := strings.TrimSpace(strings.ToLower(line)); ans != "y" && ans != "yes" {
+		return errors.New("aborted: nothing removed (-f to skip the question)")
+	}
+	return nil
 }

@@ -1070,3 +1070,71 @@ func TestStartAttachInteractive(t *testing.T) {
 	}
 	mustStrata(t, root, "rm", "reader")
 }
+
+// TestVolumeVerbs: strata volume create, ls, inspect, rm and prune as
+// docker volume's: a name made up for a create without one (a named
+// volume still, as docker's), errors for what is missing (none with rm
+// -f), prune asking first and taking anonymous volumes only unless -a,
+// never one in use.
+func TestVolumeVerbs(t *testing.T) {
+	root, ref := runImage(t)
+	if out := mustStrata(t, root, "volume", "create", "named"); out != "named\n" {
+		t.Errorf("volume create named: %q", out)
+	}
+	made := strings.TrimSpace(mustStrata(t, root, "volume", "create"))
+	if !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(made) {
+		t.Errorf("volume create without a name made %q", made)
+	}
+	// The image's /cache gets an anonymous volume.
+	mustStrata(t, root, "run", "--name", "user", "-v", "inuse:/data", ref, "sh", "-c", "echo kept > /data/f")
+	listed := strings.Fields(mustStrata(t, root, "volume", "ls", "-q"))
+	if len(listed) != 4 || !slices.Contains(listed, made) || !slices.Contains(listed, "inuse") || !slices.Contains(listed, "named") {
+		t.Fatalf("volume ls -q: %v", listed)
+	}
+	var vols []struct{ Name, Mountpoint string }
+	if err := json.Unmarshal([]byte(mustStrata(t, root, "volume", "inspect", "inuse")), &vols); err != nil || len(vols) != 1 || vols[0].Name != "inuse" {
+		t.Fatalf("volume inspect inuse: %+v %v", vols, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(vols[0].Mountpoint, "f")); err != nil || string(b) != "kept\n" {
+		t.Errorf("the volume's mountpoint has %q, %v", b, err)
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"volume", "inspect", "nothing"}, 1, "nothing"},
+		{[]string{"volume", "rm", "nothing"}, 1, "nothing"},
+		{[]string{"volume", "rm", "-f", "nothing"}, 0, ""},
+		{[]string{"volume", "rm"}, 125, "usage"},
+		{[]string{"volume", "rm", "inuse"}, 1, "in use"},
+		{[]string{"volume", "shrink"}, 125, "shrink"},
+	} {
+		if r := strata(t, root, c.args...); r.code != c.code || !strings.Contains(r.stderr, c.msg) {
+			t.Errorf("%v: exit %d (want %d), stderr %q (want %q)", c.args, r.code, c.code, r.stderr, c.msg)
+		}
+	}
+	no := exec.Command(strataBin, "--root", root, "volume", "prune")
+	no.Stdin = strings.NewReader("n\n")
+	if out, err := no.CombinedOutput(); err == nil || !strings.Contains(string(out), "aborted") {
+		t.Errorf("volume prune answered no: %v\n%s", err, out)
+	}
+	if got := strings.Fields(mustStrata(t, root, "volume", "ls", "-q")); len(got) != 4 {
+		t.Errorf("volumes after a prune answered no: %v", got)
+	}
+	// The only anonymous volume is in use: prune -f takes nothing.
+	if out := mustStrata(t, root, "volume", "prune", "-f"); strings.Contains(out, "Deleted") {
+		t.Errorf("volume prune -f with every anonymous volume in use:\n%s", out)
+	}
+	if out := mustStrata(t, root, "volume", "prune", "-a", "-f"); !strings.Contains(out, "named") || !strings.Contains(out, made) || strings.Contains(out, "inuse") {
+		t.Errorf("volume prune -a -f:\n%s", out)
+	}
+	mustStrata(t, root, "rm", "user") // without -v: its anonymous volume stays
+	if out := mustStrata(t, root, "volume", "prune", "-f"); !strings.Contains(out, "Deleted") || strings.Contains(out, "inuse") {
+		t.Errorf("volume prune -f after rm:\n%s", out)
+	}
+	mustStrata(t, root, "volume", "rm", "inuse")
+	if out := mustStrata(t, root, "volume", "ls", "-q"); out != "" {
+		t.Errorf("volumes left: %q", out)
+	}
+}

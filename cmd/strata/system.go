@@ -3,9 +3,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -151,10 +149,8 @@ func (a *app) systemPrune(ctx context.Context, all, withVolumes, force bool) err
 		if withVolumes {
 			what += ", all anonymous volumes no container uses"
 		}
-		fmt.Fprintf(a.stdout, "This will remove %s.\nAre you sure you want to continue? [y/N] ", what)
-		line, _ := bufio.NewReader(a.stdin).ReadString('\n')
-		if ans := strings.TrimSpace(strings.ToLower(line)); ans != "y" && ans != "yes" {
-			return errors.New("aborted: nothing removed (-f to skip the question)")
+		if err := a.confirm(what); err != nil {
+			return err
 		}
 	}
 	s, err := a.Store()
