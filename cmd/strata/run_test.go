@@ -1138,3 +1138,44 @@ func TestVolumeVerbs(t *testing.T) {
 		t.Errorf("volumes left: %q", out)
 	}
 }
+
+// TestRunNamespacesAndDev: the container has mount, PID, UTS, IPC,
+// network and cgroup namespaces of its own (the host's network with
+// --network host), and the /dev docker gives: the fd links, an mqueue
+// and a devpts instance of its own.
+func TestRunNamespacesAndDev(t *testing.T) {
+	root, ref := runImage(t)
+	kinds := []string{"mnt", "pid", "uts", "ipc", "net", "cgroup"}
+	script := ""
+	for _, k := range kinds {
+		script += "readlink /proc/self/ns/" + k + "; "
+	}
+	check := func(args []string, shared string) {
+		t.Helper()
+		out := mustStrata(t, root, append(append([]string{"run", "--rm"}, args...), ref, "sh", "-c", script)...)
+		got := strings.Fields(out)
+		if len(got) != len(kinds) {
+			t.Fatalf("namespaces: %q", out)
+		}
+		for i, k := range kinds {
+			host, err := os.Readlink("/proc/self/ns/" + k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (got[i] == host) != (k == shared) {
+				t.Errorf("run %v: %s namespace %s, the host's %s", args, k, got[i], host)
+			}
+		}
+	}
+	check(nil, "")
+	check([]string{"--network", "host"}, "net")
+
+	out := mustStrata(t, root, "run", "--rm", ref, "sh", "-c",
+		"for l in fd stdin stdout stderr; do readlink /dev/$l; done; grep -E ' /dev/(mqueue|pts|shm) ' /proc/mounts | cut -d' ' -f2,3; ls /dev/pts")
+	for _, want := range []string{"/proc/self/fd\n", "/proc/self/fd/0\n", "/proc/self/fd/1\n", "/proc/self/fd/2\n",
+		"/dev/mqueue mqueue\n", "/dev/pts devpts\n", "/dev/shm tmpfs\n", "ptmx\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the container's /dev lacks %q:\n%s", want, out)
+		}
+	}
+}
