@@ -1179,3 +1179,55 @@ func TestRunNamespacesAndDev(t *testing.T) {
 		}
 	}
 }
+
+// TestRunUserFromTheImage: -u and the image's User resolve through the
+// container's own /etc/passwd and /etc/group: the user's primary group,
+// its supplementary groups, its home; USER:GROUP and numeric ids.
+func TestRunUserFromTheImage(t *testing.T) {
+	root, ref := runImage(t)
+	base, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	users, err := testimage.LayerFromFiles([]testimage.File{
+		{Path: "etc/", Type: tar.TypeDir, Mode: 0o755},
+		{Path: "etc/passwd", Data: []byte("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\n")},
+		{Path: "etc/group", Data: []byte("root:x:0:\nwheel:x:10:alice,bob\nusers:x:100:alice\nalice:x:1000:\nstaff:x:50:\n")},
+	}, testimage.Gzip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(base, users)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cf.Config
+	cfg.User = "alice"
+	if img, err = mutate.Config(img, cfg); err != nil {
+		t.Fatal(err)
+	}
+	usersRef := strings.Replace(ref, "demo/run:v1", "demo/users:v1", 1)
+	if err := testimage.Push(context.Background(), usersRef, img); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "1000 1000 10 100 1000 /home/alice\n"},
+		// A group given takes the place of the lists (as runc: supplementary
+		// groups come with the user's implicit group only).
+		{[]string{"-u", "alice:staff"}, "1000 50 50 /home/alice\n"},
+		{[]string{"-u", "0"}, "0 0 0 /root\n"},
+		{[]string{"-u", "4242:4343"}, "4242 4343 4343 /\n"},
+	} {
+		out := mustStrata(t, root, append(append([]string{"run", "--rm"}, c.args...), usersRef, "sh", "-c", `echo $(id -u) $(id -g) $(id -G | tr ' ' '\n' | sort -n) $HOME`)...)
+		if out != c.want {
+			t.Errorf("run %v: uid gid groups home %q, want %q", c.args, out, c.want)
+		}
+	}
+}
