@@ -1182,7 +1182,8 @@ func TestRunNamespacesAndDev(t *testing.T) {
 
 // TestRunUserFromTheImage: -u and the image's User resolve through the
 // container's own /etc/passwd and /etc/group: the user's primary group,
-// its supplementary groups, its home; USER:GROUP and numeric ids.
+// its supplementary groups, its home; USER:GROUP and numeric ids. And
+// PATH when the image sets none.
 func TestRunUserFromTheImage(t *testing.T) {
 	root, ref := runImage(t)
 	base, err := testimage.Busybox()
@@ -1213,6 +1214,19 @@ func TestRunUserFromTheImage(t *testing.T) {
 	usersRef := strings.Replace(ref, "demo/run:v1", "demo/users:v1", 1)
 	if err := testimage.Push(context.Background(), usersRef, img); err != nil {
 		t.Fatal(err)
+	}
+	// No Env in the image: PATH is docker's default.
+	cfg.Env = nil
+	bare, err := mutate.Config(img, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bareRef := strings.Replace(ref, "demo/run:v1", "demo/bare-env:v1", 1)
+	if err := testimage.Push(context.Background(), bareRef, bare); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustStrata(t, root, "run", "--rm", bareRef, "sh", "-c", "echo $PATH"); out != "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n" {
+		t.Errorf("PATH in a container of an image without Env: %q", out)
 	}
 	for _, c := range []struct {
 		args []string
