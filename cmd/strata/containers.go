@@ -91,6 +91,11 @@ func (a *app) imageFor(ctx context.Context, ref, pull, platform string, lazy boo
 		return nil, &usageError{msg: fmt.Sprintf("invalid --pull %q: want missing, always or never", pull)}
 	}
 	rec, err := s.Lookup(ref)
+	// An image of another platform than --platform asks is as missing,
+	// as docker has it.
+	if err == nil && !platformMatches(rec.Platform, platform) {
+		err = fmt.Errorf("%w: %s is here for %s, not %s", lazypull.ErrImageNotFound, ref, rec.Platform, platform)
+	}
 	if err == nil && pull != "always" {
 		if err := a.servable(rec); err != nil {
 			return nil, err
@@ -107,6 +112,12 @@ func (a *app) imageFor(ctx context.Context, ref, pull, platform string, lazy boo
 	}
 	a.remember(rec)
 	return rec, nil
+}
+
+// platformMatches tells whether an image of platform have (os/arch or
+// os/arch/variant, as the store records it) is one of want (empty: any).
+func platformMatches(have, want string) bool {
+	return want == "" || have == want || strings.HasPrefix(have, want+"/")
 }
 
 func (a *app) remember(rec *lazypull.ImageRecord) {

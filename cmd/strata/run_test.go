@@ -21,7 +21,9 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/stratafs/strata/internal/testenv"
 	"github.com/stratafs/strata/internal/testimage"
@@ -1243,5 +1245,60 @@ func TestRunUserFromTheImage(t *testing.T) {
 		if out != c.want {
 			t.Errorf("run %v: uid gid groups home %q, want %q", c.args, out, c.want)
 		}
+	}
+}
+
+// TestRunPlatform: run --platform takes that platform's image from an
+// index, pulling it when the store has the image for another one, as
+// docker does; --pull never refuses then.
+func TestRunPlatform(t *testing.T) {
+	root, ref := runImage(t)
+	base, err := testimage.Busybox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx v1.ImageIndex = empty.Index
+	idx = mutate.IndexMediaType(idx, types.OCIImageIndex)
+	for _, p := range testimage.IndexPlatforms() {
+		parts := strings.Split(p, "/")
+		pl := v1.Platform{OS: parts[0], Architecture: parts[1]}
+		if len(parts) == 3 {
+			pl.Variant = parts[2]
+		}
+		l, err := testimage.LayerFromFiles([]testimage.File{{Path: "etc/", Type: tar.TypeDir, Mode: 0o755}, {Path: "etc/platform", Data: []byte(p + "\n")}}, testimage.Gzip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := mutate.AppendLayers(base, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf = cf.DeepCopy()
+		cf.OS, cf.Architecture, cf.Variant = pl.OS, pl.Architecture, pl.Variant
+		if img, err = mutate.ConfigFile(img, cf); err != nil {
+			t.Fatal(err)
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &pl}})
+	}
+	multi := strings.Replace(ref, "demo/run:v1", "demo/multi:v1", 1)
+	if err := testimage.PushIndex(context.Background(), multi, idx); err != nil {
+		t.Fatal(err)
+	}
+	host, other := testimage.IndexPlatforms()[0], testimage.IndexPlatforms()[1]
+	if out := mustStrata(t, root, "run", "--rm", multi, "cat", "/etc/platform"); out != host+"\n" {
+		t.Errorf("run without --platform: the image for %q", out)
+	}
+	if out := mustStrata(t, root, "run", "--rm", "--platform", other, multi, "cat", "/etc/platform"); out != other+"\n" {
+		t.Errorf("run --platform %s: the image for %q", other, out)
+	}
+	if r := strata(t, root, "run", "--rm", "--pull", "never", "--platform", host, multi, "true"); r.code != 125 || !strings.Contains(r.stderr, other) {
+		t.Errorf("run --pull never --platform %s with the %s image here: exit %d %s", host, other, r.code, r.stderr)
+	}
+	if out := mustStrata(t, root, "run", "--rm", "--platform", host, multi, "cat", "/etc/platform"); out != host+"\n" {
+		t.Errorf("run --platform %s: the image for %q", host, out)
 	}
 }
