@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path"
 	goruntime "runtime"
 	"slices"
@@ -389,11 +390,30 @@ func startCommand(spec *Spec, r *resolving, status *os.File, enterCgroup func() 
 	if err := setIdentity(u, spec.Capabilities, spec.Init); err != nil {
 		return 0, err
 	}
+	defaultSignals()
 	if spec.Init {
 		return reap(bin, spec.Args, env, spec.Tty, status)
 	}
 	err := unix.Exec(bin, spec.Args, env)
 	return 0, execError(spec.Args[0], err)
+}
+
+// defaultSignals gives the command the default action of the signals this
+// process has ignored since it started: SIGHUP and SIGINT, which Go
+// leaves ignored when they were (strata started by nohup; a detached
+// monitor ignores them), and exec passes on, so the command would start
+// with them ignored, where a shell cannot even trap them, and stop -s HUP
+// would do nothing. Handled, they are reset by exec.
+func defaultSignals() {
+	var ignored []os.Signal
+	for _, s := range []os.Signal{unix.SIGHUP, unix.SIGINT} {
+		if signal.Ignored(s) {
+			ignored = append(ignored, s)
+		}
+	}
+	if len(ignored) > 0 {
+		signal.Notify(make(chan os.Signal, 1), ignored...)
+	}
 }
 
 // openFiles opens files for writing.

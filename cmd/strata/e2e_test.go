@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -537,6 +538,24 @@ func TestMountUmount(t *testing.T) {
 		t.Errorf("write to a --read-only mount: %v", err)
 	}
 	mustStrata(t, root, "umount", mnt)
+	// umount -l: while a process holds a directory in the mount open, a
+	// plain umount is refused, and a lazy one detaches it at once.
+	mustStrata(t, root, "mount", ref, mnt)
+	busy, err := os.Open(filepath.Join(mnt, "etc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := strata(t, root, "umount", mnt); r.code == 0 {
+		t.Errorf("umount of a busy mount succeeded")
+	}
+	mustStrata(t, root, "umount", "-l", mnt)
+	if _, err := os.Stat(filepath.Join(mnt, "etc/motd")); !os.IsNotExist(err) {
+		t.Errorf("still mounted after umount -l: %v", err)
+	}
+	if names, err := busy.Readdirnames(-1); err != nil || !slices.Contains(names, "motd") {
+		t.Errorf("the open directory after umount -l: %v %v", names, err)
+	}
+	busy.Close()
 	mustStrata(t, root, "rmi", ref)
 
 	if r := strata(t, root, "mount", "no-such-image", mnt); r.code != 1 || !strings.Contains(r.stderr, "no-such-image") {

@@ -1302,3 +1302,65 @@ func TestRunPlatform(t *testing.T) {
 		t.Errorf("run --platform %s: the image for %q", host, out)
 	}
 }
+
+// TestPsJSONStopSignalFlagAndPrune: ps --format json (one object a line,
+// docker's keys), stop -s SIGNAL (which a detached command once ignored
+// for SIGHUP and SIGINT), and system prune -a --volumes -f
+// taking stopped containers, their anonymous volumes and unused images,
+// never a running container's.
+func TestPsJSONStopSignalFlagAndPrune(t *testing.T) {
+	root, ref := runImage(t)
+	mustStrata(t, root, "run", "-d", "--name", "runner", ref, "sh", "-c", "trap 'exit 12' HUP; echo up; while :; do sleep 0.05; done")
+	strata(t, root, "run", "--name", "done", ref, "sh", "-c", "exit 3")
+	waitFor(t, "runner up", func() bool { return strings.Contains(strata(t, root, "logs", "runner").stdout, "up") })
+	rows := map[string]map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(mustStrata(t, root, "ps", "-a", "--format", "json")), "\n") {
+		var row map[string]string
+		if err := json.Unmarshal([]byte(line), &row); err != nil {
+			t.Fatalf("ps --format json line %q: %v", line, err)
+		}
+		rows[row["Names"]] = row
+	}
+	if r := rows["runner"]; r["State"] != "running" || !strings.HasPrefix(r["Status"], "Up") || r["Image"] != ref || len(r["ID"]) != 12 || r["CreatedAt"] == "" || r["Command"] == "" {
+		t.Errorf("ps --format json, running: %v", r)
+	}
+	if r := rows["done"]; r["State"] != "exited" || !strings.HasPrefix(r["Status"], "Exited (3)") {
+		t.Errorf("ps --format json, exited: %v", r)
+	}
+	if out := mustStrata(t, root, "ps", "--format", "json"); strings.Count(out, "\n") != 1 || !strings.Contains(out, `"runner"`) {
+		t.Errorf("ps --format json without -a: %q", out)
+	}
+
+	mustStrata(t, root, "stop", "-s", "HUP", "runner")
+	if out := mustStrata(t, root, "wait", "runner"); out != "12\n" {
+		t.Errorf("stop -s HUP: exit %q, want 12", out)
+	}
+	// A detached container's command starts with no signal ignored (its
+	// monitor ignores SIGHUP and SIGINT).
+	mustStrata(t, root, "run", "-d", "--name", "sigs", ref, "grep", "SigIgn", "/proc/self/status")
+	mustStrata(t, root, "wait", "sigs")
+	if out := mustStrata(t, root, "logs", "sigs"); out != "SigIgn:\t0000000000000000\n" {
+		t.Errorf("a detached command's ignored signals: %q", out)
+	}
+
+	mustStrata(t, root, "run", "-d", "--name", "keeper", ref, "sleep", "30")
+	vols := len(strings.Fields(mustStrata(t, root, "volume", "ls", "-q"))) // each has an anonymous /cache
+	out := mustStrata(t, root, "system", "prune", "-a", "--volumes", "-f")
+	if !strings.Contains(out, "Deleted Containers:") {
+		t.Errorf("system prune -a --volumes -f:\n%s", out)
+	}
+	if got := strings.Fields(mustStrata(t, root, "ps", "-a", "-q")); len(got) != 1 {
+		t.Errorf("containers after prune: %v, want the running one", got)
+	}
+	if got := strings.Fields(mustStrata(t, root, "volume", "ls", "-q")); len(got) != 1 || vols != 4 {
+		t.Errorf("volumes after prune: %v (of %d), want the running container's", got, vols)
+	}
+	if out := mustStrata(t, root, "images", "-q"); strings.TrimSpace(out) == "" {
+		t.Errorf("prune -a took the image a running container uses")
+	}
+	mustStrata(t, root, "rm", "-f", "-v", "keeper")
+	mustStrata(t, root, "system", "prune", "-a", "-f")
+	if out := mustStrata(t, root, "images", "-q"); out != "" {
+		t.Errorf("images after prune -a with no container: %q", out)
+	}
+}
