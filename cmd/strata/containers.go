@@ -451,6 +451,9 @@ func runVerb() *verb {
 			f.register(fs)
 			detach := fs.BoolP("detach", "d", false, "run in the background and print the container ID")
 			return func(ctx context.Context, a *app, args []string) error {
+				if err := needTerminal(f.interactive && f.tty && !*detach); err != nil {
+					return err
+				}
 				var relay *signalRelay
 				var launched *runtime.Launcher
 				if !*detach {
@@ -481,6 +484,16 @@ func runVerb() *verb {
 				return a.runForeground(ctx, c, f.interactive, relay, launched)
 			}
 		}}
+}
+
+// needTerminal refuses, as docker does, a terminal for the container fed
+// from a standard input that is not one (-it with a pipe): the pipe's
+// end would never reach the container's terminal, which would wait on.
+func needTerminal(need bool) error {
+	if need && !term.IsTerminal(os.Stdin.Fd()) {
+		return &exitError{code: exitFailure, err: errors.New("the input device is not a TTY")}
+	}
+	return nil
 }
 
 // runError gives a failure before the container started docker's code.

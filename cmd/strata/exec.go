@@ -33,6 +33,9 @@ func execVerb() *verb {
 			user := fs.StringP("user", "u", "", "user to run as: NAME|UID[:GROUP|GID]")
 			privileged := fs.Bool("privileged", false, "give the command all capabilities")
 			return func(ctx context.Context, a *app, args []string) error {
+				if err := needTerminal(*interactive && *tty && !*detach); err != nil {
+					return err
+				}
 				code, err := a.execIn(args[0], args[1:], execOptions{
 					interactive: *interactive, tty: *tty, detach: *detach, env: *env, envFiles: *envFiles,
 					workdir: *workdir, user: *user, privileged: *privileged,

@@ -88,6 +88,9 @@ func startVerb() *verb {
 					fmt.Fprintln(a.stdout, args[0])
 					return nil
 				}
+				if err := needTerminal(*interactive && c.Spec.Tty); err != nil {
+					return err
+				}
 				if err := a.servableID(c.ImageID); err != nil {
 					return err
 				}

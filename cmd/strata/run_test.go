@@ -1364,3 +1364,32 @@ func TestPsJSONStopSignalFlagAndPrune(t *testing.T) {
 		t.Errorf("images after prune -a with no container: %q", out)
 	}
 }
+
+// TestTerminalFromAPipeRefused: -it with a standard input that is not a
+// terminal is refused, as docker refuses it (run, exec, start -a -i):
+// the pipe's end would never reach the container, which would wait on.
+// -t alone is fine.
+func TestTerminalFromAPipeRefused(t *testing.T) {
+	root, ref := runImage(t)
+	mustStrata(t, root, "run", "-d", "--name", "box", ref, "sleep", "30")
+	mustStrata(t, root, "create", "-it", "--name", "made", ref, "cat")
+	for _, args := range [][]string{
+		{"run", "--rm", "-it", ref, "cat"},
+		{"exec", "-it", "box", "cat"},
+		{"start", "-a", "-i", "made"},
+	} {
+		cmd := exec.Command(strataBin, append([]string{"--root", root}, args...)...)
+		cmd.Stdin = strings.NewReader("piped\n")
+		out, err := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "not a TTY") {
+			t.Errorf("%v from a pipe: exit %d %v: %s", args, code, err, out)
+		}
+	}
+	if out := mustStrata(t, root, "run", "--rm", "-t", ref, "echo", "t alone"); out != "t alone\r\n" {
+		t.Errorf("run -t from a pipe: %q", out)
+	}
+	if out := mustStrata(t, root, "ps", "-q"); len(strings.Fields(out)) != 1 {
+		t.Errorf("running after the refusals: %q", out)
+	}
+	mustStrata(t, root, "rm", "-f", "box", "made")
+}
