@@ -178,9 +178,7 @@ func TestInit(t *testing.T) {
 	if bad := outsideCgroups(cmdPid, sleeper); bad != "" {
 		t.Errorf("--init: the command is not in the container's cgroups: %s", bad)
 	}
-	if _, after, ok := strings.Cut(mustStrata(t, root, "inspect", sleeper), `"pid": `); ok {
-		fmt.Sscanf(after, "%d", &initPid)
-	}
+	fmt.Sscanf(mustStrata(t, root, "inspect", "-f", "{{.State.Pid}}", sleeper), "%d", &initPid)
 	waitFor(t, "init's threads in the container's cgroups", func() bool { return initPid > 0 && outsideCgroups(initPid, sleeper) == "" })
 	mustStrata(t, root, "rm", "-f", sleeper)
 	for _, line := range strings.Split(r.stdout, "\n") {

@@ -146,6 +146,7 @@ func rmiVerb() *verb {
 func inspectVerb() *verb {
 	return &verb{name: "inspect", args: "CONTAINER|IMAGE [...]", summary: "Show a container's or an image's configuration and state as JSON", minArgs: 1, maxArgs: -1,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
+			format := fs.StringP("format", "f", "", "print each through this Go template ({{.State.Pid}}, {{json .Config}}), as docker inspect")
 			return func(_ context.Context, a *app, args []string) error {
 				s, err := a.Store()
 				if err != nil {
@@ -169,6 +170,12 @@ func inspectVerb() *verb {
 						continue
 					}
 					out = append(out, in)
+				}
+				if *format != "" {
+					if err := formatInspect(a.stdout, *format, out); err != nil {
+						return err
+					}
+					return errors.Join(errs...)
 				}
 				b, err := json.MarshalIndent(out, "", "    ")
 				if err != nil {

@@ -420,11 +420,6 @@ func pauseVerb(pause bool) *verb {
 }
 
 // containerInspection is what inspect shows of a container.
-type containerInspection struct {
-	*runtime.Container
-	State runtime.State `json:"state"`
-}
-
 // inspectContainer returns the container ref names, if it names one.
 func (a *app) inspectContainer(ref string) (any, bool) {
 	cs, c, err := a.containerArg(ref)
@@ -435,7 +430,7 @@ func (a *app) inspectContainer(ref string) (any, bool) {
 	if err != nil {
 		return nil, false
 	}
-	return containerInspection{Container: c, State: st}, true
+	return inspectJSON(c, st), true
 }
 
 func volumeVerb() *verb {

@@ -645,7 +645,7 @@ func TestMemoryLimit(t *testing.T) {
 	if r.code != 137 {
 		t.Errorf("a process over --memory: exit %d, want 137 (killed)\n%s", r.code, r.stderr)
 	}
-	if out := mustStrata(t, root, "inspect", "hog"); !strings.Contains(out, `"oomKilled": true`) {
+	if out := mustStrata(t, root, "inspect", "-f", "{{.State.OOMKilled}} {{.State.ExitCode}}", "hog"); out != "true 137\n" {
 		t.Errorf("inspect does not say OOM-killed:\n%s", out)
 	}
 	if out := mustStrata(t, root, "run", "--rm", "-m", "64m", ref, "sh", "-c", "head -c 8m /dev/zero | tail | wc -c"); strings.TrimSpace(out) != "8388608" {
@@ -1392,4 +1392,84 @@ func TestTerminalFromAPipeRefused(t *testing.T) {
 		t.Errorf("running after the refusals: %q", out)
 	}
 	mustStrata(t, root, "rm", "-f", "box", "made")
+}
+
+// TestInspectContainer: strata inspect CONTAINER in docker's shape, and
+// --format with docker's Go templates, for containers and images alike.
+func TestInspectContainer(t *testing.T) {
+	root, ref := runImage(t)
+	host := t.TempDir()
+	id := strings.TrimSpace(mustStrata(t, root, "run", "-d", "--name", "seen", "-e", "X=1", "-m", "64m", "--pids-limit", "20",
+		"--cap-add", "SYS_ADMIN", "--cap-drop", "CHOWN", "-v", host+":/h:ro", "-v", "seenvol:/v", "--tmpfs", "/t", ref, "sleep", "30"))
+	var got []struct {
+		ID    string `json:"Id"`
+		Name  string
+		Path  string
+		Args  []string
+		Image string
+		State struct {
+			Status          string
+			Running, Paused bool
+			Pid, ExitCode   int
+			StartedAt       string
+			FinishedAt      string
+		}
+		HostConfig struct {
+			Binds           []string
+			NetworkMode     string
+			CapAdd, CapDrop []string
+			Memory          int64
+			PidsLimit       int64
+		}
+		Mounts []struct {
+			Type, Name, Source, Destination string
+			RW                              bool
+		}
+		Config struct {
+			Env        []string
+			Image      string
+			WorkingDir string
+			Volumes    map[string]struct{}
+		}
+	}
+	if err := json.Unmarshal([]byte(mustStrata(t, root, "inspect", "seen")), &got); err != nil || len(got) != 1 {
+		t.Fatalf("inspect seen: %v %+v", err, got)
+	}
+	c := got[0]
+	if c.ID != id || c.Name != "/seen" || c.Path != "sleep" || !slices.Equal(c.Args, []string{"30"}) || !strings.HasPrefix(c.Image, "sha256:") {
+		t.Errorf("inspect: %+v", c)
+	}
+	if c.State.Status != "running" || !c.State.Running || c.State.Pid <= 0 || c.State.FinishedAt != "0001-01-01T00:00:00Z" {
+		t.Errorf("inspect State of a running container: %+v", c.State)
+	}
+	hc := c.HostConfig
+	if hc.Memory != 64<<20 || hc.PidsLimit != 20 || hc.NetworkMode != "none" || !slices.Equal(hc.CapAdd, []string{"CAP_SYS_ADMIN"}) ||
+		!slices.Equal(hc.CapDrop, []string{"CAP_CHOWN"}) || !slices.Equal(hc.Binds, []string{host + ":/h:ro", "seenvol:/v"}) {
+		t.Errorf("inspect HostConfig: %+v", hc)
+	}
+	if len(c.Mounts) != 4 { // /h, /v, /t and the image's /cache
+		t.Errorf("inspect Mounts: %+v", c.Mounts)
+	}
+	if !slices.Contains(c.Config.Env, "X=1") || c.Config.Image != ref || c.Config.WorkingDir != "/srv/app" {
+		t.Errorf("inspect Config: %+v", c.Config)
+	}
+	if _, ok := c.Config.Volumes["/cache"]; !ok {
+		t.Errorf("inspect Config.Volumes lacks the image's anonymous /cache: %v", c.Config.Volumes)
+	}
+	pid := strconv.Itoa(c.State.Pid)
+	if out := mustStrata(t, root, "inspect", "--format", "{{.State.Pid}} {{.HostConfig.Memory}} {{join .Args \",\"}}", "seen"); out != pid+" 67108864 30\n" {
+		t.Errorf("inspect --format: %q", out)
+	}
+	if out := mustStrata(t, root, "inspect", "-f", "{{.Id}}", ref); !strings.HasPrefix(out, "sha256:") {
+		t.Errorf("inspect -f of an image: %q", out)
+	}
+	if r := strata(t, root, "inspect", "-f", "{{.Nope", "seen"); r.code != 125 {
+		t.Errorf("inspect with a broken template: exit %d %s", r.code, r.stderr)
+	}
+	mustStrata(t, root, "stop", "-t", "0", "seen")
+	if out := mustStrata(t, root, "inspect", "-f", "{{.State.Status}} {{.State.Running}} {{.State.Pid}} {{.State.ExitCode}}", "seen"); out != "exited false 0 137\n" {
+		t.Errorf("inspect of the stopped container: %q", out)
+	}
+	mustStrata(t, root, "rm", "-v", "seen")
+	mustStrata(t, root, "volume", "rm", "seenvol")
 }
