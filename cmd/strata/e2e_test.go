@@ -168,7 +168,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--no-such-flag", "images"}, 125, "no-such-flag"},
 		{[]string{"pull", "--no-such-flag", "x"}, 125, "no-such-flag"},
 		{[]string{"pull"}, 125, "wrong number of arguments"},
-		{[]string{"images", "--format", "xml"}, 125, "xml"},
+		{[]string{"images", "--format", "{{.Repository"}, 125, "invalid --format"},
 		{[]string{"--log-level", "loud", "images"}, 125, "loud"},
 		{[]string{"pull", "--platform", "linux", "busybox"}, 125, "linux"},
 		{[]string{"pull", "Not_A/Valid:ref:x"}, 1, "Not_A/Valid:ref:x"},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
+	"text/template"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -17,12 +18,16 @@ import (
 func imagesVerb() *verb {
 	return &verb{name: "images", args: "", summary: "List images in the local store", maxArgs: 0,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
-			format := fs.String("format", "table", "output format: table or json")
+			format := fs.String("format", "table", "table, json (one object a line), or a Go template ({{.Repository}}:{{.Tag}})")
 			quiet := fs.BoolP("quiet", "q", false, "print only image IDs")
 			noTrunc := fs.Bool("no-trunc", false, "do not truncate image IDs")
 			return func(_ context.Context, a *app, _ []string) error {
+				var tmpl *template.Template
 				if *format != "table" && *format != "json" {
-					return &usageError{msg: fmt.Sprintf("invalid --format %q: want table or json", *format)}
+					var err error
+					if tmpl, err = outputTemplate(*format); err != nil {
+						return err
+					}
 				}
 				s, err := a.Store()
 				if err != nil {
@@ -50,6 +55,12 @@ func imagesVerb() *verb {
 					enc := json.NewEncoder(a.stdout)
 					for _, r := range rows {
 						if err := enc.Encode(r); err != nil {
+							return err
+						}
+					}
+				case tmpl != nil:
+					for _, r := range rows {
+						if err := printTemplate(a.stdout, tmpl, r); err != nil {
 							return err
 						}
 					}
@@ -172,8 +183,14 @@ func inspectVerb() *verb {
 					out = append(out, in)
 				}
 				if *format != "" {
-					if err := formatInspect(a.stdout, *format, out); err != nil {
+					t, err := outputTemplate(*format)
+					if err != nil {
 						return err
+					}
+					for _, o := range out {
+						if err := printTemplate(a.stdout, t, o); err != nil {
+							return err
+						}
 					}
 					return errors.Join(errs...)
 				}

@@ -185,11 +185,12 @@ func bindSpec(source string, m runtime.Mount) string {
 	return b
 }
 
-// formatInspect prints each of objects through the Go template text, as
-// docker inspect --format does: the objects as their JSON has them
-// (docker's names: {{.State.Pid}}, {{.Id}}), with docker's json and join.
-func formatInspect(w io.Writer, text string, objects []any) error {
-	t, err := template.New("format").Funcs(template.FuncMap{
+// outputTemplate parses a --format Go template, with docker's functions
+// (json, join, lower, upper). It is run on an object as its JSON has it,
+// so it takes docker's names ({{.State.Pid}}, {{.Id}}, {{.Names}}); a
+// name the object lacks is an error, not "<no value>".
+func outputTemplate(text string) (*template.Template, error) {
+	t, err := template.New("format").Option("missingkey=error").Funcs(template.FuncMap{
 		"json": func(v any) (string, error) {
 			b, err := json.Marshal(v)
 			return string(b), err
@@ -205,25 +206,28 @@ func formatInspect(w io.Writer, text string, objects []any) error {
 		"upper": strings.ToUpper,
 	}).Parse(text)
 	if err != nil {
-		return &usageError{msg: fmt.Sprintf("invalid --format: %v", err)}
+		return nil, &usageError{msg: fmt.Sprintf("invalid --format: %v", err)}
 	}
-	for _, o := range objects {
-		b, err := json.Marshal(o)
-		if err != nil {
-			return err
-		}
-		// Numbers stay as written (a float64 would print 6.7108864e+07).
-		d := json.NewDecoder(bytes.NewReader(b))
-		d.UseNumber()
-		var v any
-		if err := d.Decode(&v); err != nil {
-			return err
-		}
-		var line bytes.Buffer
-		if err := t.Execute(&line, v); err != nil {
-			return fmt.Errorf("--format: %w", err)
-		}
-		fmt.Fprintln(w, line.String())
+	return t, nil
+}
+
+// printTemplate prints o through t, and a newline.
+func printTemplate(w io.Writer, t *template.Template, o any) error {
+	b, err := json.Marshal(o)
+	if err != nil {
+		return err
 	}
-	return nil
+	// Numbers stay as written (a float64 would print 6.7108864e+07).
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return err
+	}
+	var line bytes.Buffer
+	if err := t.Execute(&line, v); err != nil {
+		return fmt.Errorf("--format: %w", err)
+	}
+	_, err = fmt.Fprintln(w, line.String())
+	return err
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"text/tabwriter"
+	"text/template"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -113,13 +114,14 @@ func startVerb() *verb {
 }
 
 type psRow struct {
-	ID      string `json:"ID"`
-	Image   string `json:"Image"`
-	Command string `json:"Command"`
-	Created string `json:"CreatedAt"`
-	Status  string `json:"Status"`
-	State   string `json:"State"`
-	Names   string `json:"Names"`
+	ID         string `json:"ID"`
+	Image      string `json:"Image"`
+	Command    string `json:"Command"`
+	Created    string `json:"CreatedAt"`
+	RunningFor string `json:"RunningFor"`
+	Status     string `json:"Status"`
+	State      string `json:"State"`
+	Names      string `json:"Names"`
 }
 
 func psVerb() *verb {
@@ -127,11 +129,15 @@ func psVerb() *verb {
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
 			all := fs.BoolP("all", "a", false, "show all containers (default: running ones)")
 			quiet := fs.BoolP("quiet", "q", false, "print only container IDs")
-			format := fs.String("format", "", "json: one JSON object per line")
+			format := fs.String("format", "", "json (one object a line), or a Go template ({{.Names}} {{.Status}})")
 			noTrunc := fs.Bool("no-trunc", false, "do not truncate IDs and commands")
 			return func(ctx context.Context, a *app, _ []string) error {
-				if *format != "" && *format != "json" {
-					return &usageError{msg: fmt.Sprintf("unsupported --format %q: want json", *format)}
+				var tmpl *template.Template
+				if *format != "" && *format != "json" && *format != "table" {
+					var err error
+					if tmpl, err = outputTemplate(*format); err != nil {
+						return err
+					}
 				}
 				cs, err := a.containers()
 				if err != nil {
@@ -142,7 +148,7 @@ func psVerb() *verb {
 					return err
 				}
 				tw := tabwriter.NewWriter(a.stdout, 0, 0, 3, ' ', 0)
-				if !*quiet && *format == "" {
+				if !*quiet && (*format == "" || *format == "table") {
 					fmt.Fprintln(tw, "CONTAINER ID\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tNAMES")
 				}
 				for _, c := range list {
@@ -154,7 +160,7 @@ func psVerb() *verb {
 						continue
 					}
 					row := psRow{ID: c.ID[:12], Image: c.Image, Command: quoteCommand(c.Spec.Args, *noTrunc),
-						Created: c.Created.Format(time.RFC3339), Status: statusText(st), State: st.Status, Names: c.Name}
+						Created: c.Created.Format(time.RFC3339), RunningFor: humanAgo(c.Created), Status: statusText(st), State: st.Status, Names: c.Name}
 					if *noTrunc {
 						row.ID = c.ID
 					}
@@ -164,6 +170,10 @@ func psVerb() *verb {
 					case *format == "json":
 						b, _ := json.Marshal(row)
 						fmt.Fprintln(a.stdout, string(b))
+					case tmpl != nil:
+						if err := printTemplate(a.stdout, tmpl, row); err != nil {
+							return err
+						}
 					default:
 						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", row.ID, row.Image, row.Command, humanAgo(c.Created), row.Status, row.Names)
 					}

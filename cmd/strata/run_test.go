@@ -1330,6 +1330,16 @@ func TestPsJSONStopSignalFlagAndPrune(t *testing.T) {
 	if out := mustStrata(t, root, "ps", "--format", "json"); strings.Count(out, "\n") != 1 || !strings.Contains(out, `"runner"`) {
 		t.Errorf("ps --format json without -a: %q", out)
 	}
+	// Go templates, as docker's ps and images take them.
+	if out := mustStrata(t, root, "ps", "-a", "--format", "{{.Names}} {{.State}} {{upper .Image}}"); !strings.Contains(out, "runner running "+strings.ToUpper(ref)+"\n") || !strings.Contains(out, "done exited ") {
+		t.Errorf("ps --format template:\n%s", out)
+	}
+	if out := mustStrata(t, root, "images", "--format", "{{.Repository}}:{{.Tag}}"); !strings.Contains(ref, strings.TrimSpace(out)) || !strings.HasSuffix(strings.TrimSpace(out), ":v1") {
+		t.Errorf("images --format template: %q (the image is %s)", out, ref)
+	}
+	if r := strata(t, root, "ps", "--format", "{{.NoSuchField}}"); r.code == 0 || !strings.Contains(r.stderr, "NoSuchField") {
+		t.Errorf("ps --format with a field rows lack: exit %d %s", r.code, r.stderr)
+	}
 
 	mustStrata(t, root, "stop", "-s", "HUP", "runner")
 	if out := mustStrata(t, root, "wait", "runner"); out != "12\n" {
