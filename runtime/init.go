@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path"
 	goruntime "runtime"
 	"slices"
@@ -398,23 +397,40 @@ func startCommand(spec *Spec, r *resolving, status *os.File, enterCgroup func() 
 	return 0, execError(spec.Args[0], err)
 }
 
-// defaultSignals gives the command the default action of the signals this
-// process has ignored since it started: SIGHUP and SIGINT, which Go
-// leaves ignored when they were (strata started by nohup; a detached
-// monitor ignores them), and exec passes on, so the command would start
-// with them ignored, where a shell cannot even trap them, and stop -s HUP
-// would do nothing. Handled, they are reset by exec.
+// defaultSignals gives back their default action to the signals this
+// process ignores, for the command: exec keeps a signal ignored, and Go
+// leaves ignored the signals it found so (SIGHUP and SIGINT, and those it
+// does not handle: a detached monitor ignores SIGHUP and SIGINT; strata
+// may be started by nohup, or a test harness that ignores signal 32). A
+// command would start with them ignored, where a shell cannot even trap
+// them and stop -s HUP does nothing; docker's start with none. Only
+// ignored ones change: Go handles none of those.
 func defaultSignals() {
-	var ignored []os.Signal
-	for _, s := range []os.Signal{unix.SIGHUP, unix.SIGINT} {
-		if signal.Ignored(s) {
-			ignored = append(ignored, s)
+	for sig := 1; sig <= 64; sig++ {
+		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
+			continue
 		}
-	}
-	if len(ignored) > 0 {
-		signal.Notify(make(chan os.Signal, 1), ignored...)
+		var old kernelSigaction
+		if _, _, errno := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), 0, uintptr(unsafe.Pointer(&old)), 8, 0, 0); errno != 0 || old.handler != sigIgn {
+			continue
+		}
+		dfl := kernelSigaction{handler: sigDfl}
+		unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&dfl)), 0, 8, 0, 0)
 	}
 }
+
+// kernelSigaction is the kernel's struct sigaction (x86-64, arm64).
+type kernelSigaction struct {
+	handler  uintptr
+	flags    uint64
+	restorer uintptr
+	mask     uint64
+}
+
+const (
+	sigDfl = 0
+	sigIgn = 1
+)
 
 // openFiles opens files for writing.
 func openFiles(paths []string) ([]*os.File, error) {

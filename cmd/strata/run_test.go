@@ -1352,6 +1352,11 @@ func TestPsJSONStopSignalFlagAndPrune(t *testing.T) {
 	if out := mustStrata(t, root, "logs", "sigs"); out != "SigIgn:\t0000000000000000\n" {
 		t.Errorf("a detached command's ignored signals: %q", out)
 	}
+	// Nor when strata itself was started with signals ignored (nohup).
+	nohup := exec.Command("sh", "-c", `trap '' HUP INT TERM 34; exec "$0" "$@"`, strataBin, "--root", root, "run", "--rm", ref, "grep", "SigIgn", "/proc/self/status")
+	if out, err := nohup.Output(); err != nil || string(out) != "SigIgn:\t0000000000000000\n" {
+		t.Errorf("a command run by a strata that ignores HUP, INT, TERM and 34: %q %v", out, err)
+	}
 
 	mustStrata(t, root, "run", "-d", "--name", "keeper", ref, "sleep", "30")
 	vols := len(strings.Fields(mustStrata(t, root, "volume", "ls", "-q"))) // each has an anonymous /cache
