@@ -565,3 +565,35 @@ func TestMountUmount(t *testing.T) {
 		t.Errorf("umount of a plain directory: exit %d, %s", r.code, r.stderr)
 	}
 }
+
+// TestRegistryMirrorFlagAndConfig: --registry-mirror REGISTRY=URL, and
+// the mirrors of <root>/config.json, serve a pull (and a run's pull)
+// whose origin is down.
+func TestRegistryMirrorFlagAndConfig(t *testing.T) {
+	mirror := testregistry.Start(t, testregistry.Options{})
+	pushMultiLayer(t, mirror, "demo/app:v1")
+	// Nothing listens on port 1: the origin is down.
+	origin := "127.0.0.1:1"
+	ref := origin + "/demo/app:v1"
+	root := t.TempDir()
+	if r := strata(t, root, "pull", "-q", ref); r.code == 0 {
+		t.Fatalf("pull from a down origin without a mirror succeeded")
+	}
+	mustStrata(t, root, "--registry-mirror", origin+"=http://"+mirror.Addr, "pull", "-q", ref)
+	if out := mustStrata(t, root, "images", "--format", "{{.Repository}}:{{.Tag}}"); out != ref+"\n" {
+		t.Errorf("images after a mirrored pull: %q", out)
+	}
+	before := mirror.Requests().ManifestGets
+	root2 := t.TempDir()
+	cfg, _ := json.Marshal(map[string][]string{"mirrors": {origin + "=http://" + mirror.Addr}})
+	if err := os.WriteFile(filepath.Join(root2, "config.json"), cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustStrata(t, root2, "pull", "-q", ref)
+	if mirror.Requests().ManifestGets == before {
+		t.Errorf("the config.json mirror was not asked")
+	}
+	if r := strata(t, root, "--registry-mirror", "not a url", "pull", ref); r.code != 125 || !strings.Contains(r.stderr, "not a url") {
+		t.Errorf("a bad --registry-mirror: exit %d %s", r.code, r.stderr)
+	}
+}
