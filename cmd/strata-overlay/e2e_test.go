@@ -362,3 +362,62 @@ func TestWhiteoutsWhereCharDevicesAreRefused(t *testing.T) {
 		t.Errorf("usr/bin/tool made again over its whiteout: %q, %v", b, err)
 	}
 }
+
+// TestMountOptions: what /proc/mounts shows (SOURCE, fsname=, subtype=)
+// and the mount flags asked for (ro with an upper, noexec, nosuid),
+// with fuse-overlayfs's volatile and fstab's defaults accepted.
+func TestMountOptions(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireFUSE(t)
+	base := stack(t)
+	mnt := filepath.Join(base, "mnt")
+	opts := "lowerdir=" + base + "/top:" + base + "/bottom,upperdir=" + base + "/upper,workdir=" + base + "/work," +
+		"fsname=mystack,subtype=mytype,noexec,nosuid,volatile,defaults"
+	if out, err := exec.Command(overlayBin, "-o", opts, "ignored-source", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("strata-overlay -o %s: %v\n%s", opts, err, out)
+	}
+	line := mountLine(t, mnt)
+	f := strings.Fields(line)
+	if len(f) < 4 || f[0] != "mystack" || f[2] != "fuse.mytype" || !strings.Contains(","+f[3]+",", ",noexec,") || !strings.Contains(","+f[3]+",", ",nosuid,") {
+		t.Errorf("/proc/mounts: %q, want mystack, fuse.mytype, noexec and nosuid", line)
+	}
+	// noexec: a program in the mount does not run.
+	if err := exec.Command(filepath.Join(mnt, "usr/bin/tool")).Run(); !errors.Is(err, syscall.EACCES) {
+		t.Errorf("running a program on a noexec mount: %v, want EACCES", err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "etc/new"), []byte("x"), 0o644); err != nil {
+		t.Errorf("write with volatile: %v", err)
+	}
+	unmount(t, mnt)
+
+	// ro with an upper directory: read-only all the same, as overlayfs.
+	if out, err := exec.Command(overlayBin, "-o", "ro,lowerdir="+base+"/top:"+base+"/bottom,upperdir="+base+"/upper,workdir="+base+"/work", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("strata-overlay -o ro: %v\n%s", err, out)
+	}
+	defer unmount(t, mnt)
+	if f := strings.Fields(mountLine(t, mnt)); len(f) < 4 || !strings.HasPrefix(f[3], "ro,") {
+		t.Errorf("/proc/mounts of an ro mount: %v", f)
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "etc/new")); err != nil || string(b) != "x" {
+		t.Errorf("the upper's file through the ro mount: %q %v", b, err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "etc/other"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write to an ro mount with an upper: %v, want EROFS", err)
+	}
+}
+
+// mountLine is dir's line in /proc/mounts.
+func mountLine(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[1] == dir {
+			return l
+		}
+	}
+	t.Fatalf("%s is not in /proc/mounts", dir)
+	return ""
+}
