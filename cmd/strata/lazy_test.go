@@ -174,7 +174,7 @@ func TestConvertOptimize(t *testing.T) {
 	}
 	root := t.TempDir()
 	t.Cleanup(func() { cleanupContainers(t, root) })
-	out := mustStrata(t, root, "convert", "--optimize", "--cmd", "cat /etc/os-release", src, dst)
+	out := mustStrata(t, root, "convert", "--optimize", "--chunk-size", "64k", "--cmd", "cat /etc/os-release", src, dst)
 	if !strings.Contains(out, "files; they go first") {
 		t.Errorf("convert --optimize: %s", out)
 	}
@@ -204,6 +204,19 @@ func TestConvertOptimize(t *testing.T) {
 	mark, ok := pos[estargz.PrefetchLandmark]
 	if !ok {
 		t.Fatalf("no prefetch landmark in the optimized layer")
+	}
+	// --chunk-size 64k: busybox (about 1 MiB) in chunks of 64 KiB.
+	chunks := 0
+	for _, e := range toc.Entries {
+		if e.Name == "bin/busybox" && (e.Type == "reg" || e.Type == "chunk") {
+			chunks++
+			if e.ChunkSize > 64<<10 {
+				t.Errorf("a chunk of %d bytes with --chunk-size 64k", e.ChunkSize)
+			}
+		}
+	}
+	if chunks < 8 {
+		t.Errorf("bin/busybox in %d chunks with --chunk-size 64k", chunks)
 	}
 	for _, p := range []string{"etc/os-release", "bin/busybox"} {
 		if i, ok := pos[p]; !ok || i > mark {
