@@ -43,6 +43,10 @@ type Container struct {
 	// Volumes are the volumes the container mounts: named ones outlive
 	// it, anonymous ones go with `rm -v` and `run --rm`.
 	Volumes []VolumeRef `json:"volumes,omitempty"`
+	// Labels are the user's (--label), as docker keeps them.
+	Labels map[string]string `json:"labels,omitempty"`
+	// ExtraHosts are HOST:IP lines for /etc/hosts (--add-host).
+	ExtraHosts []string `json:"extraHosts,omitempty"`
 	// Annotations carry settings of the layers above the runtime (how the
 	// root filesystem is mounted).
 	Annotations map[string]string `json:"annotations,omitempty"`

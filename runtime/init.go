@@ -329,7 +329,8 @@ const warmSpec = `{"protocol":0,"rootfs":"/r","rootfsMount":{"source":"s","fstyp
 	`"args":["a"],"env":["E=1"],"cwd":"/","user":"u","hostname":"h","network":"none","readonlyRootfs":true,` +
 	`"mounts":[{"type":"bind","source":"/s","destination":"/d","readOnly":true,"data":"d","copyUp":true}],` +
 	`"capabilities":["CAP_KILL"],"privileged":true,"init":true,"tty":true,"consoleSize":{"height":1,"width":1},` +
-	`"join":true,"cgroupTasks":["/t"],"files":[{"type":"bind","source":"/s","destination":"/d"}]}`
+	`"join":true,"cgroupTasks":["/t"],"files":[{"type":"bind","source":"/s","destination":"/d"}],` +
+	`"shmSize":1,"rlimits":[{"name":"nofile","soft":1,"hard":1}]}`
 
 // command is what the container's process runs as (resolveCommand).
 type command struct {
@@ -386,6 +387,10 @@ func startCommand(spec *Spec, r *resolving, status *os.File, enterCgroup func() 
 			return 0, err
 		}
 	}
+	// While init may still raise a hard limit (CAP_SYS_RESOURCE).
+	if err := setRlimits(spec.Rlimits); err != nil {
+		return 0, err
+	}
 	if err := setIdentity(u, spec.Capabilities, spec.Init); err != nil {
 		return 0, err
 	}
@@ -395,6 +400,22 @@ func startCommand(spec *Spec, r *resolving, status *os.File, enterCgroup func() 
 	}
 	err := unix.Exec(bin, spec.Args, env)
 	return 0, execError(spec.Args[0], err)
+}
+
+// setRlimits sets the --ulimit limits the command inherits. syscall's
+// Setrlimit, not a raw one: for RLIMIT_NOFILE it tells Go not to put back
+// the limit init started with when it execs.
+func setRlimits(limits []Rlimit) error {
+	for _, l := range limits {
+		r, ok := rlimitResource(l.Name)
+		if !ok {
+			return fmt.Errorf("init: unknown ulimit %q", l.Name)
+		}
+		if err := syscall.Setrlimit(r, &syscall.Rlimit{Cur: l.Soft, Max: l.Hard}); err != nil {
+			return fmt.Errorf("init: --ulimit %s=%d:%d: %w", l.Name, l.Soft, l.Hard, err)
+		}
+	}
+	return nil
 }
 
 // defaultSignals gives back their default action to the signals this

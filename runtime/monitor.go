@@ -163,7 +163,7 @@ func (s *Store) run(ctx context.Context, c *Container, m RootfsMounter, o RunOpt
 	} else {
 		defer os.RemoveAll(etc)
 	}
-	files, err := writeEtcFiles(etc, spec.Hostname, spec.Network)
+	files, err := writeEtcFiles(etc, spec.Hostname, spec.Network, c.ExtraHosts)
 	if err != nil {
 		return 125, err
 	}
@@ -279,7 +279,7 @@ func removeRunDir(id string) {
 
 // writeEtcFiles writes the hostname, hosts and resolv.conf the container
 // gets, and returns them as the mounts that put them in place.
-func writeEtcFiles(dir, hostname, network string) ([]Mount, error) {
+func writeEtcFiles(dir, hostname, network string, extraHosts []string) ([]Mount, error) {
 	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 	if network == "host" {
 		if b, err := os.ReadFile("/etc/hosts"); err == nil {
@@ -287,6 +287,10 @@ func writeEtcFiles(dir, hostname, network string) ([]Mount, error) {
 		}
 	} else {
 		hosts += "127.0.0.1\t" + hostname + "\n"
+	}
+	for _, h := range extraHosts {
+		name, ip, _ := strings.Cut(h, ":")
+		hosts += ip + "\t" + name + "\n"
 	}
 	resolv, _ := os.ReadFile("/etc/resolv.conf")
 	files := []struct{ name, data string }{

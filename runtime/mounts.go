@@ -171,7 +171,7 @@ func setupRootfs(spec *Spec) error {
 		data                 string
 	}{
 		{"/dev/pts", "devpts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"},
-		{"/dev/shm", "shm", "tmpfs", nsd | unix.MS_NOEXEC, "mode=1777,size=65536k"},
+		{"/dev/shm", "shm", "tmpfs", nsd | unix.MS_NOEXEC, fmt.Sprintf("mode=1777,size=%dk", shmKiB(spec.ShmSize))},
 		{"/dev/mqueue", "mqueue", "mqueue", nsd | unix.MS_NOEXEC, ""},
 		{"/sys", "sysfs", "sysfs", sysFlags, ""},
 	}...)
@@ -372,4 +372,13 @@ func maskPaths() error {
 		}
 	}
 	return nil
+}
+
+// shmKiB is /dev/shm's size in KiB: size bytes rounded up, docker's 64
+// MiB for none.
+func shmKiB(size int64) int64 {
+	if size <= 0 {
+		return 64 << 10
+	}
+	return (size + 1023) / 1024
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -11,7 +12,7 @@ import (
 
 // specProtocol numbers the form of Spec and of the descriptors init is
 // given: change it with either.
-const specProtocol = 4
+const specProtocol = 5
 
 // Spec is everything the container's first process needs: the monitor
 // hands it to the init process over a pipe.
@@ -57,6 +58,10 @@ type Spec struct {
 	// command starts (see Cgroup.placement); without them the starter
 	// places init.
 	CgroupTasks []string `json:"cgroupTasks,omitempty"`
+	// ShmSize is /dev/shm's size in bytes (0: docker's 64 MiB).
+	ShmSize int64 `json:"shmSize,omitempty"`
+	// Rlimits are set before the command starts (--ulimit).
+	Rlimits []Rlimit `json:"rlimits,omitempty"`
 	// Files are written over paths of the container (hostname, hosts,
 	// resolv.conf): host path → container path, bind-mounted.
 	Files []Mount `json:"files,omitempty"`
@@ -216,4 +221,55 @@ func CheckDestination(p string) error {
 		return fmt.Errorf("invalid mount path %q: cannot mount over the root", p)
 	}
 	return nil
+}
+
+// Rlimit is one resource limit, by docker's --ulimit name.
+type Rlimit struct {
+	Name string `json:"name"`
+	Soft uint64 `json:"soft"`
+	Hard uint64 `json:"hard"`
+}
+
+// rlimitResource is the resource of a --ulimit name, as docker names
+// them (ulimitNames).
+func rlimitResource(name string) (int, bool) {
+	r, ok := map[string]int{
+		"as": unix.RLIMIT_AS, "core": unix.RLIMIT_CORE, "cpu": unix.RLIMIT_CPU, "data": unix.RLIMIT_DATA,
+		"fsize": unix.RLIMIT_FSIZE, "locks": unix.RLIMIT_LOCKS, "memlock": unix.RLIMIT_MEMLOCK,
+		"msgqueue": unix.RLIMIT_MSGQUEUE, "nice": unix.RLIMIT_NICE, "nofile": unix.RLIMIT_NOFILE,
+		"nproc": unix.RLIMIT_NPROC, "rss": unix.RLIMIT_RSS, "rtprio": unix.RLIMIT_RTPRIO,
+		"rttime": unix.RLIMIT_RTTIME, "sigpending": unix.RLIMIT_SIGPENDING, "stack": unix.RLIMIT_STACK,
+	}[name]
+	return r, ok
+}
+
+const ulimitNames = "as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack"
+
+// ParseUlimit reads docker's --ulimit NAME=SOFT[:HARD] (-1: unlimited).
+func ParseUlimit(s string) (Rlimit, error) {
+	name, val, ok := strings.Cut(s, "=")
+	if _, known := rlimitResource(name); !ok || !known {
+		return Rlimit{}, fmt.Errorf("invalid --ulimit %q: want NAME=SOFT[:HARD], NAME one of %s", s, ulimitNames)
+	}
+	soft, hard, hasHard := strings.Cut(val, ":")
+	if !hasHard {
+		hard = soft
+	}
+	parse := func(v string) (uint64, error) {
+		if v == "-1" {
+			return unix.RLIM_INFINITY, nil
+		}
+		return strconv.ParseUint(v, 10, 64)
+	}
+	r := Rlimit{Name: name}
+	var err1, err2 error
+	r.Soft, err1 = parse(soft)
+	r.Hard, err2 = parse(hard)
+	if err1 != nil || err2 != nil {
+		return Rlimit{}, fmt.Errorf("invalid --ulimit %q: limits are numbers or -1", s)
+	}
+	if r.Soft > r.Hard {
+		return Rlimit{}, fmt.Errorf("invalid --ulimit %q: the soft limit is above the hard one", s)
+	}
+	return r, nil
 }

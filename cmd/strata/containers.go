@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -39,8 +40,9 @@ const exitRunFailure = 125
 // createFlags are the flags run and create share.
 type createFlags struct {
 	name, workdir, user, entrypoint, hostname, network, pull, platform string
-	memory, stopSignal                                                 string
+	memory, stopSignal, shmSize                                        string
 	env, envFiles, volumes, mounts, tmpfs, capAdd, capDrop             []string
+	addHosts, labels, ulimits                                          []string
 	interactive, tty, rm, readOnly, privileged, init, lazy, background bool
 	cpus                                                               float64
 	pidsLimit                                                          int64
@@ -67,6 +69,10 @@ func (f *createFlags) register(fs *pflag.FlagSet) {
 	fs.StringArrayVarP(&f.volumes, "volume", "v", nil, "mount a volume: NAME:/PATH[:ro], /HOST/PATH:/PATH[:ro] or /PATH (anonymous)")
 	fs.StringArrayVar(&f.mounts, "mount", nil, "mount: type=bind|volume|tmpfs,src=…,dst=…[,readonly][,volume-nocopy][,tmpfs-size=…][,tmpfs-mode=…]")
 	fs.StringArrayVar(&f.tmpfs, "tmpfs", nil, "mount a tmpfs: /PATH[:size=…,mode=…]")
+	fs.StringArrayVar(&f.addHosts, "add-host", nil, "add a line to /etc/hosts: HOST:IP")
+	fs.StringArrayVarP(&f.labels, "label", "l", nil, "set a label: KEY=VALUE (KEY alone: empty)")
+	fs.StringVar(&f.shmSize, "shm-size", "", "size of /dev/shm (default 64m)")
+	fs.StringArrayVar(&f.ulimits, "ulimit", nil, "set a resource limit: NAME=SOFT[:HARD] (-1: unlimited)")
 	fs.StringArrayVar(&f.capAdd, "cap-add", nil, "add a Linux capability")
 	fs.StringArrayVar(&f.capDrop, "cap-drop", nil, "drop a Linux capability")
 	fs.BoolVarP(&f.interactive, "interactive", "i", false, "keep standard input open")
@@ -114,6 +120,40 @@ func (a *app) imageFor(ctx context.Context, ref, pull, platform string, lazy boo
 	return rec, nil
 }
 
+// parseHostFlags reads --add-host, --label, --ulimit and --shm-size.
+func parseHostFlags(f *createFlags) (hosts []string, labels map[string]string, limits []runtime.Rlimit, shm int64, err error) {
+	for _, h := range f.addHosts {
+		name, ip, _ := strings.Cut(h, ":")
+		if _, perr := netip.ParseAddr(strings.Trim(ip, "[]")); name == "" || perr != nil {
+			return nil, nil, nil, 0, &usageError{msg: fmt.Sprintf("invalid --add-host %q: want HOST:IP", h)}
+		}
+		hosts = append(hosts, name+":"+strings.Trim(ip, "[]"))
+	}
+	for _, l := range f.labels {
+		k, v, _ := strings.Cut(l, "=")
+		if k == "" {
+			return nil, nil, nil, 0, &usageError{msg: fmt.Sprintf("invalid --label %q: want KEY=VALUE", l)}
+		}
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		labels[k] = v
+	}
+	for _, u := range f.ulimits {
+		r, perr := runtime.ParseUlimit(u)
+		if perr != nil {
+			return nil, nil, nil, 0, &usageError{msg: perr.Error()}
+		}
+		limits = append(limits, r)
+	}
+	if f.shmSize != "" {
+		if shm, err = parseBytes(f.shmSize); err != nil || shm <= 0 {
+			return nil, nil, nil, 0, &usageError{msg: fmt.Sprintf("invalid --shm-size %q: want a size such as 64m", f.shmSize)}
+		}
+	}
+	return hosts, labels, limits, shm, nil
+}
+
 // platformMatches tells whether an image of platform have (os/arch or
 // os/arch/variant, as the store records it) is one of want (empty: any).
 func platformMatches(have, want string) bool {
@@ -154,6 +194,10 @@ func (a *app) newContainer(ctx context.Context, f *createFlags, image string, ar
 	caps, err := runtime.Capabilities(caps, f.capAdd, f.capDrop)
 	if err != nil {
 		return nil, &usageError{msg: err.Error()}
+	}
+	extra, labels, limits, shm, err := parseHostFlags(f)
+	if err != nil {
+		return nil, err
 	}
 	stopSignal := f.stopSignal
 	if stopSignal != "" {
@@ -222,9 +266,10 @@ func (a *app) newContainer(ctx context.Context, f *createFlags, image string, ar
 			Args: argv, Env: append(slices.Clone(ic.Env), env...), Cwd: workdir, User: user,
 			Hostname: f.hostname, Network: f.network, ReadonlyRootfs: f.readOnly,
 			Capabilities: caps, Privileged: f.privileged, Tty: f.tty, Init: f.init,
+			ShmSize: shm, Rlimits: limits,
 		},
 		Resources: res, StopSignal: stopSignal, StopTimeout: f.stopTimeout,
-		AutoRemove: f.rm, Interactive: f.interactive,
+		AutoRemove: f.rm, Interactive: f.interactive, Labels: labels, ExtraHosts: extra,
 	}
 	if !f.background {
 		c.Annotations = map[string]string{backgroundFetchAnnotation: "false"}

@@ -60,6 +60,15 @@ type hostConfigJSON struct {
 	NanoCpus       int64             `json:"NanoCpus"`
 	PidsLimit      *int64            `json:"PidsLimit"`
 	Init           *bool             `json:"Init"`
+	ExtraHosts     []string          `json:"ExtraHosts"`
+	ShmSize        int64             `json:"ShmSize"`
+	Ulimits        []ulimitJSON      `json:"Ulimits"`
+}
+
+type ulimitJSON struct {
+	Name string `json:"Name"`
+	Soft int64  `json:"Soft"`
+	Hard int64  `json:"Hard"`
 }
 
 type mountJSON struct {
@@ -120,6 +129,18 @@ func inspectJSON(c *runtime.Container, st runtime.State) containerJSON {
 	}
 	if len(s.Args) > 0 {
 		out.Path, out.Args = s.Args[0], s.Args[1:]
+	}
+	for k, v := range c.Labels {
+		out.Config.Labels[k] = v
+	}
+	out.HostConfig.ShmSize = s.ShmSize
+	if out.HostConfig.ShmSize == 0 {
+		out.HostConfig.ShmSize = 64 << 20
+	}
+	out.HostConfig.ExtraHosts = c.ExtraHosts
+	for _, l := range s.Rlimits {
+		// docker's -1 for unlimited.
+		out.HostConfig.Ulimits = append(out.HostConfig.Ulimits, ulimitJSON{Name: l.Name, Soft: int64(l.Soft), Hard: int64(l.Hard)})
 	}
 	// As docker has them: what --cap-add and --cap-drop changed of its
 	// default set (nothing for --privileged).

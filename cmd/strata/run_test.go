@@ -1488,3 +1488,38 @@ func TestInspectContainer(t *testing.T) {
 	mustStrata(t, root, "rm", "-v", "seen")
 	mustStrata(t, root, "volume", "rm", "seenvol")
 }
+
+// TestRunHostsLabelsShmUlimit: --add-host lines in /etc/hosts, --label
+// in inspect, --shm-size for /dev/shm, --ulimit for the command, as
+// docker gives them; bad values refused with exit 125.
+func TestRunHostsLabelsShmUlimit(t *testing.T) {
+	root, ref := runImage(t)
+	out := mustStrata(t, root, "run", "--name", "tuned", "--add-host", "db:10.0.0.5", "--add-host", "six:[fd00::1]",
+		"-l", "team=core", "--label", "bare", "--shm-size", "2m", "--ulimit", "nofile=100:200", "--ulimit", "core=0", ref,
+		"sh", "-c", "grep -E 'db|six' /etc/hosts; df -k /dev/shm | tail -1 | awk '{print $2}'; ulimit -n; ulimit -Hn; ulimit -c")
+	if out != "10.0.0.5\tdb\nfd00::1\tsix\n2048\n100\n200\n0\n" {
+		t.Errorf("--add-host, --shm-size, --ulimit: %q", out)
+	}
+	got := mustStrata(t, root, "inspect", "-f", "{{json .Config.Labels}} {{json .HostConfig.ExtraHosts}} {{.HostConfig.ShmSize}} {{json .HostConfig.Ulimits}}", "tuned")
+	want := `{"bare":"","team":"core"} ["db:10.0.0.5","six:fd00::1"] 2097152 [{"Hard":200,"Name":"nofile","Soft":100},{"Hard":0,"Name":"core","Soft":0}]` + "\n"
+	if got != want {
+		t.Errorf("inspect: %s want %s", got, want)
+	}
+	mustStrata(t, root, "rm", "tuned")
+	if out := mustStrata(t, root, "run", "--rm", ref, "sh", "-c", "df -k /dev/shm | tail -1 | awk '{print $2}'"); out != "65536\n" {
+		t.Errorf("/dev/shm by default: %q KiB, want docker's 64 MiB", out)
+	}
+	for _, c := range []struct{ args []string }{
+		{[]string{"--add-host", "nocolon"}},
+		{[]string{"--add-host", "db:not-an-ip"}},
+		{[]string{"--ulimit", "bogus=1"}},
+		{[]string{"--ulimit", "nofile=200:100"}},
+		{[]string{"--ulimit", "nofile=lots"}},
+		{[]string{"--shm-size", "0"}},
+		{[]string{"--label", "=v"}},
+	} {
+		if r := strata(t, root, append(append([]string{"run", "--rm"}, c.args...), ref, "true")...); r.code != 125 || !strings.Contains(r.stderr, c.args[0]) {
+			t.Errorf("run %v: exit %d %s", c.args, r.code, r.stderr)
+		}
+	}
+}
