@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -131,7 +133,12 @@ func psVerb() *verb {
 			quiet := fs.BoolP("quiet", "q", false, "print only container IDs")
 			format := fs.String("format", "", "json (one object a line), or a Go template ({{.Names}} {{.Status}})")
 			noTrunc := fs.Bool("no-trunc", false, "do not truncate IDs and commands")
+			filters := fs.StringArrayP("filter", "f", nil, "show only containers that match: id=, name=, label=KEY[=VALUE], status=, ancestor=IMAGE, exited=CODE")
 			return func(ctx context.Context, a *app, _ []string) error {
+				match, filtersStatus, err := psFilter(*filters)
+				if err != nil {
+					return err
+				}
 				var tmpl *template.Template
 				if *format != "" && *format != "json" && *format != "table" {
 					var err error
@@ -156,7 +163,10 @@ func psVerb() *verb {
 					if err != nil {
 						continue
 					}
-					if !*all && st.Status != runtime.StatusRunning && st.Status != runtime.StatusPaused {
+					if !*all && !filtersStatus && st.Status != runtime.StatusRunning && st.Status != runtime.StatusPaused {
+						continue
+					}
+					if !match(c, st) {
 						continue
 					}
 					row := psRow{ID: c.ID[:12], Image: c.Image, Command: quoteCommand(c.Spec.Args, *noTrunc),
@@ -181,6 +191,58 @@ func psVerb() *verb {
 				return tw.Flush()
 			}
 		}}
+}
+
+// psFilter reads ps's --filter KEY=VALUE flags as docker's: values of
+// one key are alternatives, keys must all match. A status or exited
+// filter looks at every container, as with -a.
+func psFilter(flags []string) (match func(*runtime.Container, runtime.State) bool, allStates bool, err error) {
+	want := map[string][]string{}
+	for _, f := range flags {
+		k, v, ok := strings.Cut(f, "=")
+		switch k {
+		case "id", "name", "label", "status", "ancestor", "exited":
+		default:
+			ok = false
+		}
+		if !ok {
+			return nil, false, &usageError{msg: fmt.Sprintf("invalid --filter %q: want id=, name=, label=, status=, ancestor= or exited=", f)}
+		}
+		if k == "exited" {
+			if _, err := strconv.Atoi(v); err != nil {
+				return nil, false, &usageError{msg: fmt.Sprintf("invalid --filter %q: exited takes an exit code", f)}
+			}
+		}
+		want[k] = append(want[k], v)
+	}
+	one := func(k, v string, c *runtime.Container, st runtime.State) bool {
+		switch k {
+		case "id":
+			return strings.HasPrefix(c.ID, v)
+		case "name":
+			return strings.Contains(c.Name, v)
+		case "label":
+			lk, lv, hasValue := strings.Cut(v, "=")
+			have, ok := c.Labels[lk]
+			return ok && (!hasValue || have == lv)
+		case "status":
+			return st.Status == v
+		case "ancestor":
+			return c.Image == v || c.ImageID == v || strings.HasPrefix(strings.TrimPrefix(c.ImageID, "sha256:"), strings.TrimPrefix(v, "sha256:"))
+		case "exited":
+			return st.Status == runtime.StatusExited && strconv.Itoa(st.ExitCode) == v
+		}
+		return false
+	}
+	match = func(c *runtime.Container, st runtime.State) bool {
+		for k, vs := range want {
+			if !slices.ContainsFunc(vs, func(v string) bool { return one(k, v, c, st) }) {
+				return false
+			}
+		}
+		return true
+	}
+	return match, len(want["status"]) > 0 || len(want["exited"]) > 0, nil
 }
 
 func quoteCommand(args []string, full bool) string {

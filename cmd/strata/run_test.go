@@ -1523,3 +1523,41 @@ func TestRunHostsLabelsShmUlimit(t *testing.T) {
 		}
 	}
 }
+
+// TestPsFilter: ps --filter as docker's: id, name (a part of it), label
+// (key, or key=value), status, ancestor and exited; alternatives within
+// a key, all keys at once.
+func TestPsFilter(t *testing.T) {
+	root, ref := runImage(t)
+	up := strings.TrimSpace(mustStrata(t, root, "run", "-d", "--name", "web-1", "-l", "tier=front", ref, "sleep", "30"))
+	mustStrata(t, root, "run", "-d", "--name", "web-2", "-l", "tier=back", ref, "sleep", "30")
+	strata(t, root, "run", "--name", "job", "-l", "tier=front", ref, "sh", "-c", "exit 4")
+	names := func(args ...string) string {
+		t.Helper()
+		out := strings.Fields(mustStrata(t, root, append([]string{"ps", "--format", "{{.Names}}"}, args...)...))
+		slices.Sort(out)
+		return strings.Join(out, " ")
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-f", "name=web"}, "web-1 web-2"},
+		{[]string{"-a", "-f", "label=tier=front"}, "job web-1"},
+		{[]string{"-f", "label=tier"}, "web-1 web-2"},
+		{[]string{"-f", "status=exited"}, "job"},
+		{[]string{"-f", "exited=4"}, "job"},
+		{[]string{"-f", "exited=0"}, ""},
+		{[]string{"-f", "id=" + up[:6]}, "web-1"},
+		{[]string{"-a", "-f", "ancestor=" + ref, "-f", "label=tier=back"}, "web-2"},
+		{[]string{"-a", "-f", "name=web-1", "-f", "name=job"}, "job web-1"},
+	} {
+		if got := names(c.args...); got != c.want {
+			t.Errorf("ps %v: %q, want %q", c.args, got, c.want)
+		}
+	}
+	if r := strata(t, root, "ps", "-f", "size=1"); r.code != 125 {
+		t.Errorf("ps -f size=1: exit %d", r.code)
+	}
+	mustStrata(t, root, "rm", "-f", "web-1", "web-2", "job")
+}
