@@ -193,6 +193,27 @@ func psVerb() *verb {
 		}}
 }
 
+// logTime reads a --since or --until value as docker takes them: an RFC
+// 3339 time (or a date), Unix seconds (with a fraction), or a duration
+// back from now. Empty is the zero time.
+func logTime(flag, v string, now time.Time) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(v); err == nil {
+		return now.Add(-d), nil
+	}
+	if secs, err := strconv.ParseFloat(v, 64); err == nil {
+		return time.Unix(0, int64(secs*1e9)), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02"} {
+		if t, err := time.Parse(layout, v); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, &usageError{msg: fmt.Sprintf("invalid %s %q: want a time (RFC 3339, Unix seconds) or a duration (10m)", flag, v)}
+}
+
 // psFilter reads ps's --filter KEY=VALUE flags as docker's: values of
 // one key are alternatives, keys must all match. A status or exited
 // filter looks at every container, as with -a.
@@ -368,7 +389,21 @@ func logsVerb() *verb {
 			follow := fs.BoolP("follow", "f", false, "keep printing output until the container stops")
 			tail := fs.String("tail", "all", "number of lines from the end to show")
 			timestamps := fs.BoolP("timestamps", "t", false, "show timestamps")
+			sinceFlag := fs.String("since", "", "show output since a time (RFC 3339, Unix seconds) or for a duration back (10m)")
+			untilFlag := fs.String("until", "", "show output before a time (RFC 3339, Unix seconds) or a duration ago (10m)")
 			return func(ctx context.Context, a *app, args []string) error {
+				now := time.Now()
+				since, err := logTime("--since", *sinceFlag, now)
+				if err != nil {
+					return err
+				}
+				until, err := logTime("--until", *untilFlag, now)
+				if err != nil {
+					return err
+				}
+				within := func(e runtime.LogEntry) bool {
+					return !e.Time.Before(since) && (until.IsZero() || !e.Time.After(until))
+				}
 				cs, c, err := a.containerArg(args[0])
 				if err != nil {
 					return err
@@ -394,6 +429,7 @@ func logsVerb() *verb {
 				if err != nil {
 					return err
 				}
+				entries = slices.DeleteFunc(entries, func(e runtime.LogEntry) bool { return !within(e) })
 				if n >= 0 && n < len(entries) {
 					entries = entries[len(entries)-n:]
 				}
@@ -410,10 +446,12 @@ func logsVerb() *verb {
 						return err
 					}
 					for _, e := range more {
-						print(e)
+						if within(e) {
+							print(e)
+						}
 					}
 					offset = next
-					if !alive {
+					if !alive || !until.IsZero() && time.Now().After(until) {
 						return nil
 					}
 					select {

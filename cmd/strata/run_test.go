@@ -1561,3 +1561,44 @@ func TestPsFilter(t *testing.T) {
 	}
 	mustStrata(t, root, "rm", "-f", "web-1", "web-2", "job")
 }
+
+// TestLogsSinceUntil: logs --since and --until as docker's: an RFC 3339
+// time, Unix seconds or a duration back; with --tail counting what is
+// left.
+func TestLogsSinceUntil(t *testing.T) {
+	root, ref := runImage(t)
+	mustStrata(t, root, "run", "--name", "talk", ref, "sh", "-c", "echo early; echo early2; sleep 0.3; echo late")
+	var stamps []time.Time
+	for _, l := range strings.Split(strings.TrimSpace(mustStrata(t, root, "logs", "-t", "talk")), "\n") {
+		ts, _, _ := strings.Cut(l, " ")
+		tm, err := time.Parse(time.RFC3339Nano, ts)
+		if err != nil {
+			t.Fatalf("logs -t line %q: %v", l, err)
+		}
+		stamps = append(stamps, tm)
+	}
+	if len(stamps) != 3 {
+		t.Fatalf("logs -t: %d lines", len(stamps))
+	}
+	mid := stamps[1].Add(stamps[2].Sub(stamps[1]) / 2)
+	unix := fmt.Sprintf("%d.%09d", mid.Unix(), mid.Nanosecond())
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--since", mid.Format(time.RFC3339Nano)}, "late\n"},
+		{[]string{"--since", unix}, "late\n"},
+		{[]string{"--until", mid.Format(time.RFC3339Nano)}, "early\nearly2\n"},
+		{[]string{"--until", mid.Format(time.RFC3339Nano), "--tail", "1"}, "early2\n"},
+		{[]string{"--since", "1h"}, "early\nearly2\nlate\n"},
+		{[]string{"--until", "1h"}, ""},
+	} {
+		if out := mustStrata(t, root, append(append([]string{"logs"}, c.args...), "talk")...); out != c.want {
+			t.Errorf("logs %v: %q, want %q", c.args, out, c.want)
+		}
+	}
+	if r := strata(t, root, "logs", "--since", "yesterday", "talk"); r.code != 125 || !strings.Contains(r.stderr, "--since") {
+		t.Errorf("logs --since yesterday: exit %d %s", r.code, r.stderr)
+	}
+	mustStrata(t, root, "rm", "talk")
+}
