@@ -1602,3 +1602,26 @@ func TestLogsSinceUntil(t *testing.T) {
 	}
 	mustStrata(t, root, "rm", "talk")
 }
+
+// TestDiff: strata diff lists what a container added, changed and
+// deleted of its image's files, sorted, as docker diff does; a container
+// that changed nothing lists nothing.
+func TestDiff(t *testing.T) {
+	root, ref := runImage(t)
+	mustStrata(t, root, "run", "--name", "changer", ref, "sh", "-c",
+		"echo x > /tmp/new; echo y >> /etc/passwd; rm /etc/group; mkdir -p /opt/a/b; touch /opt/a/b/c")
+	// /cache is the image's volume's mount point, /srv/app its working
+	// directory, which the image lacks: both made in the container layer.
+	want := "A /cache\nC /etc\nD /etc/group\nC /etc/passwd\nA /opt\nA /opt/a\nA /opt/a/b\nA /opt/a/b/c\nA /srv\nA /srv/app\nC /tmp\nA /tmp/new\n"
+	if out := mustStrata(t, root, "diff", "changer"); out != want {
+		t.Errorf("diff:\n%s\nwant:\n%s", out, want)
+	}
+	mustStrata(t, root, "create", "--name", "idle", "-w", "/", ref, "true")
+	if out := mustStrata(t, root, "diff", "idle"); out != "" {
+		t.Errorf("diff of a container that changed nothing: %q", out)
+	}
+	if r := strata(t, root, "diff", "nothing"); r.code != 1 {
+		t.Errorf("diff of no container: exit %d", r.code)
+	}
+	mustStrata(t, root, "rm", "changer", "idle")
+}
