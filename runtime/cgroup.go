@@ -246,6 +246,27 @@ func (c *Cgroup) Remove() {
 	}
 }
 
+// Pids are the processes in the cgroups (their thread group IDs), as the
+// first of them lists them: all list the same.
+func (c *Cgroup) Pids() ([]int, error) {
+	dirs := c.all()
+	if len(dirs) == 0 {
+		return nil, errors.New("cgroup: the container has none")
+	}
+	slices.Sort(dirs)
+	b, err := os.ReadFile(filepath.Join(dirs[0], "cgroup.procs"))
+	if err != nil {
+		return nil, fmt.Errorf("cgroup: %w", err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
 // OpenCgroup finds the cgroups NewCgroup made for id, for pause and
 // unpause from another process.
 func OpenCgroup(id string) *Cgroup {

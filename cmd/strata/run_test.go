@@ -1625,3 +1625,22 @@ func TestDiff(t *testing.T) {
 	}
 	mustStrata(t, root, "rm", "changer", "idle")
 }
+
+// TestTop: strata top lists the container's processes through the
+// host's ps, with ps's options, and no others; a stopped container has
+// none to list.
+func TestTop(t *testing.T) {
+	root, ref := runImage(t)
+	mustStrata(t, root, "run", "-d", "--name", "busy", ref, "sh", "-c", "sleep 71 & sleep 72")
+	waitFor(t, "both sleeps", func() bool { return strings.Count(strata(t, root, "top", "busy").stdout, "sleep 7") == 2 })
+	out := mustStrata(t, root, "top", "busy", "-o", "pid,args")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], "PID") || !strings.Contains(out, "sleep 71") || !strings.Contains(out, "sleep 72") {
+		t.Errorf("top -o pid,args:\n%s", out)
+	}
+	mustStrata(t, root, "stop", "-t", "0", "busy")
+	if r := strata(t, root, "top", "busy"); r.code == 0 || !strings.Contains(r.stderr, "not running") {
+		t.Errorf("top of a stopped container: exit %d %s", r.code, r.stderr)
+	}
+	mustStrata(t, root, "rm", "busy")
+}
