@@ -94,7 +94,7 @@ func verbs() []*verb {
 	return append(registryVerbs(),
 		imagesVerb(), rmiVerb(), inspectVerb(), unpackVerb(), versionVerb(), benchVerb(), umountVerb(),
 		runVerb(), execVerb(), createVerb(), startVerb(), psVerb(), stopVerb(), killVerb(), rmVerb(), logsVerb(),
-		waitVerb(), renameVerb(), diffVerb(), topVerb(), pauseVerb(true), pauseVerb(false), volumeVerb(), monitorVerb(), initVerb(),
+		waitVerb(), renameVerb(), diffVerb(), topVerb(), cpVerb(), pauseVerb(true), pauseVerb(false), volumeVerb(), monitorVerb(), initVerb(),
 	)
 }
 

@@ -1644,3 +1644,69 @@ func TestTop(t *testing.T) {
 	}
 	mustStrata(t, root, "rm", "busy")
 }
+
+// TestCp: strata cp between the host and a running container, both
+// ways, files and trees (modes, symlinks as links), into its volumes, by
+// docker cp's rules; a symlink in the container never leads out of it.
+func TestCp(t *testing.T) {
+	root, ref := runImage(t)
+	host := t.TempDir()
+	os.MkdirAll(filepath.Join(host, "in/sub"), 0o755)
+	os.WriteFile(filepath.Join(host, "in/a"), []byte("one\n"), 0o640)
+	os.WriteFile(filepath.Join(host, "in/sub/b"), []byte("two\n"), 0o644)
+	os.Symlink("a", filepath.Join(host, "in/link"))
+	mustStrata(t, root, "run", "-d", "--name", "box", "-v", "cpvol:/vol", ref, "sh", "-c", "ln -s / /tmp/up; ln -s /etc /tmp/etclink; sleep 60")
+	waitFor(t, "the links", func() bool { return strata(t, root, "exec", "box", "test", "-L", "/tmp/up").code == 0 })
+
+	mustStrata(t, root, "cp", filepath.Join(host, "in"), "box:/tmp/")
+	if out := mustStrata(t, root, "exec", "box", "sh", "-c", "stat -c '%a %n' /tmp/in/a; readlink /tmp/in/link; cat /tmp/in/a /tmp/in/sub/b"); out != "640 /tmp/in/a\na\none\ntwo\n" {
+		t.Errorf("cp of a tree into the container: %q", out)
+	}
+	mustStrata(t, root, "cp", filepath.Join(host, "in/a"), "box:/vol/x")
+	if out := mustStrata(t, root, "exec", "box", "cat", "/vol/x"); out != "one\n" {
+		t.Errorf("cp into a volume: %q", out)
+	}
+	// Through a symlink to / the path stays inside the container.
+	mustStrata(t, root, "cp", filepath.Join(host, "in/a"), "box:/tmp/up/etc/escaped")
+	if _, err := os.Stat("/etc/escaped"); err == nil {
+		os.Remove("/etc/escaped")
+		t.Fatalf("cp through a container symlink wrote the host's /etc/escaped")
+	}
+	if out := mustStrata(t, root, "exec", "box", "cat", "/etc/escaped"); out != "one\n" {
+		t.Errorf("cp through the container's symlink to /: %q", out)
+	}
+
+	out := filepath.Join(host, "out")
+	mustStrata(t, root, "cp", "box:/etc/passwd", out)
+	if b, err := os.ReadFile(out); err != nil || !strings.HasPrefix(string(b), "root:") {
+		t.Errorf("cp of a file out: %q %v", b, err)
+	}
+	mustStrata(t, root, "cp", "box:/tmp/in", host+"/tree")
+	if b, err := os.ReadFile(filepath.Join(host, "tree/sub/b")); err != nil || string(b) != "two\n" {
+		t.Errorf("cp of a tree out: %q %v", b, err)
+	}
+	mustStrata(t, root, "cp", "box:/tmp/etclink", host+"/etclink")
+	if target, err := os.Readlink(filepath.Join(host, "etclink")); err != nil || target != "/etc" {
+		t.Errorf("cp of a symlink out: %q %v, want the link itself", target, err)
+	}
+
+	for _, c := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{host + "/in/a", host + "/x"}, 125},
+		{[]string{"box:/a", "box:/b"}, 125},
+		{[]string{"box:/no/such", host + "/y"}, 1},
+		{[]string{host + "/in/a", "box:/no/such/dir/x"}, 1},
+	} {
+		if r := strata(t, root, append([]string{"cp"}, c.args...)...); r.code != c.code {
+			t.Errorf("cp %v: exit %d (want %d) %s", c.args, r.code, c.code, r.stderr)
+		}
+	}
+	mustStrata(t, root, "stop", "-t", "0", "box")
+	if r := strata(t, root, "cp", host+"/in/a", "box:/tmp/z"); r.code != 1 || !strings.Contains(r.stderr, "not running") {
+		t.Errorf("cp into a stopped container: exit %d %s", r.code, r.stderr)
+	}
+	mustStrata(t, root, "rm", "box")
+	mustStrata(t, root, "volume", "rm", "cpvol")
+}
