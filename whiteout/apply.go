@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/fsutil"
 )
 
 // Mode says what Apply does with a layer.
@@ -506,13 +508,7 @@ func (a *applier) opaque(entry string, pfd int, parent string) error {
 			return setXattrAt(pfd, "", OpaqueXattrTrusted, []byte("y"))
 		}
 	}
-	fd, err := unix.Openat(pfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	d := os.NewFile(uintptr(fd), parent)
-	names, err := d.Readdirnames(-1)
-	d.Close()
+	names, err := fsutil.NamesAt(pfd)
 	if err != nil {
 		return err
 	}

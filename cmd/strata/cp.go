@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratafs/strata/internal/fsutil"
 	"github.com/stratafs/strata/runtime"
 )
 
@@ -107,13 +108,7 @@ func copyOutAt(fd int, st *unix.Stat_t, dst string) error {
 		if err := os.Mkdir(dst, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return err
 		}
-		dir, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		f := os.NewFile(uintptr(dir), dst)
-		names, err := f.Readdirnames(-1)
-		f.Close()
+		names, err := fsutil.NamesAt(fd)
 		if err != nil {
 			return err
 		}

@@ -1034,19 +1034,7 @@ func TestRunSignalsAndStopSignal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := cf.Config
-	cfg.StopSignal = "SIGUSR2"
-	if img, err = mutate.Config(img, cfg); err != nil {
-		t.Fatal(err)
-	}
-	stopRef := strings.Replace(ref, "demo/run:v1", "demo/stopsignal:v1", 1)
-	if err := testimage.Push(context.Background(), stopRef, img); err != nil {
-		t.Fatal(err)
-	}
+	stopRef := pushVariant(t, ref, "stopsignal", img, func(c *v1.Config) { c.StopSignal = "SIGUSR2" })
 	mustStrata(t, root, "run", "-d", "--name", "imaged", stopRef, "sh", "-c", trap)
 	waitFor(t, "imaged up", func() bool { return strings.Contains(strata(t, root, "logs", "imaged").stdout, "up") })
 	mustStrata(t, root, "stop", "imaged")
@@ -1204,29 +1192,9 @@ func TestRunUserFromTheImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := cf.Config
-	cfg.User = "alice"
-	if img, err = mutate.Config(img, cfg); err != nil {
-		t.Fatal(err)
-	}
-	usersRef := strings.Replace(ref, "demo/run:v1", "demo/users:v1", 1)
-	if err := testimage.Push(context.Background(), usersRef, img); err != nil {
-		t.Fatal(err)
-	}
+	usersRef := pushVariant(t, ref, "users", img, func(c *v1.Config) { c.User = "alice" })
 	// No Env in the image: PATH is docker's default.
-	cfg.Env = nil
-	bare, err := mutate.Config(img, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bareRef := strings.Replace(ref, "demo/run:v1", "demo/bare-env:v1", 1)
-	if err := testimage.Push(context.Background(), bareRef, bare); err != nil {
-		t.Fatal(err)
-	}
+	bareRef := pushVariant(t, ref, "bare-env", img, func(c *v1.Config) { c.User, c.Env = "alice", nil })
 	if out := mustStrata(t, root, "run", "--rm", bareRef, "sh", "-c", "echo $PATH"); out != "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n" {
 		t.Errorf("PATH in a container of an image without Env: %q", out)
 	}
@@ -1709,4 +1677,24 @@ func TestCp(t *testing.T) {
 	}
 	mustStrata(t, root, "rm", "box")
 	mustStrata(t, root, "volume", "rm", "cpvol")
+}
+
+// pushVariant pushes img, its config changed by edit, beside ref (which
+// runImage pushed) as demo/NAME:v1, and returns that reference.
+func pushVariant(t *testing.T, ref, name string, img v1.Image, edit func(*v1.Config)) string {
+	t.Helper()
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cf.Config
+	edit(&cfg)
+	if img, err = mutate.Config(img, cfg); err != nil {
+		t.Fatal(err)
+	}
+	variant := strings.Replace(ref, "demo/run:v1", "demo/"+name+":v1", 1)
+	if err := testimage.Push(context.Background(), variant, img); err != nil {
+		t.Fatal(err)
+	}
+	return variant
 }

@@ -199,3 +199,15 @@ func DirSize(dir string) int64 {
 	})
 	return n
 }
+
+// NamesAt lists the directory dirfd refers to (an O_PATH descriptor
+// will do: it is opened again for reading), without . and ..
+func NamesAt(dirfd int) ([]string, error) {
+	fd, err := unix.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	d := os.NewFile(uintptr(fd), ".")
+	defer d.Close()
+	return d.Readdirnames(-1)
+}
