@@ -14,15 +14,18 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/stratafs/strata/fusefs"
 	"github.com/stratafs/strata/internal/fsutil"
+	"github.com/stratafs/strata/layertree"
 	"github.com/stratafs/strata/runtime"
 )
 
-// cpVerb is docker cp for a running container: files and trees between
-// it and the host. Paths in the container are resolved inside its root
-// (openat2 RESOLVE_IN_ROOT from /proc/PID/root), so a symlink in the
-// container never leads out of it; its volumes and binds are there as
-// the container sees them.
+// cpVerb is docker cp: files and trees between a container and the host.
+// Paths in the container are resolved inside its root (openat2
+// RESOLVE_IN_ROOT), so a symlink in the container never leads out of it:
+// a running one's root is /proc/PID/root, with its volumes and binds as
+// it sees them; a stopped one's a read-only union of its container layer
+// and image, mounted for the copy (copies out only).
 func cpVerb() *verb {
 	return &verb{name: "cp", args: "CONTAINER:SRC DEST | SRC CONTAINER:DEST", summary: "Copy files and directories between a running container and the host", minArgs: 2, maxArgs: 2,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
@@ -48,20 +51,82 @@ func cpVerb() *verb {
 				if err != nil {
 					return err
 				}
-				if st.Status != runtime.StatusRunning && st.Status != runtime.StatusPaused {
-					return fmt.Errorf("container %s is not running: strata cp reaches a container's files through its processes (start it first)", name)
+				var root int
+				if st.Status == runtime.StatusRunning || st.Status == runtime.StatusPaused {
+					if root, err = unix.Open(fmt.Sprintf("/proc/%d/root", st.Pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+						return fmt.Errorf("container %s: %w", name, err)
+					}
+					defer unix.Close(root)
+				} else {
+					if dstIn {
+						return fmt.Errorf("container %s is not running: strata cp copies into a running container only (start it first)", name)
+					}
+					r, release, err := a.stoppedRoot(ctx, c, cs.Dir(c.ID))
+					if err != nil {
+						return err
+					}
+					defer release()
+					root = r
 				}
-				root, err := unix.Open(fmt.Sprintf("/proc/%d/root", st.Pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-				if err != nil {
-					return fmt.Errorf("container %s: %w", name, err)
-				}
-				defer unix.Close(root)
 				if srcIn {
 					return copyOut(root, inPath, dst, strings.HasSuffix(srcPath, "/."))
 				}
 				return copyIn(root, src, inPath, strings.HasSuffix(src, "/."))
 			}
 		}}
+}
+
+// stoppedRoot mounts the root filesystem of a container that is not
+// running, read-only, its container layer over its image's layers, for
+// cp to read from; release unmounts it. The container's volumes are not
+// in it.
+func (a *app) stoppedRoot(ctx context.Context, c *runtime.Container, dir string) (root int, release func(), err error) {
+	if err := a.servableID(c.ImageID); err != nil {
+		return -1, nil, err
+	}
+	s, err := a.Store()
+	if err != nil {
+		return -1, nil, err
+	}
+	rec, err := s.Lookup(c.ImageID)
+	if err != nil {
+		return -1, nil, err
+	}
+	layers, err := a.layerTrees(ctx, rec, false)
+	if err != nil {
+		return -1, nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "upper")); err == nil {
+		upper, err := layertree.NewDir(filepath.Join(dir, "upper"))
+		if err != nil {
+			return -1, nil, err
+		}
+		layers = append([]layertree.Tree{upper}, layers...)
+	}
+	u, err := fusefs.New(fusefs.Options{Layers: layers, Logger: a.log})
+	if err != nil {
+		return -1, nil, err
+	}
+	mnt, err := os.MkdirTemp("", "strata-cp-")
+	if err != nil {
+		return -1, nil, err
+	}
+	srv, err := fusefs.Mount(mnt, u, fusefs.MountOptions{FsName: "strata-cp", Options: []string{"ro"}})
+	if err != nil {
+		os.Remove(mnt)
+		return -1, nil, err
+	}
+	unmount := func() {
+		if err := srv.Unmount(); err != nil {
+			a.log.Warn("unmount the stopped container's root", "dir", mnt, "err", err)
+		}
+		os.Remove(mnt)
+	}
+	if root, err = unix.Open(mnt, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+		unmount()
+		return -1, nil, err
+	}
+	return root, func() { unix.Close(root); unmount() }, nil
 }
 
 // containerPath splits CONTAINER:PATH; a host path has no colon before

@@ -1675,6 +1675,23 @@ func TestCp(t *testing.T) {
 	if r := strata(t, root, "cp", host+"/in/a", "box:/tmp/z"); r.code != 1 || !strings.Contains(r.stderr, "not running") {
 		t.Errorf("cp into a stopped container: exit %d %s", r.code, r.stderr)
 	}
+	// Out of a stopped one: its container layer over its image.
+	cpMounts := func() int {
+		b, _ := os.ReadFile("/proc/self/mountinfo")
+		return strings.Count(string(b), " strata-cp ")
+	}
+	before := cpMounts()
+	mustStrata(t, root, "cp", "box:/tmp/in", host+"/after")
+	if b, err := os.ReadFile(filepath.Join(host, "after/sub/b")); err != nil || string(b) != "two\n" {
+		t.Errorf("cp out of a stopped container, from its layer: %q %v", b, err)
+	}
+	mustStrata(t, root, "cp", "box:/etc/passwd", host+"/passwd2")
+	if b, err := os.ReadFile(filepath.Join(host, "passwd2")); err != nil || !strings.HasPrefix(string(b), "root:") {
+		t.Errorf("cp out of a stopped container, from its image: %q %v", b, err)
+	}
+	if n := cpMounts(); n != before {
+		t.Errorf("cp left its mount: %d strata-cp mounts, %d before", n, before)
+	}
 	mustStrata(t, root, "rm", "box")
 	mustStrata(t, root, "volume", "rm", "cpvol")
 }
