@@ -14,9 +14,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
-	"github.com/stratafs/strata/fusefs"
 	"github.com/stratafs/strata/internal/fsutil"
-	"github.com/stratafs/strata/layertree"
 	"github.com/stratafs/strata/runtime"
 )
 
@@ -24,8 +22,8 @@ import (
 // Paths in the container are resolved inside its root (openat2
 // RESOLVE_IN_ROOT), so a symlink in the container never leads out of it:
 // a running one's root is /proc/PID/root, with its volumes and binds as
-// it sees them; a stopped one's a read-only union of its container layer
-// and image, mounted for the copy (copies out only).
+// it sees them; a stopped one's its container layer over its image,
+// stacked read-only by the kernel overlayfs (copies out only).
 func cpVerb() *verb {
 	return &verb{name: "cp", args: "CONTAINER:SRC DEST | SRC CONTAINER:DEST", summary: "Copy files and directories between a running container and the host", minArgs: 2, maxArgs: 2,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
@@ -61,7 +59,7 @@ func cpVerb() *verb {
 					if dstIn {
 						return fmt.Errorf("container %s is not running: strata cp copies into a running container only (start it first)", name)
 					}
-					r, release, err := a.stoppedRoot(ctx, c, cs.Dir(c.ID))
+					r, release, err := a.stoppedRoot(c, cs.Dir(c.ID))
 					if err != nil {
 						return err
 					}
@@ -76,14 +74,14 @@ func cpVerb() *verb {
 		}}
 }
 
-// stoppedRoot mounts the root filesystem of a container that is not
-// running, read-only, its container layer over its image's layers, for
-// cp to read from; release unmounts it. The container's volumes are not
-// in it.
-func (a *app) stoppedRoot(ctx context.Context, c *runtime.Container, dir string) (root int, release func(), err error) {
-	if err := a.servableID(c.ImageID); err != nil {
-		return -1, nil, err
-	}
+// stoppedRoot is the root filesystem of a container that is not running,
+// read-only: its container layer over its image's layers, stacked by the
+// kernel overlayfs (strata's layers and container layers are in its
+// format) into a mount attached nowhere (fsopen, fsmount), which goes
+// with its descriptor, or with the process. Not FUSE served by this
+// process: a read of it by the same process, killed, would never end.
+// The container's volumes are not in it.
+func (a *app) stoppedRoot(c *runtime.Container, dir string) (root int, release func(), err error) {
 	s, err := a.Store()
 	if err != nil {
 		return -1, nil, err
@@ -92,41 +90,58 @@ func (a *app) stoppedRoot(ctx context.Context, c *runtime.Container, dir string)
 	if err != nil {
 		return -1, nil, err
 	}
-	layers, err := a.layerTrees(ctx, rec, false)
-	if err != nil {
-		return -1, nil, err
-	}
+	var lowers []string // top first
 	if _, err := os.Stat(filepath.Join(dir, "upper")); err == nil {
-		upper, err := layertree.NewDir(filepath.Join(dir, "upper"))
+		lowers = append(lowers, filepath.Join(dir, "upper"))
+	}
+	for i := len(rec.Layers) - 1; i >= 0; i-- {
+		l, err := s.Layer(rec.Layers[i].DiffID)
 		if err != nil {
 			return -1, nil, err
 		}
-		layers = append([]layertree.Tree{upper}, layers...)
-	}
-	u, err := fusefs.New(fusefs.Options{Layers: layers, Logger: a.log})
-	if err != nil {
-		return -1, nil, err
-	}
-	mnt, err := os.MkdirTemp("", "strata-cp-")
-	if err != nil {
-		return -1, nil, err
-	}
-	srv, err := fusefs.Mount(mnt, u, fusefs.MountOptions{FsName: "strata-cp", Options: []string{"ro"}})
-	if err != nil {
-		os.Remove(mnt)
-		return -1, nil, err
-	}
-	unmount := func() {
-		if err := srv.Unmount(); err != nil {
-			a.log.Warn("unmount the stopped container's root", "dir", mnt, "err", err)
+		if l.Lazy {
+			return -1, nil, fmt.Errorf("the image of a stopped container has a lazy layer: strata cp reads such a container while it runs (start it)")
 		}
-		os.Remove(mnt)
+		p, err := s.LayerTree(l.DiffID)
+		if err != nil {
+			return -1, nil, err
+		}
+		lowers = append(lowers, p)
 	}
-	if root, err = unix.Open(mnt, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
-		unmount()
-		return -1, nil, err
+	if len(lowers) == 1 {
+		// overlayfs stacks two layers at least: an empty one under.
+		empty, err := os.MkdirTemp("", "strata-cp-")
+		if err != nil {
+			return -1, nil, err
+		}
+		defer os.Remove(empty) // the mount holds it
+		lowers = append(lowers, empty)
 	}
-	return root, func() { unix.Close(root); unmount() }, nil
+	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return -1, nil, fmt.Errorf("overlayfs for a stopped container's files: %w", err)
+	}
+	defer unix.Close(fsfd)
+	for _, l := range lowers {
+		if err = unix.FsconfigSetString(fsfd, "lowerdir+", l); err != nil {
+			break
+		}
+	}
+	if err != nil { // before Linux 6.8: one option, within a page
+		err = unix.FsconfigSetString(fsfd, "lowerdir", strings.Join(lowers, ":"))
+	}
+	if err == nil {
+		unix.FsconfigSetString(fsfd, "redirect_dir", "follow")
+		err = unix.FsconfigCreate(fsfd)
+	}
+	if err != nil {
+		return -1, nil, fmt.Errorf("overlayfs for a stopped container's files: %w", err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_RDONLY|unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV)
+	if err != nil {
+		return -1, nil, fmt.Errorf("overlayfs for a stopped container's files: %w", err)
+	}
+	return mfd, func() { unix.Close(mfd) }, nil
 }
 
 // containerPath splits CONTAINER:PATH; a host path has no colon before

@@ -1692,6 +1692,20 @@ func TestCp(t *testing.T) {
 	if n := cpMounts(); n != before {
 		t.Errorf("cp left its mount: %d strata-cp mounts, %d before", n, before)
 	}
+	// Killed in the middle, it leaves no mount either: the mount is in a
+	// mount namespace of its own.
+	for _, after := range []time.Duration{5 * time.Millisecond, 30 * time.Millisecond} {
+		killed := exec.Command(strataBin, "--root", root, "cp", "box:/bin", filepath.Join(host, fmt.Sprint("bin", after)))
+		if err := killed.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(after)
+		killed.Process.Kill()
+		killed.Wait()
+		if n := cpMounts(); n != before {
+			t.Errorf("cp killed after %v left its mount: %d strata-cp mounts, %d before", after, n, before)
+		}
+	}
 	mustStrata(t, root, "rm", "box")
 	mustStrata(t, root, "volume", "rm", "cpvol")
 }
