@@ -25,7 +25,7 @@ import (
 // it sees them; a stopped one's its container layer over its image,
 // stacked read-only by the kernel overlayfs (copies out only).
 func cpVerb() *verb {
-	return &verb{name: "cp", args: "CONTAINER:SRC DEST | SRC CONTAINER:DEST", summary: "Copy files and directories between a running container and the host", minArgs: 2, maxArgs: 2,
+	return &verb{name: "cp", args: "CONTAINER:SRC DEST | SRC CONTAINER:DEST", summary: "Copy files and directories between a container and the host", minArgs: 2, maxArgs: 2,
 		flags: func(fs *pflag.FlagSet) func(context.Context, *app, []string) error {
 			return func(ctx context.Context, a *app, args []string) error {
 				src, dst := args[0], args[1]
