@@ -643,13 +643,13 @@ func (s *Store) removeLayer(diffID string) error {
 	return removeAll(trash)
 }
 
-// ErrLazyLayer is LocalTrees' answer for an image with a lazy layer.
+// ErrLazyLayer is LocalLayers' answer for an image with a lazy layer.
 var ErrLazyLayer = errors.New("layer pulled lazily")
 
-// LocalTrees are the trees of rec's layers, top first, when every one is
-// extracted in the store (Puller.Trees reads lazy ones too).
-func (s *Store) LocalTrees(rec *ImageRecord) ([]layertree.Tree, error) {
-	out := make([]layertree.Tree, 0, len(rec.Layers))
+// LocalLayers are the store's records of rec's layers, top first, when
+// every one is extracted in the store (LayerTree is where).
+func (s *Store) LocalLayers(rec *ImageRecord) ([]LayerRecord, error) {
+	out := make([]LayerRecord, 0, len(rec.Layers))
 	for i := len(rec.Layers) - 1; i >= 0; i-- {
 		stored, err := s.storedLayer(rec, rec.Layers[i].DiffID)
 		if err != nil {
@@ -658,7 +658,21 @@ func (s *Store) LocalTrees(rec *ImageRecord) ([]layertree.Tree, error) {
 		if stored.Lazy {
 			return nil, fmt.Errorf("%w: %s of image %s", ErrLazyLayer, stored.DiffID, shortID(rec.ConfigDigest))
 		}
-		t, err := s.layerDir(stored)
+		out = append(out, stored)
+	}
+	return out, nil
+}
+
+// LocalTrees are the trees of rec's layers, top first, when every one is
+// extracted in the store (Puller.Trees reads lazy ones too).
+func (s *Store) LocalTrees(rec *ImageRecord) ([]layertree.Tree, error) {
+	layers, err := s.LocalLayers(rec)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]layertree.Tree, 0, len(layers))
+	for _, l := range layers {
+		t, err := s.layerDir(l)
 		if err != nil {
 			return nil, err
 		}

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stratafs/strata/internal/fsutil"
 )
 
 // detachedMount makes the mount m describes from the device dev (an open
@@ -26,11 +28,6 @@ func detachedMount(m *DeviceMount, dev *os.File) (*os.File, error) {
 		return nil, fmt.Errorf("mount flags %#x: %w", m.Flags, errors.ErrUnsupported)
 	}
 	fstype, subtype, _ := strings.Cut(m.FSType, ".")
-	fsfd, err := unix.Fsopen(fstype, unix.FSOPEN_CLOEXEC)
-	if err != nil {
-		return nil, fmt.Errorf("fsopen %s: %w", fstype, err)
-	}
-	defer unix.Close(fsfd)
 	params := [][2]string{{"source", m.Source}}
 	if subtype != "" {
 		params = append(params, [2]string{"subtype", subtype})
@@ -39,23 +36,9 @@ func detachedMount(m *DeviceMount, dev *os.File) (*os.File, error) {
 		k, v, _ := strings.Cut(o, "=")
 		params = append(params, [2]string{k, v})
 	}
-	for _, p := range params {
-		var err error
-		if p[1] == "" && p[0] != "source" {
-			err = unix.FsconfigSetFlag(fsfd, p[0])
-		} else {
-			err = unix.FsconfigSetString(fsfd, p[0], p[1])
-		}
-		if err != nil {
-			return nil, fmt.Errorf("fsconfig %s: %w", p[0], err)
-		}
-	}
-	if err := unix.FsconfigCreate(fsfd); err != nil {
-		return nil, fmt.Errorf("fsconfig create: %w", err)
-	}
-	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attrs)
+	mfd, err := fsutil.Fsmount(fstype, params, attrs)
 	if err != nil {
-		return nil, fmt.Errorf("fsmount: %w", err)
+		return nil, err
 	}
 	return os.NewFile(uintptr(mfd), "rootfs mount"), nil
 }
@@ -131,14 +114,10 @@ func receiveStart(sock *os.File) (fd int, rest io.Reader, err error) {
 		case oobn == 0:
 			return -1, sock, nil
 		}
-		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-		if err != nil || len(msgs) != 1 {
+		fd, err := oneFd(oob[:oobn])
+		if err != nil {
 			return -1, nil, fmt.Errorf("spec: bad descriptor message (%v)", err)
 		}
-		fds, err := unix.ParseUnixRights(&msgs[0])
-		if err != nil || len(fds) != 1 {
-			return -1, nil, fmt.Errorf("spec: bad descriptor message (%v)", err)
-		}
-		return fds[0], sock, nil
+		return fd, sock, nil
 	}
 }

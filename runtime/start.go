@@ -439,15 +439,33 @@ func receiveFd(sock *os.File) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil || len(msgs) != 1 {
+	fd, err := oneFd(oob[:oobn])
+	if err != nil {
 		return nil, fmt.Errorf("no descriptor received (%v)", err)
+	}
+	return os.NewFile(uintptr(fd), "console"), nil
+}
+
+// oneFd is the one descriptor a control message carries.
+func oneFd(oob []byte) (int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return -1, err
+	}
+	if len(msgs) != 1 {
+		return -1, fmt.Errorf("%d control messages", len(msgs))
 	}
 	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(fds) != 1 {
-		return nil, fmt.Errorf("no descriptor received (%v)", err)
+	if err != nil {
+		return -1, err
 	}
-	return os.NewFile(uintptr(fds[0]), "console"), nil
+	if len(fds) != 1 {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return -1, fmt.Errorf("%d descriptors", len(fds))
+	}
+	return fds[0], nil
 }
 
 // sendFd sends one descriptor over a unix socket.

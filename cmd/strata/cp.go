@@ -9,12 +9,14 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/stratafs/strata/internal/fsutil"
+	"github.com/stratafs/strata/lazypull"
 	"github.com/stratafs/strata/runtime"
 )
 
@@ -90,18 +92,18 @@ func (a *app) stoppedRoot(c *runtime.Container, dir string) (root int, release f
 	if err != nil {
 		return -1, nil, err
 	}
+	layers, err := s.LocalLayers(rec)
+	if errors.Is(err, lazypull.ErrLazyLayer) {
+		return -1, nil, fmt.Errorf("the image of a stopped container has a lazy layer: strata cp reads such a container while it runs (start it)")
+	}
+	if err != nil {
+		return -1, nil, err
+	}
 	var lowers []string // top first
 	if _, err := os.Stat(filepath.Join(dir, "upper")); err == nil {
 		lowers = append(lowers, filepath.Join(dir, "upper"))
 	}
-	for i := len(rec.Layers) - 1; i >= 0; i-- {
-		l, err := s.Layer(rec.Layers[i].DiffID)
-		if err != nil {
-			return -1, nil, err
-		}
-		if l.Lazy {
-			return -1, nil, fmt.Errorf("the image of a stopped container has a lazy layer: strata cp reads such a container while it runs (start it)")
-		}
+	for _, l := range layers {
 		p, err := s.LayerTree(l.DiffID)
 		if err != nil {
 			return -1, nil, err
@@ -117,27 +119,17 @@ func (a *app) stoppedRoot(c *runtime.Container, dir string) (root int, release f
 		defer os.Remove(empty) // the mount holds it
 		lowers = append(lowers, empty)
 	}
-	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
-	if err != nil {
-		return -1, nil, fmt.Errorf("overlayfs for a stopped container's files: %w", err)
-	}
-	defer unix.Close(fsfd)
+	// redirect_dir (Linux 4.10) follows the redirects of directories
+	// renamed in a container layer.
+	const attrs = unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
+	var params [][2]string
 	for _, l := range lowers {
-		if err = unix.FsconfigSetString(fsfd, "lowerdir+", l); err != nil {
-			break
-		}
+		params = append(params, [2]string{"lowerdir+", l})
 	}
+	mfd, err := fsutil.Fsmount("overlay", append(params, [2]string{"redirect_dir", "follow"}), attrs)
 	if err != nil { // before Linux 6.8: one option, within a page
-		err = unix.FsconfigSetString(fsfd, "lowerdir", strings.Join(lowers, ":"))
+		mfd, err = fsutil.Fsmount("overlay", [][2]string{{"lowerdir", strings.Join(lowers, ":")}, {"redirect_dir", "follow"}}, attrs)
 	}
-	if err == nil {
-		unix.FsconfigSetString(fsfd, "redirect_dir", "follow")
-		err = unix.FsconfigCreate(fsfd)
-	}
-	if err != nil {
-		return -1, nil, fmt.Errorf("overlayfs for a stopped container's files: %w", err)
-	}
-	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_RDONLY|unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV)
 	if err != nil {
 		return -1, nil, fmt.Errorf("overlayfs for a stopped container's files: %w", err)
 	}
@@ -283,16 +275,7 @@ func copyIn(root int, src, dst string, contents bool) error {
 // copyInAt makes name in the directory parent (an O_PATH descriptor in
 // the container) a copy of the host's src.
 func copyInAt(parent int, name, src string, fi os.FileInfo) error {
-	mode := uint32(fi.Mode().Perm())
-	if fi.Mode()&os.ModeSetuid != 0 {
-		mode |= unix.S_ISUID
-	}
-	if fi.Mode()&os.ModeSetgid != 0 {
-		mode |= unix.S_ISGID
-	}
-	if fi.Mode()&os.ModeSticky != 0 {
-		mode |= unix.S_ISVTX
-	}
+	mode := fi.Sys().(*syscall.Stat_t).Mode & 0o7777
 	switch {
 	case fi.IsDir():
 		if err := unix.Mkdirat(parent, name, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {

@@ -52,12 +52,10 @@ func (a *app) servable(rec *lazypull.ImageRecord) error {
 	if !rec.PulledLazily() {
 		return nil
 	}
-	for _, l := range rec.Layers {
-		if stored, err := a.store.Layer(l.DiffID); err == nil && stored.Lazy {
-			return errNeedsRegistry
-		}
+	if _, err := a.store.LocalLayers(rec); errors.Is(err, lazypull.ErrLazyLayer) {
+		return errNeedsRegistry
 	}
-	return nil
+	return nil // a layer missing is the start's to report
 }
 
 // servableID is servable for a container's image ID.

@@ -211,3 +211,34 @@ func NamesAt(dirfd int) ([]string, error) {
 	defer d.Close()
 	return d.Readdirnames(-1)
 }
+
+// Fsmount makes a mount of fstype, configured by params in order (a key
+// with an empty value is a flag, but "source"), attached nowhere (fsopen,
+// fsconfig, fsmount: Linux 5.2), with the mount attributes attrs. It goes
+// with its descriptor.
+func Fsmount(fstype string, params [][2]string, attrs int) (int, error) {
+	fsfd, err := unix.Fsopen(fstype, unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return -1, fmt.Errorf("fsopen %s: %w", fstype, err)
+	}
+	defer unix.Close(fsfd)
+	for _, p := range params {
+		var err error
+		if p[1] == "" && p[0] != "source" {
+			err = unix.FsconfigSetFlag(fsfd, p[0])
+		} else {
+			err = unix.FsconfigSetString(fsfd, p[0], p[1])
+		}
+		if err != nil {
+			return -1, fmt.Errorf("fsconfig %s: %w", p[0], err)
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return -1, fmt.Errorf("fsconfig create: %w", err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, attrs)
+	if err != nil {
+		return -1, fmt.Errorf("fsmount: %w", err)
+	}
+	return mfd, nil
+}
