@@ -185,7 +185,7 @@ func psVerb() *verb {
 							return err
 						}
 					default:
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", row.ID, row.Image, row.Command, humanAgo(c.Created), row.Status, row.Names)
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", row.ID, row.Image, row.Command, row.RunningFor, row.Status, row.Names)
 					}
 				}
 				return tw.Flush()
@@ -529,7 +529,6 @@ func pauseVerb(pause bool) *verb {
 		}}
 }
 
-// containerInspection is what inspect shows of a container.
 // inspectContainer returns the container ref names, if it names one.
 func (a *app) inspectContainer(ref string) (any, bool) {
 	cs, c, err := a.containerArg(ref)

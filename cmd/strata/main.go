@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 
+	"github.com/stratafs/strata/internal/term"
 	"github.com/stratafs/strata/lazypull"
 )
 
@@ -230,13 +230,10 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return exitFailure
 }
 
+// isTerminal tells whether w is a terminal.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(interface{ Fd() uintptr })
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+	return ok && term.IsTerminal(f.Fd())
 }
 
 func parseLevel(s string) (slog.Level, error) {
